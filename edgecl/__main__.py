@@ -1,0 +1,3 @@
+from edgecl.cli import main
+
+main()

@@ -1,0 +1,319 @@
+"""The bundle: one directory that carries a trained edgecl model from the host to the device.
+
+    manifest.json                 format name + version, backbone, preprocessing, method, classes, sessions
+    backbone.safetensors          the (merged) frozen backbone weights
+    heads-<sha>.safetensors       the method's tensors; the name changes with the content
+    backbone.onnx, engines/       once exported
+
+Writes never leave a half-written bundle: new tensor files get new names, each file is written
+aside, fsynced and renamed, and the manifest, which names them, is replaced last. That rename is
+the commit point; files the new manifest no longer names are removed after it. Writers hold an
+exclusive flock on `.lock`; readers take no lock.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from edgecl import __version__
+from edgecl.errors import EdgeclError
+
+FORMAT = "edgecl-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+BACKBONE_FILE = "backbone.safetensors"
+HEADS_STEM = "heads"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ClassEntry:
+    name: str
+    session: int
+
+
+@dataclass
+class SessionEntry:
+    index: int
+    classes: list[str]
+    images: int
+    skipped: int
+    seed: int
+    created: str
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    backbone: dict[str, Any]  # BackboneSpec fields + "file", "sha256"
+    preprocess: dict[str, Any]
+    method: dict[str, Any]  # "name", "config"
+    heads: dict[str, Any]  # "file", "sha256", "structure"
+    seed: int
+    classes: list[ClassEntry] = field(default_factory=list)
+    sessions: list[SessionEntry] = field(default_factory=list)
+    export: dict[str, Any] | None = None
+    engines: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+    edgecl_version: str = __version__
+    created: str = field(default_factory=now)
+    updated: str = field(default_factory=now)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: Path) -> "Manifest":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise EdgeclError(f"{where}: not valid JSON ({err})") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise EdgeclError(f"{where}: not an edgecl bundle manifest")
+        version = data.get("version")
+        if not isinstance(version, int) or version < 1:
+            raise EdgeclError(f"{where}: unknown bundle format version {version!r}")
+        if version > FORMAT_VERSION:
+            raise EdgeclError(
+                f"{where}: bundle format version {version} is newer than this edgecl "
+                f"({__version__}) supports ({FORMAT_VERSION}); upgrade edgecl"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise EdgeclError(f"{where}: missing field(s) {', '.join(missing)}")
+        data = {k: v for k, v in data.items() if k in names}
+        data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
+        data["sessions"] = [SessionEntry(**s) for s in data.get("sessions", [])]
+        return cls(**data)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write aside, fsync, rename over `path`, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    return save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+
+
+def content_named(stem: str, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], bytes]:
+    """({"file": "<stem>-<sha16>.safetensors", "sha256": ...}, the file's bytes)."""
+    data = tensors_to_bytes(tensors)
+    digest = sha256_bytes(data)
+    return {"file": f"{stem}-{digest[:16]}.safetensors", "sha256": digest}, data
+
+
+class Bundle:
+    """A bundle read from disk: its manifest and access to the files it names."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: Path) -> "Bundle":
+        path = Path(path)
+        if not path.exists():
+            raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass --bundle)")
+        if not (path / MANIFEST).is_file():
+            raise EdgeclError(f"{path}: not an edgecl bundle (no {MANIFEST})")
+        return cls(path, Manifest.from_json((path / MANIFEST).read_text(), path / MANIFEST))
+
+    def read_bytes(self, entry: dict[str, Any]) -> bytes:
+        file = self.path / entry["file"]
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError as err:
+            raise EdgeclError(f"{file}: missing; the bundle is damaged") from err
+        if sha256_bytes(data) != entry["sha256"]:
+            raise EdgeclError(f"{file}: checksum mismatch; the bundle is damaged")
+        return data
+
+    def read_tensors(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return load_safetensors(self.read_bytes(entry))
+
+    def heads(self) -> dict[str, torch.Tensor]:
+        return self.read_tensors(self.manifest.heads)
+
+    def backbone_weights(self) -> dict[str, torch.Tensor]:
+        return self.read_tensors(self.manifest.backbone)
+
+    def size_bytes(self) -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def open_consistent(path: Path, read: Callable[[Bundle], Any], attempts: int = 3) -> tuple[Bundle, Any]:
+    """Open and read; retry if a concurrent writer replaced the files between manifest and read."""
+    for attempt in range(attempts):
+        bundle = Bundle.open(path)
+        try:
+            return bundle, read(bundle)
+        except EdgeclError:
+            if attempt == attempts - 1 or Bundle.open(path).manifest == bundle.manifest:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _lock_holder(lock_file: Path) -> str:
+    try:
+        pid = lock_file.read_text().strip()
+    except OSError:
+        pid = ""
+    return f" (pid {pid})" if pid else ""
+
+
+@contextmanager
+def locked(path: Path, timeout: float) -> Iterator[None]:
+    """Exclusive writer lock on the bundle; waits up to `timeout` seconds, then fails clearly."""
+    lock_file = Path(path) / LOCK
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EdgeclError(
+                        f"{path}: another edgecl process{_lock_holder(lock_file)} is updating this bundle; "
+                        f"gave up after {timeout:g}s (raise --lock-timeout to wait longer)"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+class BundleUpdate:
+    """Changes to a bundle under its lock; `commit` makes them visible all at once."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.manifest = copy.deepcopy(bundle.manifest)
+        self.written: list[Path] = []
+
+    def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        entry, data = content_named(stem, tensors)
+        target = self.bundle.path / entry["file"]
+        if not target.exists():
+            write_atomic(target, data)
+            self.written.append(target)
+        return entry
+
+    def referenced(self, manifest: Manifest) -> set[str]:
+        names = {manifest.heads["file"], manifest.backbone["file"]}
+        if manifest.export:
+            names.update(str(v) for k, v in manifest.export.items() if k.endswith("file"))
+        names.update(str(e["file"]) for e in manifest.engines.values())
+        return names
+
+    def commit(self) -> None:
+        self.manifest.updated = now()
+        write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
+        keep = self.referenced(self.manifest)
+        for stale in self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+        for tmp in self.bundle.path.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        keep = self.referenced(self.bundle.manifest)
+        for path in self.written:
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+@contextmanager
+def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
+    """Lock, re-read the bundle (another writer may have committed meanwhile), yield, commit."""
+    Bundle.open(path)
+    with locked(path, lock_timeout):
+        change = BundleUpdate(Bundle.open(path))
+        try:
+            yield change
+        except BaseException:
+            change.abandon()
+            raise
+        change.commit()
+
+
+def check_creatable(path: Path, force: bool) -> None:
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EdgeclError(f"{path}: exists and is not a folder")
+    if path.exists() and any(path.iterdir()) and not force:
+        raise EdgeclError(f"{path}: already exists; pass --force to replace it")
+
+
+def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False) -> Bundle:
+    """Write a new bundle beside `path`, then rename it into place (replacing an old one with force)."""
+    path = Path(path)
+    check_creatable(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.new-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        for name, data in files.items():
+            write_atomic(staging / name, data)
+        write_atomic(staging / MANIFEST, manifest.to_json().encode())
+        if path.exists():
+            retired = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, retired)
+            os.replace(staging, path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, path)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Bundle.open(path)

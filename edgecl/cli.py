@@ -1,0 +1,258 @@
+"""The `edgecl` command line. Host-only code (timm, training, export) is imported inside the
+commands that need it, so `learn` and `classify` on a device import only the runtime."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecl import __version__
+from edgecl.errors import EdgeclError
+
+app = typer.Typer(
+    help="Edge continual learning: train a base model on the host, teach the device new classes from folders of images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+BundleOption = Annotated[
+    Path,
+    typer.Option("--bundle", "-b", envvar="EDGECL_BUNDLE", help="Bundle directory (default: $EDGECL_BUNDLE, else ./edgecl-bundle)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+RuntimeOption = Annotated[
+    Optional[str], typer.Option("--runtime", help="Force the backbone runtime (default: the best available).")
+]
+BackboneOption = Annotated[str, typer.Option("--backbone", help="Any timm model name.")]
+WeightsOption = Annotated[
+    Optional[Path],
+    typer.Option("--weights", help="Backbone weights file (safetensors or a state dict). Default: offline package, else the hub."),
+]
+RandomInitOption = Annotated[bool, typer.Option("--random-init", help="Random backbone weights: for testing plumbing only.")]
+EpochsOption = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Override the method's epochs per session.")]
+
+
+def user_errors(command: Callable) -> Callable:
+    """EdgeclError -> 'error: <message>' on stderr, exit 1; Ctrl-C -> exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except EdgeclError as error:
+            err.print(f"error: {error}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; the bundle is unchanged", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def warn_skipped(skipped: list[str]) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+        err.print(f"warning: skipped {len(skipped)} unreadable image(s): {shown}", markup=False)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"edgecl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Edge continual learning: train a base model on the host, teach the device new classes."""
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class name>/<images>.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
+    backbone: BackboneOption = "tf_efficientnet_lite0",
+    weights: WeightsOption = None,
+    random_init: RandomInitOption = False,
+    method: Annotated[str, typer.Option("--method", help="Continual-learning method.")] = "tosca",
+    epochs: EpochsOption = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (recorded in the bundle).")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Host: create a bundle from a folder of class folders (session 0)."""
+    from edgecl.train import train as run_train
+
+    bundle, skipped = run_train(
+        data, out_dir, backbone=backbone, weights=weights, random_init=random_init, method=method,
+        epochs=epochs, seed=seed, force=force, show_progress=not quiet,
+    )
+    warn_skipped(skipped)
+    m = bundle.manifest
+    session = m.sessions[0]
+    out.print(
+        f"created {bundle.path}: {len(m.classes)} classes from {session.images} images, "
+        f"{m.backbone['name']} ({m.backbone['embedding_dim']}-d), method {m.method['name']} "
+        f"(heads trained in {session.stats['seconds']:.1f} s)"
+    )
+
+
+@app.command()
+@user_errors
+def learn(
+    images: Annotated[Path, typer.Option("--images", "-i", help="One class's images, or a folder of class folders.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
+    bundle: BundleOption = Path("edgecl-bundle"),
+    runtime: RuntimeOption = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another learner.")] = 60.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Device: learn the classes in a folder as one new session."""
+    from edgecl.runtime.service import learn as run_learn
+
+    result = run_learn(bundle, images, label=label, runtime=runtime, lock_timeout=lock_timeout, show_progress=not quiet)
+    warn_skipped(result.skipped)
+    if json_out:
+        out.print_json(json.dumps({**asdict(result.session), "skipped": result.skipped, "runtime": result.runtime,
+                                   "seconds_backbone": result.seconds_backbone, "seconds_heads": result.seconds_heads}))
+        return
+    s = result.session
+    out.print(
+        f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images "
+        f"(backbone {result.seconds_backbone:.1f} s on {result.runtime}, heads {result.seconds_heads:.1f} s)"
+    )
+
+
+@app.command()
+@user_errors
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    bundle: BundleOption = Path("edgecl-bundle"),
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also list the K best labels.")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of {path, label, score, top_k}.")] = False,
+    runtime: RuntimeOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Device: label images; one line per image: path, label, score."""
+    from edgecl.runtime.service import classify as run_classify
+
+    predictions, skipped = run_classify(bundle, paths, top_k=top_k, runtime=runtime, show_progress=not quiet)
+    warn_skipped(skipped)
+    if json_out:
+        print(json.dumps([asdict(p) for p in predictions], indent=1))
+        return
+    for p in predictions:
+        line = f"{p.path}\t{p.label}\t{p.score:.4f}"
+        if top_k > 1:
+            line += "\t" + ", ".join(f"{t['label']}:{t['score']:.4f}" for t in p.top_k)
+        print(line)
+
+
+@app.command()
+@user_errors
+def info(
+    bundle: BundleOption = Path("edgecl-bundle"),
+    runtime: RuntimeOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest and the runtime as JSON.")] = False,
+) -> None:
+    """Classes, sessions, backbone, sizes and the runtime a bundle runs on."""
+    from edgecl.bundle import Bundle
+    from edgecl.runtime.embedders import open_embedder
+
+    b = Bundle.open(bundle)
+    embedder = open_embedder(b, runtime)
+    m = b.manifest
+    sizes = b.size_bytes()
+    if json_out:
+        print(json.dumps({"manifest": json.loads(m.to_json()), "files": sizes, "runtime": embedder.runtime, "runtime_reason": embedder.reason}, indent=1))
+        return
+    out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(sizes.values()) / 1e6:.1f} MB)")
+    out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  weights {m.backbone['weights_source']}")
+    out.print(f"method     {m.method['name']}  {m.method['config']}")
+    out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
+    table = Table("session", "classes", "images", "heads s", "created")
+    for s in m.sessions:
+        table.add_row(str(s.index), ", ".join(s.classes), str(s.images), f"{s.stats.get('seconds', 0):.2f}", s.created)
+    out.print(table)
+    out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()))
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    data: Annotated[Path, typer.Argument(help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
+    init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
+    increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
+    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated.")] = "tosca",
+    seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
+    train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
+    test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
+    exclude_class: Annotated[Optional[list[str]], typer.Option("--exclude-class", help="Drop a class (repeatable).")] = None,
+    backbone: BackboneOption = "tf_efficientnet_lite0",
+    weights: WeightsOption = None,
+    random_init: RandomInitOption = False,
+    epochs: EpochsOption = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default: $EDGECL_CACHE or ~/.cache/edgecl).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Host: the class-incremental protocol B{init} Inc{increment}; accuracy after every session."""
+    from edgecl.evaluate import evaluate
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    report = evaluate(
+        data, init, increment, methods, seed=seed, train_list=train_list, test_list=test_list,
+        exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init,
+        epochs=epochs, cache_dir=cache_dir, show_progress=not quiet,
+    )
+    warn_skipped(report.skipped)
+    p = report.protocol
+    table = Table(title=f"B{init} Inc{increment}, {p['classes']} classes, seed {seed}, {p['backbone']}")
+    table.add_column("method")
+    for t in range(p["sessions"]):
+        table.add_column(f"s{t}", justify="right")
+    for column in ("A_last", "A_avg", "forgetting"):
+        table.add_column(column, justify="right")
+    for r in report.results:
+        table.add_row(r.method, *(f"{a:.3f}" for a in r.accuracy_per_session), f"{r.A_last:.3f}", f"{r.A_avg:.3f}", f"{r.forgetting:.3f}")
+    out.print(table)
+    if json_file is not None:
+        json_file.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        out.print(f"wrote {json_file}")
+
+
+@app.command()
+@user_errors
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes images and its bundle.")] = Path("edgecl-demo"),
+    train_per_class: Annotated[int, typer.Option("--train-per-class", min=1)] = 300,
+    test_per_class: Annotated[int, typer.Option("--test-per-class", min=1)] = 100,
+    quiet: QuietOption = False,
+) -> None:
+    """The whole loop on Fashion-MNIST: train on 6 classes, learn 2 + 2 more, classify, report."""
+    from edgecl.demo import run_demo
+
+    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, show_progress=not quiet)
+
+
+def main() -> None:
+    app(prog_name="edgecl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Embeddings of a list of images, cached on disk by backbone, preprocessing and file identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from edgecl.embed import EmbedBatch, Embeddings, embed_paths
+from edgecl.preprocess import PreprocessConfig
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("EDGECL_CACHE") or Path.home() / ".cache" / "edgecl") / "embeddings"
+
+
+def cache_key(paths: Sequence[Path], backbone_sha256: str, preprocess: PreprocessConfig) -> str:
+    """Changes when the backbone, the preprocessing, or any file (path, size, mtime) changes."""
+    files = []
+    for path in paths:
+        stat = Path(path).stat()
+        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps({"backbone": backbone_sha256, "preprocess": preprocess.to_dict(), "files": files})
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cached_embeddings(
+    paths: Sequence[Path],
+    embed: EmbedBatch,
+    preprocess: PreprocessConfig,
+    backbone_sha256: str,
+    cache_dir: Path | None = None,
+    *,
+    description: str = "embedding",
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> tuple[Embeddings, bool]:
+    """(embeddings, whether they came from the cache)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    file = cache_dir / f"{cache_key(paths, backbone_sha256, preprocess)}.safetensors"
+    if file.is_file():
+        with safe_open(str(file), framework="pt") as cached:
+            skipped = json.loads((cached.metadata() or {}).get("skipped", "[]"))
+            return Embeddings(cached.get_tensor("features"), cached.get_tensor("kept").tolist(), skipped), True
+    result = embed_paths(paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    save_file(
+        {"features": result.features.contiguous(), "kept": torch.tensor(result.kept, dtype=torch.int64)},
+        str(tmp),
+        metadata={"skipped": json.dumps(result.skipped)},
+    )
+    os.replace(tmp, file)
+    return result, False

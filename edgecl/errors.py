@@ -1,0 +1,5 @@
+"""The one exception type a user sees: the CLI prints its message on one line and exits 1."""
+
+
+class EdgeclError(Exception):
+    """A problem with the user's input (a file, a folder, a flag), not a bug in edgecl."""

@@ -1,0 +1,107 @@
+"""Finding image files in folders (the ImageFolder convention) and decoding them safely."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image, ImageOps
+
+from edgecl.errors import EdgeclError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_EXTENSIONS_TEXT = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded (truncated, corrupt, not an image)."""
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    name: str
+    images: tuple[Path, ...]
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
+def require_folder(path: Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise EdgeclError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise EdgeclError(f"{path}: not a folder")
+    return path
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if is_image_file(p))
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_class_folders(root: Path) -> list[ClassFolder]:
+    """`root/<class>/<image>`: one ClassFolder per subfolder, sorted by class name."""
+    root = require_folder(root)
+    folders = _subfolders(root)
+    if not folders:
+        raise EdgeclError(f"{root}: no class folders (expected {root}/<class name>/<images>)")
+    classes = []
+    for folder in folders:
+        images = list_images(folder)
+        if not images:
+            raise EdgeclError(f"{folder}: no images ({_EXTENSIONS_TEXT})")
+        classes.append(ClassFolder(folder.name, tuple(images)))
+    return classes
+
+
+def scan_new_classes(folder: Path, label: str | None = None) -> list[ClassFolder]:
+    """A folder of images is one class (named `label` or after the folder); a folder of class folders is several."""
+    folder = require_folder(folder)
+    images = list_images(folder)
+    subfolders = [p for p in _subfolders(folder) if list_images(p)]
+    if images and subfolders:
+        raise EdgeclError(
+            f"{folder}: holds both images and class folders; give one class's images or only class folders"
+        )
+    if images:
+        name = label if label is not None else folder.resolve().name
+        return [ClassFolder(name, tuple(images))]
+    if not subfolders:
+        raise EdgeclError(f"{folder}: no images ({_EXTENSIONS_TEXT})")
+    if label is not None:
+        raise EdgeclError(f"--label names one class, but {folder} holds {len(subfolders)} class folders")
+    return scan_class_folders(folder)
+
+
+def find_images(paths: Iterable[Path]) -> list[Path]:
+    """Image files named directly, and every image below named folders (sorted), in the order given."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if is_image_file(p)))
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise EdgeclError(f"{path}: not an image file ({_EXTENSIONS_TEXT})")
+            found.append(path)
+        else:
+            raise EdgeclError(f"{path}: no such file or folder")
+    if not found:
+        raise EdgeclError(f"no images ({_EXTENSIONS_TEXT}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode fully (so truncation is caught here), apply EXIF orientation, convert to RGB."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"{path}: {err}") from err

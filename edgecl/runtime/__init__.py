@@ -1,0 +1,1 @@
+"""The device runtime: backbone engines and the learn/classify services. Imports no host-only code."""

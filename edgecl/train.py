@@ -1,0 +1,49 @@
+"""`edgecl train`: the host's first session, from an image folder to a new bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecl import bundle as bundles
+from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, embed_function, preprocess_config
+from edgecl.bundle import Bundle, Manifest
+from edgecl.images import scan_class_folders
+from edgecl.methods import create_method, method_class
+from edgecl.runtime.service import embed_classes, record_session, run_session
+
+
+def train(
+    data: Path,
+    out: Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Path | None = None,
+    random_init: bool = False,
+    method: str = "tosca",
+    epochs: int | None = None,
+    seed: int = 0,
+    force: bool = False,
+    show_progress: bool = True,
+) -> tuple[Bundle, list[str]]:
+    """Session 0 on DATA/<class>/<images>; returns the new bundle and the images it skipped."""
+    bundles.check_creatable(out, force)
+    classes = scan_class_folders(data)
+    config = method_class(method).config_class().override(epochs=epochs)
+    model, spec = create_backbone(backbone, weights, random_init=random_init)
+    preprocess = preprocess_config(model)
+    embedded = embed_classes(classes, embed_function(model), preprocess, show_progress=show_progress)
+    learner = create_method(method, spec.embedding_dim, config.to_dict())
+    session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
+    backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
+    backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
+    heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
+    manifest = Manifest(
+        backbone={**spec.to_dict(), **backbone_entry},
+        preprocess=preprocess.to_dict(),
+        method={"name": method, "config": learner.config.to_dict()},
+        heads={},
+        seed=seed,
+    )
+    record_session(manifest, learner, heads_entry, session)
+    files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes}
+    return bundles.create(out, manifest, files, force=force), embedded.skipped

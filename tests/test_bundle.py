@@ -1,0 +1,158 @@
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgecl import bundle as bundles
+from edgecl.bundle import FORMAT_VERSION, Bundle
+from edgecl.errors import EdgeclError
+from edgecl.runtime.service import Classifier, learn, load_method
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def referenced_snapshot(path: Path) -> dict[str, bytes]:
+    """The manifest and the files it names: what a reader of the bundle sees."""
+    m = Bundle.open(path).manifest
+    return {name: (path / name).read_bytes() for name in ("manifest.json", m.heads["file"], m.backbone["file"])}
+
+
+def test_round_trip_manifest_and_tensors(bundle, base_images):
+    b = Bundle.open(bundle)
+    m = b.manifest
+    assert m.format == "edgecl-bundle" and m.version == FORMAT_VERSION
+    assert m.class_names == ["blue", "green", "red"]
+    assert [c.session for c in m.classes] == [0, 0, 0]
+    assert m.backbone["sha256"] == bundles.sha256_bytes((bundle / m.backbone["file"]).read_bytes())
+    assert m.preprocess["input_size"] == [3, 160, 160]
+    assert m.method["name"] == "tosca" and m.method["config"]["bottleneck"] == 48
+    assert m.sessions[0].images == 18 and m.sessions[0].seed == 0
+    method = load_method(b)
+    assert method.num_classes == 3
+    again = Bundle.open(bundle)
+    assert again.manifest == m
+
+
+def test_only_json_and_safetensors_no_pickle(bundle):
+    suffixes = {p.suffix for p in bundle.iterdir() if not p.name.startswith(".")}
+    assert suffixes <= {".json", ".safetensors"}
+
+
+def test_refuses_newer_and_unknown_formats(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "version": FORMAT_VERSION + 1}))
+    with pytest.raises(EdgeclError, match="newer than this edgecl"):
+        Bundle.open(bundle)
+    (bundle / "manifest.json").write_text(json.dumps({**manifest, "format": "something-else"}))
+    with pytest.raises(EdgeclError, match="not an edgecl bundle"):
+        Bundle.open(bundle)
+    (bundle / "manifest.json").write_text("{broken")
+    with pytest.raises(EdgeclError, match="not valid JSON"):
+        Bundle.open(bundle)
+
+
+def test_missing_and_non_bundles(tmp_path):
+    with pytest.raises(EdgeclError, match="no such bundle"):
+        Bundle.open(tmp_path / "nope")
+    with pytest.raises(EdgeclError, match="not an edgecl bundle"):
+        Bundle.open(tmp_path)
+
+
+def test_tampered_tensors_are_detected(bundle):
+    b = Bundle.open(bundle)
+    heads = bundle / b.manifest.heads["file"]
+    data = bytearray(heads.read_bytes())
+    data[-1] ^= 0xFF
+    heads.write_bytes(bytes(data))
+    with pytest.raises(EdgeclError, match="checksum mismatch"):
+        load_method(Bundle.open(bundle))
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import edgecl.bundle as bundles
+    from edgecl.runtime.service import learn
+
+    where = sys.argv[3]
+    real_write = bundles.write_atomic
+
+    def write_then_die(path, data):
+        if where == "heads" and path.name.startswith("heads-"):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        if where == "manifest" and path.name == "manifest.json":
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write(path, data)
+
+    bundles.write_atomic = write_then_die
+    learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["heads", "manifest"])
+def test_killed_learner_leaves_the_previous_bundle_intact(bundle, new_images, base_images, where):
+    before = referenced_snapshot(bundle)
+    probe = sorted((base_images / "red").iterdir())[:3]
+    expected, _ = Classifier(bundle).classify(probe, show_progress=False)
+    done = subprocess.run([sys.executable, "-c", KILLER, str(bundle), str(new_images), where], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr  # SIGKILL, mid-write
+    assert referenced_snapshot(bundle) == before
+    after, _ = Classifier(bundle).classify(probe, show_progress=False)
+    assert [(p.label, p.score) for p in after] == [(p.label, p.score) for p in expected]
+    # the next learner succeeds and removes what the killed one left behind
+    learn(bundle, new_images, show_progress=False)
+    m = Bundle.open(bundle).manifest
+    assert m.class_names[-2:] == ["grey", "yellow"]
+    leftovers = [p.name for p in bundle.iterdir() if ".tmp-" in p.name]
+    assert leftovers == []
+    assert sorted(p.name for p in bundle.glob("heads-*")) == [m.heads["file"]]
+
+
+def test_second_learner_times_out_with_a_clear_message(bundle, new_images):
+    before = snapshot(bundle)
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with bundles.locked(bundle, timeout=1):
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(EdgeclError, match=r"another edgecl process \(pid \d+\) is updating this bundle"):
+            learn(bundle, new_images, lock_timeout=0.2, show_progress=False)
+    finally:
+        release.set()
+        holder.join()
+    assert snapshot(bundle) == before
+
+
+def test_two_concurrent_learners_both_land(bundle, tmp_path):
+    from conftest import make_image_folder
+
+    first = make_image_folder(tmp_path / "a", ["yellow"], seed=1) / "yellow"
+    second = make_image_folder(tmp_path / "b", ["purple"], seed=2) / "purple"
+    code = "import sys; from pathlib import Path; from edgecl.runtime.service import learn; learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(bundle), str(f)], stderr=subprocess.PIPE, text=True) for f in (first, second)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    m = Bundle.open(bundle).manifest
+    assert sorted(m.class_names[3:]) == ["purple", "yellow"]
+    assert [s.index for s in m.sessions] == [0, 1, 2]
+    method = load_method(Bundle.open(bundle))
+    assert method.num_classes == 5 and len(method.sessions) == 3
+    assert torch.isfinite(method.predict(torch.randn(2, method.embedding_dim))).all()

@@ -1,0 +1,144 @@
+"""The command line: happy paths, and one-line errors with exit code 1 that leave the bundle as it was."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import PLUMBING_BACKBONE, make_image_folder
+from edgecl.bundle import Bundle
+from edgecl.cli import app
+from test_bundle import snapshot
+
+runner = CliRunner()
+
+
+def edgecl(*args: str, env: dict | None = None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_explains_every_command():
+    result = edgecl("--help")
+    assert result.exit_code == 0
+    for command in ("train", "learn", "classify", "info", "eval", "demo"):
+        assert command in result.output
+        sub = edgecl(command, "--help")
+        assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_usage_errors_exit_2(bundle):
+    assert edgecl("classify", "--bundle", bundle, "--no-such-flag", "x.png").exit_code == 2
+    assert edgecl("classify", "--bundle", bundle, "--top-k", "0", "x.png").exit_code == 2
+
+
+def test_train_learn_classify_info(tmp_path, base_images, new_images):
+    out = tmp_path / "b"
+    result = edgecl("train", base_images, "--out", out, "--backbone", PLUMBING_BACKBONE, "--random-init", "--epochs", "2", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "created" in result.output and "3 classes" in result.output
+    result = edgecl("learn", "--images", new_images / "yellow", "--bundle", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "learned yellow as session 1" in result.output
+    result = edgecl("learn", "--images", new_images / "grey", "--label", "silver", "--bundle", out, "-q", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.output)["classes"] == ["silver"]
+    m = Bundle.open(out).manifest
+    assert [(c.name, c.session) for c in m.classes] == [("blue", 0), ("green", 0), ("red", 0), ("yellow", 1), ("silver", 2)]
+
+    images = sorted((base_images / "red").iterdir())[:2]
+    result = edgecl("classify", *images, "--bundle", out, "-q")
+    assert result.exit_code == 0, result.stderr
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2
+    path, label, score = lines[0].split("\t")
+    assert path == str(images[0]) and label in m.class_names and 0 <= float(score) <= 1
+
+    result = edgecl("classify", base_images / "red", "--bundle", out, "--json", "--top-k", "3", "-q")
+    records = json.loads(result.output)
+    assert len(records) == 6
+    assert set(records[0]) == {"path", "label", "score", "top_k"}
+    assert len(records[0]["top_k"]) == 3 and records[0]["top_k"][0]["label"] == records[0]["label"]
+    scores = [t["score"] for t in records[0]["top_k"]]
+    assert scores == sorted(scores, reverse=True)
+
+    result = edgecl("info", "--bundle", out)
+    assert result.exit_code == 0, result.stderr
+    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch"):
+        assert text in result.output
+    info = json.loads(edgecl("info", "--bundle", out, "--json").output)
+    assert info["runtime"] == "torch" and len(info["manifest"]["sessions"]) == 3
+
+
+def test_bundle_defaults_to_environment_variable(bundle, base_images):
+    result = edgecl("classify", base_images / "red" / "img_000.png", "-q", env={"EDGECL_BUNDLE": str(bundle)})
+    assert result.exit_code == 0, result.stderr
+
+
+def test_train_input_errors(tmp_path, base_images):
+    common = ["--backbone", PLUMBING_BACKBONE, "--random-init", "-q"]
+    one_line_error(edgecl("train", tmp_path / "missing", "--out", tmp_path / "o", *common), "missing: no such folder")
+    (tmp_path / "empty").mkdir()
+    one_line_error(edgecl("train", tmp_path / "empty", "--out", tmp_path / "o", *common), "no class folders")
+    (tmp_path / "noimages" / "cat").mkdir(parents=True)
+    (tmp_path / "noimages" / "cat" / "notes.txt").write_text("hi")
+    one_line_error(edgecl("train", tmp_path / "noimages", "--out", tmp_path / "o", *common), "cat: no images")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "already exists; pass --force")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", PLUMBING_BACKBONE, "--weights", tmp_path / "w.pth", "-q"),
+        "--weights", "no such file",
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_learn_errors_leave_the_bundle_unchanged(bundle, tmp_path, new_images, base_images):
+    before = snapshot(bundle)
+    one_line_error(edgecl("learn", "--images", tmp_path / "missing", "--bundle", bundle), "no such folder")
+    (tmp_path / "empty").mkdir()
+    one_line_error(edgecl("learn", "--images", tmp_path / "empty", "--bundle", bundle), "no images")
+    one_line_error(edgecl("learn", "--images", base_images / "red", "--bundle", bundle), "class 'red' already exists")
+    one_line_error(edgecl("learn", "--images", new_images, "--label", "x", "--bundle", bundle), "--label names one class")
+    mixed = Path(shutil.copytree(new_images, tmp_path / "mixed"))
+    shutil.copy(mixed / "grey" / "img_000.png", mixed / "loose.png")
+    one_line_error(edgecl("learn", "--images", mixed, "--bundle", bundle), "both images and class folders")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    (broken / "b.png").write_bytes((new_images / "grey" / "img_000.png").read_bytes()[:60])
+    one_line_error(edgecl("learn", "--images", broken, "--bundle", bundle, "-q"), "class broken", "none of its 2 images")
+    one_line_error(edgecl("learn", "--images", new_images, "--bundle", tmp_path / "nobundle"), "no such bundle")
+    one_line_error(edgecl("learn", "--images", new_images, "--bundle", tmp_path), "not an edgecl bundle")
+    assert snapshot(bundle) == before
+
+
+def test_unreadable_images_are_skipped_with_a_warning(bundle, tmp_path):
+    folder = make_image_folder(tmp_path, ["purple"]) / "purple"
+    (folder / "zz_truncated.png").write_bytes((folder / "img_000.png").read_bytes()[:80])
+    (folder / "zz_garbage.jpg").write_bytes(b"\x00" * 100)
+    result = edgecl("learn", "--images", folder, "--bundle", bundle, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "warning: skipped 2 unreadable image(s)" in result.stderr
+    assert "zz_truncated.png" in result.stderr and "zz_garbage.jpg" in result.stderr
+    assert Bundle.open(bundle).manifest.sessions[-1].images == 6
+
+
+def test_classify_errors(bundle, tmp_path):
+    one_line_error(edgecl("classify", tmp_path / "nothing.png", "--bundle", bundle), "no such file or folder")
+    (tmp_path / "notes.txt").write_text("x")
+    one_line_error(edgecl("classify", tmp_path / "notes.txt", "--bundle", bundle), "not an image file")
+    (tmp_path / "empty").mkdir()
+    one_line_error(edgecl("classify", tmp_path / "empty", "--bundle", bundle), "no images")
+    one_line_error(edgecl("classify", tmp_path, "--bundle", tmp_path / "none"), "no such bundle")

@@ -1,0 +1,61 @@
+import math
+
+import torch
+
+from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
+
+
+def test_luca_has_the_paper_parameter_count_for_768_and_48():
+    assert sum(p.numel() for p in LuCA(768, 48).parameters()) == 149_808
+
+
+def test_luca_shapes_and_structure():
+    luca = LuCA(1280, 48)
+    assert luca.down.bias is not None and luca.up.bias is not None
+    assert luca.squeeze.bias is None and luca.excite.bias is None
+    out = luca(torch.randn(5, 1280))
+    assert out.shape == (5, 1280)
+
+
+def test_luca_forward_is_adapter_then_calibrator():
+    torch.manual_seed(0)
+    luca = LuCA(16, 4)
+    luca.reset_parameters(torch.Generator().manual_seed(1))
+    x = torch.randn(3, 16)
+    h = torch.nn.functional.layer_norm(x + luca.up(torch.nn.functional.gelu(luca.down(x))), (16,))
+    expected = h * torch.sigmoid(luca.excite(torch.relu(luca.squeeze(h))))
+    torch.testing.assert_close(luca(x), expected)
+
+
+def test_luca_reset_is_seeded_xavier_with_zero_bias():
+    a, b = LuCA(64, 8), LuCA(64, 8)
+    a.reset_parameters(torch.Generator().manual_seed(3))
+    b.reset_parameters(torch.Generator().manual_seed(3))
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    bound = math.sqrt(6 / (64 + 8))
+    assert a.down.weight.abs().max() <= bound and a.down.weight.abs().max() > bound / 2
+    assert torch.count_nonzero(a.down.bias) == 0
+
+
+def test_l1_is_the_sum_of_absolute_weights():
+    luca = LuCA(8, 2)
+    assert torch.isclose(luca.l1(), sum(p.abs().sum() for p in luca.parameters()))
+
+
+def test_cosine_classifier_scales_cosines_and_grows():
+    clf = CosineClassifier(4, 0, sigma=2.0)
+    clf.add_classes(torch.tensor([[1.0, 0, 0, 0], [0, 3.0, 0, 0]]))
+    assert clf.num_classes == 2
+    logits = clf(torch.tensor([[5.0, 0, 0, 0], [1.0, 1.0, 0, 0]]))
+    torch.testing.assert_close(logits, 2.0 * torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]]))
+    clf.add_classes(torch.tensor([[0, 0, 1.0, 0]]))
+    assert clf(torch.randn(2, 4)).shape == (2, 3)
+    assert clf.sigma.requires_grad
+
+
+def test_class_means_and_entropy():
+    features = torch.tensor([[1.0, 0], [3.0, 0], [0, 2.0]])
+    torch.testing.assert_close(class_means(features, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0, 0], [0, 2.0]]))
+    assert torch.isclose(entropy(torch.zeros(1, 4))[0], torch.tensor(math.log(4)))
+    assert entropy(torch.tensor([[100.0, 0, 0]]))[0] < 1e-6

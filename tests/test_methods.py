@@ -1,0 +1,101 @@
+"""The method interface, exercised the same way for every registered method."""
+
+import pytest
+import torch
+
+from edgecl.errors import EdgeclError
+from edgecl.methods import METHODS, create_method, restore_method
+from edgecl.training import SGDSchedule
+
+DIM = 32
+
+
+def clustered(num_classes: int, per_class: int, offset: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Well separated Gaussian clusters, one per class, around seeded random centres."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(offset + num_classes, DIM, generator=torch.Generator().manual_seed(99)) * 3
+    targets = torch.arange(offset, offset + num_classes).repeat_interleave(per_class)
+    return centres[targets] + 0.3 * torch.randn(len(targets), DIM, generator=g), targets
+
+
+def fast(name: str):
+    return create_method(name, DIM, epochs=3, min_steps=60) if name == "tosca" else create_method(name, DIM)
+
+
+def learn_sessions(method, sessions=((0, 3), (3, 2), (5, 2))):
+    g = torch.Generator().manual_seed(0)
+    for offset, count in sessions:
+        features, targets = clustered(count, 20, offset, seed=offset)
+        method.learn(features, targets, g, show_progress=False)
+    return method
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_learns_separable_classes_across_sessions(name):
+    method = learn_sessions(fast(name))
+    assert method.num_classes == 7
+    features, targets = clustered(7, 10, seed=123)
+    accuracy = (method.predict(features).argmax(1) == targets).float().mean().item()
+    assert accuracy >= 0.9, accuracy
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_state_round_trip_gives_the_same_predictions(name):
+    method = learn_sessions(fast(name))
+    restored = restore_method(name, DIM, method.config.to_dict(), method.structure(), method.state_dict())
+    features, _ = clustered(7, 4, seed=5)
+    torch.testing.assert_close(restored.predict(features), method.predict(features), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_predictions_do_not_depend_on_the_batch(name):
+    method = learn_sessions(fast(name))
+    features, _ = clustered(7, 6, seed=7)
+    together = method.predict(features)
+    alone = torch.cat([method.predict(features[i : i + 1]) for i in range(len(features))])
+    assert torch.equal(together.argmax(1), alone.argmax(1))
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_new_classes_must_continue_the_numbering(name):
+    method = learn_sessions(fast(name), sessions=((0, 2),))
+    features, targets = clustered(2, 5, offset=3)
+    with pytest.raises(ValueError, match="numbered 2"):
+        method.learn(features, targets, torch.Generator(), show_progress=False)
+
+
+def test_tosca_picks_the_module_per_sample_not_per_batch():
+    tosca = learn_sessions(fast("tosca"), sessions=((0, 3), (3, 3)))
+    features, targets = clustered(6, 5, seed=11)
+    per_module = tosca.session_logits(features)
+    entropies = -(per_module.softmax(-1) * per_module.log_softmax(-1)).sum(-1)
+    chosen = entropies.argmin(0)
+    assert set(chosen.tolist()) == {0, 1}, "the mixed batch should use both modules"
+    torch.testing.assert_close(tosca.logits(features), per_module[chosen, torch.arange(len(features))])
+    # a sample's logits do not change when its batch-mates come from the other session
+    first = targets < 3
+    own_session = tosca.logits(features[first])
+    mixed = tosca.logits(torch.cat([features[first], features[~first]]))[: int(first.sum())]
+    torch.testing.assert_close(mixed, own_session, rtol=0, atol=1e-6)
+
+
+def test_tosca_sets_new_rows_to_prototypes_after_training():
+    tosca = learn_sessions(fast("tosca"), sessions=((0, 3),))
+    features, targets = clustered(3, 20, 0, seed=0)
+    with torch.no_grad():
+        prototypes = torch.stack([tosca.sessions[0](features[targets == c]).mean(0) for c in range(3)])
+    torch.testing.assert_close(tosca.classifier.weight.data, prototypes, rtol=1e-5, atol=1e-5)
+
+
+def test_min_steps_raises_epochs_for_small_sessions_only():
+    schedule = SGDSchedule(epochs=20, batch_size=48, min_steps=400)
+    assert schedule.epochs_for(50) == 200  # 2 steps per epoch
+    assert schedule.epochs_for(10_000) == 20
+
+
+def test_unknown_method_and_setting_are_user_errors():
+    with pytest.raises(EdgeclError, match="unknown method"):
+        create_method("nope", DIM)
+    with pytest.raises(EdgeclError, match="unknown setting"):
+        create_method("tosca", DIM, {"bottlenek": 3})
