@@ -207,7 +207,7 @@ def eval_command(
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
     epochs: EpochsOption = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Embedding cache (default: $EDGECL_CACHE or ~/.cache/edgecl).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache of embeddings and exported backbones (default: $EDGECL_CACHE or ~/.cache/edgecl).")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -223,14 +223,14 @@ def eval_command(
     warn_skipped(report.skipped)
     p = report.protocol
     table = Table(title=f"B{init} Inc{increment}, {p['classes']} classes, seed {seed}, {p['backbone']}")
-    table.add_column("method")
+    table.add_column("method", no_wrap=True)
     for t in range(p["sessions"]):
-        table.add_column(f"s{t}", justify="right")
+        table.add_column(f"s{t}", justify="right", no_wrap=True)
     for column in ("A_last", "A_avg", "forgetting"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for r in report.results:
         table.add_row(r.method, *(f"{a:.3f}" for a in r.accuracy_per_session), f"{r.A_last:.3f}", f"{r.A_avg:.3f}", f"{r.forgetting:.3f}")
-    out.print(table)
+    Console(highlight=False, width=max(out.width, 1000)).print(table)  # the table's own width, never truncated
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         out.print(f"wrote {json_file}")

@@ -64,13 +64,15 @@ def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int =
         row.append(sum(correct.values()) / len(correct))
         rows.append(row)
     table = Table(title="accuracy on the test images of the classes seen so far")
-    table.add_column("after")
+    table.add_column("after", no_wrap=True)
     for index, classes in enumerate(SESSIONS):
-        table.add_column(f"session {index} classes\n({', '.join(names[c] for c in classes)})", justify="right")
-    table.add_column("all seen", justify="right")
-    table.add_column("step time", justify="right")
+        table.add_column(f"s{index} classes ({len(classes)})", justify="right", no_wrap=True)
+    table.add_column("all seen", justify="right", no_wrap=True)
+    table.add_column("step time", justify="right", no_wrap=True)
     for index, row in enumerate(rows):
         cells = [f"{a:.3f}" for a in row[:-1]] + [""] * (len(SESSIONS) - len(row) + 1)
         table.add_row(f"session {index}", *cells, f"{row[-1]:.3f}", f"{timings[index]:.1f} s")
     console.print(table)
+    for index, classes in enumerate(SESSIONS):
+        console.print(f"  s{index}: {', '.join(names[c] for c in classes)}")
     return rows

@@ -15,6 +15,8 @@ from edgecl.preprocess import PreprocessConfig, preprocess
 from edgecl.progress import progress_bar
 
 EmbedBatch = Callable[[np.ndarray], torch.Tensor]
+# On CPUs small batches are fastest per image (activations stay in cache): benchmarks/embedding.py.
+CPU_BATCH_SIZE = 2
 
 
 @dataclass
@@ -36,7 +38,7 @@ def embed_paths(
     embed_batch: EmbedBatch,
     config: PreprocessConfig,
     *,
-    batch_size: int = 32,
+    batch_size: int = CPU_BATCH_SIZE,
     description: str = "embedding",
     show_progress: bool = True,
 ) -> Embeddings:

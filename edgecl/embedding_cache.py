@@ -12,12 +12,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from edgecl.embed import EmbedBatch, Embeddings, embed_paths
+from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, Embeddings, embed_paths
 from edgecl.preprocess import PreprocessConfig
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EDGECL_CACHE") or Path.home() / ".cache" / "edgecl") / "embeddings"
+def cache_root(override: Path | None = None) -> Path:
+    """`override`, else $EDGECL_CACHE, else ~/.cache/edgecl; embeddings/ and onnx/ live below it."""
+    return Path(override or os.environ.get("EDGECL_CACHE") or Path.home() / ".cache" / "edgecl")
 
 
 def cache_key(paths: Sequence[Path], backbone_sha256: str, preprocess: PreprocessConfig) -> str:
@@ -35,21 +36,20 @@ def cached_embeddings(
     embed: EmbedBatch,
     preprocess: PreprocessConfig,
     backbone_sha256: str,
-    cache_dir: Path | None = None,
+    cache_dir: Path,
     *,
     description: str = "embedding",
-    batch_size: int = 8,
+    batch_size: int = CPU_BATCH_SIZE,
     show_progress: bool = True,
 ) -> tuple[Embeddings, bool]:
     """(embeddings, whether they came from the cache)."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    file = cache_dir / f"{cache_key(paths, backbone_sha256, preprocess)}.safetensors"
+    file = Path(cache_dir) / f"{cache_key(paths, backbone_sha256, preprocess)}.safetensors"
     if file.is_file():
         with safe_open(str(file), framework="pt") as cached:
             skipped = json.loads((cached.metadata() or {}).get("skipped", "[]"))
             return Embeddings(cached.get_tensor("features"), cached.get_tensor("kept").tolist(), skipped), True
     result = embed_paths(paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
     save_file(
         {"features": result.features.contiguous(), "kept": torch.tensor(result.kept, dtype=torch.int64)},

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from edgecl import bundle as bundles
-from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, embed_function, preprocess_config
+from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
 from edgecl.data import class_order, load_train_test, session_sizes
-from edgecl.embedding_cache import cached_embeddings
+from edgecl.embedding_cache import cache_root, cached_embeddings
+from edgecl.export import host_embed_function
 from edgecl.methods import create_method, method_class
 from edgecl.metrics import IncrementalResult, accuracy, summarize
 from edgecl.runtime.service import LabeledEmbeddings, run_session
@@ -102,11 +103,13 @@ def evaluate(
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
     start = time.perf_counter()
+    root = cache_root(cache_dir)
+    embed, runtime = host_embed_function(model, preprocess.input_size, backbone_sha, root / "onnx")
     splits, skipped = {}, []
     for name, split in (("train", dataset.train), ("test", dataset.test)):
         embedded, _ = cached_embeddings(
-            split.paths, embed_function(model), preprocess, backbone_sha, cache_dir,
-            description=f"embedding {name}", show_progress=show_progress,
+            split.paths, embed, preprocess, backbone_sha, root / "embeddings",
+            description=f"embedding {name} ({runtime})", show_progress=show_progress,
         )
         splits[name] = LabeledFeatures(embedded.features, position[split.labels[embedded.kept]])
         skipped.extend(embedded.skipped)

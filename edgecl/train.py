@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgecl import bundle as bundles
-from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, embed_function, preprocess_config
+from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
 from edgecl.bundle import Bundle, Manifest
+from edgecl.embedding_cache import cache_root
+from edgecl.export import host_embed_function
 from edgecl.images import scan_class_folders
 from edgecl.methods import create_method, method_class
 from edgecl.runtime.service import embed_classes, record_session, run_session
@@ -31,11 +33,12 @@ def train(
     config = method_class(method).config_class().override(epochs=epochs)
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     preprocess = preprocess_config(model)
-    embedded = embed_classes(classes, embed_function(model), preprocess, show_progress=show_progress)
-    learner = create_method(method, spec.embedding_dim, config.to_dict())
-    session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
+    embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
+    embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
+    learner = create_method(method, spec.embedding_dim, config.to_dict())
+    session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
     manifest = Manifest(
         backbone={**spec.to_dict(), **backbone_entry},

@@ -37,6 +37,14 @@ def make_image_folder(root: Path, names: list[str], count: int = 6, seed: int = 
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Embeddings and exported backbones go to a temporary cache, never the user's."""
+    import os
+
+    os.environ["EDGECL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def base_images(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("base"), ["red", "green", "blue"])

@@ -19,7 +19,7 @@ def clustered(num_classes: int, per_class: int, offset: int = 0, seed: int = 0) 
 
 
 def fast(name: str):
-    return create_method(name, DIM, epochs=3, min_steps=60) if name == "tosca" else create_method(name, DIM)
+    return create_method(name, DIM, epochs=3, min_steps=60) if name.startswith("tosca") else create_method(name, DIM)
 
 
 def learn_sessions(method, sessions=((0, 3), (3, 2), (5, 2))):
@@ -86,6 +86,31 @@ def test_tosca_sets_new_rows_to_prototypes_after_training():
     with torch.no_grad():
         prototypes = torch.stack([tosca.sessions[0](features[targets == c]).mean(0) for c in range(3)])
     torch.testing.assert_close(tosca.classifier.weight.data, prototypes, rtol=1e-5, atol=1e-5)
+
+
+def test_each_module_has_prototypes_of_every_class():
+    tosca = learn_sessions(fast("tosca"))
+    assert tosca.module_rows.shape == (3, 7, DIM)
+    features, targets = clustered(2, 20, 5, seed=5)  # the last session's data
+    with torch.no_grad():
+        first_module_view = torch.stack([tosca.sessions[0](features[targets == c]).mean(0) for c in (5, 6)])
+    torch.testing.assert_close(tosca.module_rows[0, 5:], first_module_view, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tosca.module_rows[2], tosca.classifier.weight.data)
+
+
+def test_replay_keeps_old_classes_through_one_class_sessions():
+    """With nothing but the new class in its data, a module learns 'everything is new' unless old
+    classes are replayed from their stored statistics."""
+    results = {}
+    for name in ("tosca", "tosca-paper"):
+        method = learn_sessions(fast(name), sessions=((0, 3), (3, 1), (4, 1), (5, 1)))
+        features, targets = clustered(6, 10, seed=21)
+        results[name] = (method.predict(features).argmax(1) == targets).float().mean().item()
+    assert results["tosca"] >= 0.95, results
+    stored = learn_sessions(fast("tosca"), ((0, 2),))
+    features, _ = clustered(2, 20, 0, seed=0)
+    torch.testing.assert_close(stored.class_mean, features.view(2, 20, DIM).mean(1))
+    torch.testing.assert_close(stored.class_var, features.view(2, 20, DIM).var(1, unbiased=False), rtol=1e-4, atol=1e-4)
 
 
 def test_min_steps_raises_epochs_for_small_sessions_only():

@@ -5,13 +5,22 @@ cosine classifier with a learnable scale, plus an L1 penalty on the LuCA weights
 classes' rows become their prototypes (mean LuCA output). Inference runs every session's module and
 keeps, for each sample on its own, the module whose prediction has the lowest entropy.
 
-Departures from the official code, on purpose: the module is chosen per sample, not per test batch
-(per-batch choice leaks the task identity through the batch); heads train on cached embeddings of
-the frozen backbone, so there is no image augmentation.
+Where edgecl departs from the official code, and why (figures in README, tests/test_accuracy.py):
+- The module is chosen per sample, never per test batch (a per-batch choice leaks the task identity).
+- Heads train on cached embeddings of the frozen backbone: no image augmentation; instead a floor
+  on SGD steps (`min_steps`) so that a 50-image session is trained, not just touched.
+- `replay_ratio`: each class leaves its embedding mean and diagonal variance (2 x D floats); later
+  sessions add Gaussian samples of the old classes to the cross-entropy, so a module learns old vs
+  new instead of "everything is new" (a one-class session has nothing else to learn from).
+- `per_module_prototypes`: when a session adds classes, their prototypes are also taken through
+  every earlier (frozen) module, so each module classifies all classes in its own feature space and
+  the entropies being compared come from complete classifiers.
+`tosca-paper` turns these three off.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +42,11 @@ class ToscaConfig(MethodConfig):
     min_lr: float = 1e-8
     momentum: float = 0.9
     weight_decay: float = 0.0
-    min_steps: int = 400
     l1: float = 5e-4
     sigma_init: float = 1.0
+    min_steps: int = 400
+    replay_ratio: float = 1.0  # Gaussian old-class samples per real sample in a batch; 0 = off
+    per_module_prototypes: bool = True
 
     def schedule(self) -> SGDSchedule:
         return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
@@ -51,22 +62,35 @@ class Tosca(ContinualMethod):
         super().__init__(config, embedding_dim)
         self.sessions = nn.ModuleList()
         self.classifier = CosineClassifier(embedding_dim, 0, config.sigma_init)
+        self.register_buffer("class_mean", torch.zeros(0, embedding_dim))
+        self.register_buffer("class_var", torch.zeros(0, embedding_dim))
+        self.register_buffer("module_rows", torch.zeros(0, 0, embedding_dim))  # (sessions, classes, D)
 
     @property
     def num_classes(self) -> int:
         return self.classifier.num_classes
 
+    def _replay(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        classes = torch.randint(0, self.class_mean.shape[0], (count,), generator=generator)
+        noise = torch.randn(count, self.embedding_dim, generator=generator)
+        return self.class_mean[classes] + self.class_var[classes].sqrt() * noise, classes
+
     def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
         old = self.num_classes
         new = self.check_new_classes(targets)
+        local = targets - old
         module = LuCA(self.embedding_dim, self.config.bottleneck)
         module.reset_parameters(generator)
         with torch.no_grad():
-            self.classifier.add_classes(class_means(module(features), targets - old, new))
+            self.classifier.add_classes(class_means(module(features), local, new))
+        replay = self.config.replay_ratio > 0 and old > 0
 
         def batch_loss(batch: torch.Tensor) -> torch.Tensor:
-            logits = self.classifier(module(features[batch]))
-            return F.cross_entropy(logits, targets[batch]) + self.config.l1 * module.l1()
+            x, y = features[batch], targets[batch]
+            if replay:
+                pseudo, pseudo_y = self._replay(math.ceil(self.config.replay_ratio * len(batch)), generator)
+                x, y = torch.cat([x, pseudo]), torch.cat([y, pseudo_y])
+            return F.cross_entropy(self.classifier(module(x)), y) + self.config.l1 * module.l1()
 
         self.train()
         loss = train_minibatches(
@@ -75,13 +99,25 @@ class Tosca(ContinualMethod):
         )
         self.eval()
         with torch.no_grad():
-            self.classifier.weight[old:] = class_means(module(features), targets - old, new)
+            self.classifier.weight[old:] = class_means(module(features), local, new)
+            mean = class_means(features, local, new)
+            self.class_mean = torch.cat([self.class_mean, mean])
+            self.class_var = torch.cat([self.class_var, (class_means(features**2, local, new) - mean**2).clamp_min(0)])
+            if self.config.per_module_prototypes:
+                earlier = [torch.cat([r, class_means(m(features), local, new)]) for r, m in zip(self.module_rows, self.sessions)]
+                self.module_rows = torch.stack([*earlier, self.classifier.weight.detach().clone()])
         self.sessions.append(module)
         return {"loss": loss}
 
     def session_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(sessions, N, classes): every session module's prediction for every sample."""
-        return torch.stack([self.classifier(module(features)) for module in self.sessions])
+        if not self.config.per_module_prototypes:
+            return torch.stack([self.classifier(module(features)) for module in self.sessions])
+        sigma = self.classifier.sigma
+        return torch.stack([
+            sigma * F.linear(F.normalize(module(features), dim=-1), F.normalize(rows, dim=-1))
+            for module, rows in zip(self.sessions, self.module_rows)
+        ])
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.session_logits(features)
@@ -92,5 +128,24 @@ class Tosca(ContinualMethod):
         return {"sessions": len(self.sessions), "classes": self.num_classes}
 
     def build(self, structure: dict[str, Any]) -> None:
-        self.sessions = nn.ModuleList(LuCA(self.embedding_dim, self.config.bottleneck) for _ in range(structure["sessions"]))
-        self.classifier = CosineClassifier(self.embedding_dim, structure["classes"], self.config.sigma_init)
+        sessions, classes, dim = structure["sessions"], structure["classes"], self.embedding_dim
+        self.sessions = nn.ModuleList(LuCA(dim, self.config.bottleneck) for _ in range(sessions))
+        self.classifier = CosineClassifier(dim, classes, self.config.sigma_init)
+        self.class_mean, self.class_var = torch.zeros(classes, dim), torch.zeros(classes, dim)
+        shape = (sessions, classes, dim) if self.config.per_module_prototypes else (0, 0, dim)
+        self.module_rows = torch.zeros(shape)
+
+
+@dataclass(frozen=True)
+class ToscaPaperConfig(ToscaConfig):
+    min_steps: int = 0
+    replay_ratio: float = 0.0
+    per_module_prototypes: bool = False
+
+
+@register_method
+class ToscaPaper(Tosca):
+    """TOSCA trained as published (still choosing the module per sample)."""
+
+    name = "tosca-paper"
+    config_class = ToscaPaperConfig

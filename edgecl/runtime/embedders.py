@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from edgecl.bundle import Bundle
+from edgecl.embed import CPU_BATCH_SIZE
 from edgecl.errors import EdgeclError
 
 
@@ -22,6 +23,7 @@ class Embedder:
     runtime: str
     reason: str  # why this runtime serves the backbone, for `edgecl info`
     embed: Callable[[np.ndarray], torch.Tensor]
+    batch_size: int = CPU_BATCH_SIZE
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         return self.embed(images)

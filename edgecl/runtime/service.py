@@ -16,15 +16,12 @@ import torch
 
 from edgecl import bundle as bundles
 from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
-from edgecl.embed import EmbedBatch, embed_paths
+from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
 from edgecl.images import ClassFolder, find_images, scan_new_classes
 from edgecl.methods import ContinualMethod, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
-
-BATCH_SIZE = 8
-
 
 @dataclass
 class LabeledEmbeddings:
@@ -40,11 +37,11 @@ def session_generator(seed: int, session: int) -> torch.Generator:
 
 
 def embed_classes(
-    classes: Sequence[ClassFolder], embed: EmbedBatch, preprocess: PreprocessConfig, *, show_progress: bool = True
+    classes: Sequence[ClassFolder], embed: EmbedBatch, preprocess: PreprocessConfig, *, batch_size: int = CPU_BATCH_SIZE, show_progress: bool = True
 ) -> LabeledEmbeddings:
     paths = [p for c in classes for p in c.images]
     labels = torch.tensor([i for i, c in enumerate(classes) for _ in c.images])
-    result = embed_paths(paths, embed, preprocess, batch_size=BATCH_SIZE, show_progress=show_progress)
+    result = embed_paths(paths, embed, preprocess, batch_size=batch_size, show_progress=show_progress)
     targets = labels[result.kept]
     for i, folder in enumerate(classes):
         if not bool((targets == i).any()):
@@ -106,7 +103,9 @@ def learn(
     check_new_names(classes, bundle.manifest)
     embedder = open_embedder(bundle, runtime)
     start = time.perf_counter()
-    data = embed_classes(classes, embedder, PreprocessConfig.from_dict(bundle.manifest.preprocess), show_progress=show_progress)
+    data = embed_classes(
+        classes, embedder, PreprocessConfig.from_dict(bundle.manifest.preprocess), batch_size=embedder.batch_size, show_progress=show_progress
+    )
     seconds_backbone = time.perf_counter() - start
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != bundle.manifest.backbone:
@@ -140,7 +139,9 @@ class Classifier:
         return self.method.predict(features)
 
     def classify(self, paths: Sequence[Path], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
-        result = embed_paths(paths, self.embedder, self.preprocess, batch_size=BATCH_SIZE, description="classifying", show_progress=show_progress)
+        result = embed_paths(
+            paths, self.embedder, self.preprocess, batch_size=self.embedder.batch_size, description="classifying", show_progress=show_progress
+        )
         probs = self.predict_features(result.features)
         scores, indices = probs.topk(min(max(top_k, 1), len(self.classes)), dim=1)
         predictions = []
