@@ -81,11 +81,28 @@ def _check_name(name: str) -> None:
         raise EdgeclError(f"--backbone {name}: not a timm model{hint}")
 
 
-def create_model(name: str, model_kwargs: dict | None = None) -> nn.Module:
-    """The timm architecture with random weights and no classifier, frozen, in eval mode."""
+def create_model(name: str, model_kwargs: dict | None = None, *, exportable: bool = False) -> nn.Module:
+    """The timm architecture with random weights and no classifier, frozen, in eval mode.
+
+    exportable: timm's export-friendly layers, and ViT attention unfused (plain MatMul/Softmax in ONNX).
+    """
     _check_name(name)
-    model = _timm().create_model(name, pretrained=False, num_classes=0, **(model_kwargs or {}))
+    timm = _timm()
+    fused = timm.layers.use_fused_attn()
+    if exportable:
+        timm.layers.set_fused_attn(False)
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, exportable=exportable or None, **(model_kwargs or {}))
+    finally:
+        timm.layers.set_fused_attn(fused)
     return freeze(model)
+
+
+def rebuild(spec: dict, weights: dict[str, torch.Tensor], *, exportable: bool = False) -> nn.Module:
+    """A bundle's backbone as a PyTorch module, from its manifest entry and stored weights."""
+    model = create_model(spec["name"], spec.get("model_kwargs"), exportable=exportable)
+    model.load_state_dict(weights)
+    return model
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -143,12 +160,13 @@ def load_by_order(model: nn.Module, state: dict[str, torch.Tensor], drop_prefixe
     model.load_state_dict(dict(zip(own.keys(), tensors)))
 
 
-def embed_function(model: nn.Module):
-    """The model as an EmbedBatch: float32 (N, 3, H, W) numpy -> (N, D) tensor."""
+def embed_function(model: nn.Module, device: str = "cpu"):
+    """The model as an EmbedBatch: float32 (N, 3, H, W) numpy -> (N, D) CPU tensor."""
+    model.to(device)
 
     def embed(images):
         with torch.no_grad():
-            return model(torch.from_numpy(images))
+            return model(torch.from_numpy(images).to(device)).cpu()
 
     return embed
 

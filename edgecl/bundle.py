@@ -39,6 +39,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 BACKBONE_FILE = "backbone.safetensors"
+ONNX_FILE = "backbone.onnx"
+ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
 
 
@@ -184,7 +186,7 @@ class Bundle:
         return self.read_tensors(self.manifest.backbone)
 
     def size_bytes(self) -> dict[str, int]:
-        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file() and not p.name.startswith(".")}
+        return {name: (self.path / name).stat().st_size for name in sorted(referenced(self.manifest) | {MANIFEST})}
 
 
 def open_consistent(path: Path, read: Callable[[Bundle], Any], attempts: int = 3) -> tuple[Bundle, Any]:
@@ -242,34 +244,44 @@ class BundleUpdate:
 
     def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
         entry, data = content_named(stem, tensors)
-        target = self.bundle.path / entry["file"]
-        if not target.exists():
-            write_atomic(target, data)
-            self.written.append(target)
+        if not (self.bundle.path / entry["file"]).exists():
+            self.write_file(entry["file"], data)
         return entry
 
-    def referenced(self, manifest: Manifest) -> set[str]:
-        names = {manifest.heads["file"], manifest.backbone["file"]}
-        if manifest.export:
-            names.update(str(v) for k, v in manifest.export.items() if k.endswith("file"))
-        names.update(str(e["file"]) for e in manifest.engines.values())
-        return names
+    def write_file(self, name: str, data: bytes) -> dict[str, str]:
+        """A file under the bundle, relative name (may be in engines/); visible once committed."""
+        target = self.bundle.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(target, data)
+        self.written.append(target)
+        return {"file": name, "sha256": sha256_bytes(data)}
 
     def commit(self) -> None:
         self.manifest.updated = now()
         write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
-        keep = self.referenced(self.manifest)
-        for stale in self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"):
-            if stale.name not in keep:
+        keep = referenced(self.manifest)
+        candidates = [*self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"), *self.bundle.path.glob(f"{ENGINES_DIR}/*")]
+        for stale in candidates:
+            if stale.relative_to(self.bundle.path).as_posix() not in keep:
                 stale.unlink(missing_ok=True)
-        for tmp in self.bundle.path.glob(".*.tmp-*"):
+        for tmp in [*self.bundle.path.glob(".*.tmp-*"), *self.bundle.path.glob(f"{ENGINES_DIR}/.*.tmp-*")]:
             tmp.unlink(missing_ok=True)
 
     def abandon(self) -> None:
-        keep = self.referenced(self.bundle.manifest)
+        keep = referenced(self.bundle.manifest)
         for path in self.written:
-            if path.name not in keep:
+            if path.relative_to(self.bundle.path).as_posix() not in keep:
                 path.unlink(missing_ok=True)
+
+
+def referenced(manifest: Manifest) -> set[str]:
+    """Every file the manifest names (relative paths)."""
+    names = {manifest.heads["file"], manifest.backbone["file"]}
+    if manifest.export:
+        names.add(manifest.export["file"])
+    for engine in manifest.engines.values():
+        names.update(str(engine[k]) for k in ("file", "timing_cache") if k in engine)
+    return names
 
 
 @contextmanager

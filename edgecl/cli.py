@@ -179,17 +179,89 @@ def info(
     m = b.manifest
     sizes = b.size_bytes()
     if json_out:
-        print(json.dumps({"manifest": json.loads(m.to_json()), "files": sizes, "runtime": embedder.runtime, "runtime_reason": embedder.reason}, indent=1))
+        print(json.dumps({"manifest": json.loads(m.to_json()), "files": sizes, "runtime": embedder.runtime,
+                          "runtime_reason": embedder.reason, "passed_over": embedder.passed_over}, indent=1))
         return
     out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(sizes.values()) / 1e6:.1f} MB)")
     out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  weights {m.backbone['weights_source']}")
     out.print(f"method     {m.method['name']}  {m.method['config']}")
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
+    for reason in embedder.passed_over:
+        out.print(f"           not {reason}", markup=False)
+    if m.export:
+        parity = m.export["parity"]
+        out.print(f"export     {m.export['file']} for {m.export['target']} (opset {m.export['opset']}, parity {parity['max_abs_diff']:.1e} "
+                  f"on {parity['images']} {'real' if parity['real_images'] else 'random'} inputs)")
+    for key, engine in m.engines.items():
+        out.print(f"engine     {key} ({engine['gpu']}, built {engine['built']})")
     table = Table("session", "classes", "images", "heads s", "created")
     for s in m.sessions:
         table.add_row(str(s.index), ", ".join(s.classes), str(s.images), f"{s.stats.get('seconds', 0):.2f}", s.created)
     out.print(table)
     out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()))
+
+
+def _targets_help() -> str:
+    from edgecl.profiles import available_targets
+
+    return "Target profile: " + ", ".join(p.name + "".join(f" ({a})" for a in p.aliases) for p in available_targets().values()) + "."
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    target: Annotated[str, typer.Option("--target", "-t", help=_targets_help())],
+    bundle: BundleOption = Path("edgecl-bundle"),
+    images: Annotated[Optional[list[Path]], typer.Option("--images", help="Real images (files or folders) for the parity check.")] = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 60.0,
+) -> None:
+    """Host: the bundle's backbone -> backbone.onnx for a target, checked against PyTorch."""
+    from edgecl.export import PARITY_ATOL, export_bundle
+
+    report = export_bundle(bundle, target, images or [], lock_timeout=lock_timeout)
+    if not report.real_images:
+        err.print("warning: parity checked on random inputs; pass --images DIR to check on real images", markup=False)
+    out.print(
+        f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target}: max |PyTorch - onnxruntime| "
+        f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
+        f"(limit {PARITY_ATOL:g}), {report.seconds:.1f} s; the TensorRT engine is built on the target (`edgecl engine build`)"
+    )
+
+
+engine_app = typer.Typer(help="TensorRT engines, built on the target from backbone.onnx.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+
+
+@engine_app.command("build")
+@user_errors
+def engine_build(
+    bundle: BundleOption = Path("edgecl-bundle"),
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 600.0,
+) -> None:
+    """Device: build and store the engine for this GPU and TensorRT version."""
+    from edgecl.runtime.tensorrt import build_into_bundle
+
+    report = build_into_bundle(bundle, lock_timeout=lock_timeout)
+    out.print(f"built engine {report.key} in {report.seconds:.0f} s: {report.entry['file']}")
+
+
+@app.command()
+@user_errors
+def watch(
+    folder: Annotated[Path, typer.Argument(help="Folder to watch for new images.")],
+    log: Annotated[Path, typer.Option("--log", help="JSON-lines file to append predictions to.")],
+    bundle: BundleOption = Path("edgecl-bundle"),
+    runtime: RuntimeOption = None,
+    done: Annotated[Optional[Path], typer.Option("--done", help="Move classified images here (default: leave them).")] = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls.")] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also log the K best labels.")] = 1,
+    once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit.")] = False,
+) -> None:
+    """Device service: classify images dropped into FOLDER, one JSON line each in --log."""
+    from edgecl.runtime.watch import watch_folder
+
+    count = watch_folder(bundle, folder, log, runtime=runtime, interval=interval, done=done, top_k=top_k, once=once)
+    err.print(f"classified {count} image(s) into {log}", markup=False)
 
 
 @app.command("eval")

@@ -1,7 +1,8 @@
 """`edgecl demo`: the whole loop on Fashion-MNIST through the real command line.
 
-Base session on 6 classes (`edgecl train`), then two `edgecl learn` sessions of 2 classes each
-from image folders, classifying the test images of every class seen so far after each step.
+Base session on 6 classes (`edgecl train`, then `edgecl export` so the backbone runs in
+onnxruntime), then two `edgecl learn` sessions of 2 classes each from image folders, classifying
+the test images of every class seen so far after each step.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int =
     for index, classes in enumerate(SESSIONS):
         start = time.perf_counter()
         if index == 0:
-            console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle}")
+            console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle}; edgecl export --target cpu")
             _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", quiet=quiet)
+            _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)
         else:
             console.print(f"\n[bold]session {index}[/] (device): edgecl learn --images {folders[index]}")
             _edgecl("learn", "--images", str(folders[index]), "--bundle", str(bundle), quiet=quiet)

@@ -4,19 +4,29 @@ engine from it on the target. Host side (imports onnx and the exporter)."""
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgecl import __version__
+from edgecl import bundle as bundles
 from edgecl.embed import EmbedBatch
 from edgecl.errors import EdgeclError
+from edgecl.images import UnreadableImage, find_images, load_image
+from edgecl.preprocess import PreprocessConfig, preprocess
+from edgecl.profiles import load_target
 from edgecl.runtime.onnx import INPUT_NAME, OUTPUT_NAME, ort_embed_function, ort_session
 
 OPSET = 18  # >= 17 keeps LayerNormalization one op
 PARITY_ATOL = 1e-4
+PARITY_IMAGES = 32
 
 
 def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path) -> Path:
@@ -65,3 +75,60 @@ def host_embed_function(model: nn.Module, input_size: tuple[int, int, int], back
         return ort_embed_function(ort_session(path, ["CPUExecutionProvider"])), "onnxruntime"
     except Exception:  # noqa: BLE001 - speed only: any failure falls back to the exact PyTorch path
         return embed_function(model), "torch"
+
+
+@dataclass
+class ExportReport:
+    file: Path
+    size_bytes: int
+    target: str
+    max_abs_diff: float
+    parity_images: int
+    real_images: bool
+    seconds: float
+
+
+def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np.ndarray, bool]:
+    arrays = []
+    for path in find_images(images) if images else []:
+        try:
+            arrays.append(preprocess(load_image(path), config))
+        except UnreadableImage:
+            continue
+        if len(arrays) == PARITY_IMAGES:
+            break
+    if arrays:
+        return np.stack(arrays), True
+    return np.random.default_rng(0).standard_normal((4, *config.input_size)).astype(np.float32), False
+
+
+def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *, lock_timeout: float = 60.0) -> ExportReport:
+    """Write backbone.onnx into the bundle for `target`, after the checker and a parity check
+    against PyTorch (on `images` when given, else on random inputs); old engines are dropped."""
+    start = time.perf_counter()
+    profile = load_target(target)
+    bundle = bundles.Bundle.open(bundle_path)
+    from edgecl.backbones import rebuild
+
+    model = rebuild(bundle.manifest.backbone, bundle.backbone_weights(), exportable=True)
+    config = PreprocessConfig.from_dict(bundle.manifest.preprocess)
+    inputs, real = _parity_inputs(images, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_path = export_onnx(model, config.input_size, Path(scratch) / bundles.ONNX_FILE)
+        diff = parity(model, onnx_path, inputs)
+        if diff > PARITY_ATOL:
+            raise EdgeclError(f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} (> {PARITY_ATOL:g}); not exported")
+        data = onnx_path.read_bytes()
+    import onnx
+
+    with bundles.update(bundle_path, lock_timeout) as change:
+        if change.manifest.backbone["sha256"] != bundle.manifest.backbone["sha256"]:
+            raise EdgeclError(f"{bundle_path}: its backbone changed during the export; run export again")
+        change.manifest.export = {
+            **change.write_file(bundles.ONNX_FILE, data),
+            "opset": OPSET, "target": profile.name, "profile": profile.to_dict(),
+            "parity": {"max_abs_diff": diff, "images": len(inputs), "real_images": real},
+            "exported": bundles.now(), "versions": {"edgecl": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+        }
+        change.manifest.engines = {}  # built from the previous ONNX, if any
+    return ExportReport(Path(bundle_path) / bundles.ONNX_FILE, len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start)

@@ -38,6 +38,52 @@ class LuCA(nn.Module):
         return sum(p.abs().sum() for p in self.parameters())
 
 
+class LuCAStack(nn.Module):
+    """Frozen LuCA modules of past sessions, stored stacked: (N, D) -> (T, N, D) in a fixed number of
+    batched ops for any T, so inference does not slow down by per-module overhead as sessions pile up."""
+
+    def __init__(self, dim: int, bottleneck: int = 48, sessions: int = 0) -> None:
+        super().__init__()
+        self.dim, self.bottleneck = dim, bottleneck
+        shapes = {
+            "down_weight": (bottleneck, dim), "down_bias": (bottleneck,), "up_weight": (dim, bottleneck), "up_bias": (dim,),
+            "norm_weight": (dim,), "norm_bias": (dim,), "squeeze_weight": (bottleneck, dim), "excite_weight": (dim, bottleneck),
+        }
+        for name, shape in shapes.items():
+            self.register_buffer(name, torch.zeros(sessions, *shape))
+
+    def __len__(self) -> int:
+        return self.down_weight.shape[0]
+
+    @staticmethod
+    def _tensors(luca: LuCA) -> dict[str, torch.Tensor]:
+        return {
+            "down_weight": luca.down.weight, "down_bias": luca.down.bias, "up_weight": luca.up.weight, "up_bias": luca.up.bias,
+            "norm_weight": luca.norm.weight, "norm_bias": luca.norm.bias,
+            "squeeze_weight": luca.squeeze.weight, "excite_weight": luca.excite.weight,
+        }
+
+    def append(self, luca: LuCA) -> None:
+        for name, tensor in self._tensors(luca).items():
+            setattr(self, name, torch.cat([getattr(self, name), tensor.detach()[None]]))
+
+    def module(self, index: int) -> LuCA:
+        """Session `index`'s module on its own (inspection and tests)."""
+        luca = LuCA(self.dim, self.bottleneck)
+        with torch.no_grad():
+            for name, tensor in self._tensors(luca).items():
+                tensor.copy_(getattr(self, name)[index])
+        return luca
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.einsum("nd,tbd->tnb", x, self.down_weight) + self.down_bias[:, None]
+        h = torch.einsum("tnb,tdb->tnd", F.gelu(h), self.up_weight) + self.up_bias[:, None]
+        h = F.layer_norm(x + h, (self.dim,)) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        gate = torch.einsum("tnd,tbd->tnb", h, self.squeeze_weight)
+        gate = torch.einsum("tnb,tdb->tnd", F.relu(gate), self.excite_weight)
+        return h * torch.sigmoid(gate)
+
+
 class CosineClassifier(nn.Module):
     """logits = sigma * cos(x, w_c) with a learnable scale sigma; grows by rows as classes arrive."""
 

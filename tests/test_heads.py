@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
+from edgecl.heads import CosineClassifier, LuCA, LuCAStack, class_means, entropy
 
 
 def test_luca_has_the_paper_parameter_count_for_768_and_48():
@@ -59,3 +59,18 @@ def test_class_means_and_entropy():
     torch.testing.assert_close(class_means(features, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0, 0], [0, 2.0]]))
     assert torch.isclose(entropy(torch.zeros(1, 4))[0], torch.tensor(math.log(4)))
     assert entropy(torch.tensor([[100.0, 0, 0]]))[0] < 1e-6
+
+
+def test_all_modules_at_once_equal_each_module_alone():
+    modules = [LuCA(32, 6) for _ in range(4)]
+    for seed, module in enumerate(modules):
+        module.reset_parameters(torch.Generator().manual_seed(seed))
+        torch.nn.init.normal_(module.norm.weight, generator=torch.Generator().manual_seed(10 + seed))
+    stack = LuCAStack(32, 6)
+    for module in modules:
+        stack.append(module)
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(stack(x), torch.stack([m(x) for m in modules]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stack.module(2)(x), modules[2](x))
+    assert len(stack) == 4 and len(LuCAStack(32, 6, sessions=3)) == 3

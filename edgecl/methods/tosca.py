@@ -26,9 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
+from edgecl.heads import CosineClassifier, LuCA, LuCAStack, class_means, entropy
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.training import SGDSchedule, train_minibatches
 
@@ -52,6 +51,11 @@ class ToscaConfig(MethodConfig):
         return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
 
 
+def class_means_stacked(outputs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(T, N, D) module outputs -> (T, classes, D) prototypes per module."""
+    return torch.stack([class_means(out, targets, num_classes) for out in outputs])
+
+
 @register_method
 class Tosca(ContinualMethod):
     name = "tosca"
@@ -60,11 +64,11 @@ class Tosca(ContinualMethod):
 
     def __init__(self, config: ToscaConfig, embedding_dim: int) -> None:
         super().__init__(config, embedding_dim)
-        self.sessions = nn.ModuleList()
+        self.sessions = LuCAStack(embedding_dim, config.bottleneck)
         self.classifier = CosineClassifier(embedding_dim, 0, config.sigma_init)
         self.register_buffer("class_mean", torch.zeros(0, embedding_dim))
         self.register_buffer("class_var", torch.zeros(0, embedding_dim))
-        self.register_buffer("module_rows", torch.zeros(0, 0, embedding_dim))  # (sessions, classes, D)
+        self.register_buffer("module_rows", torch.zeros(0, 0, embedding_dim))  # (sessions, classes, D), unit length
 
     @property
     def num_classes(self) -> int:
@@ -104,20 +108,20 @@ class Tosca(ContinualMethod):
             self.class_mean = torch.cat([self.class_mean, mean])
             self.class_var = torch.cat([self.class_var, (class_means(features**2, local, new) - mean**2).clamp_min(0)])
             if self.config.per_module_prototypes:
-                earlier = [torch.cat([r, class_means(m(features), local, new)]) for r, m in zip(self.module_rows, self.sessions)]
-                self.module_rows = torch.stack([*earlier, self.classifier.weight.detach().clone()])
+                rows = F.normalize(self.classifier.weight.detach(), dim=-1)[None]
+                if len(self.sessions):
+                    earlier = F.normalize(class_means_stacked(self.sessions(features), local, new), dim=-1)
+                    rows = torch.cat([torch.cat([self.module_rows, earlier], dim=1), rows])
+                self.module_rows = rows
         self.sessions.append(module)
         return {"loss": loss}
 
     def session_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(sessions, N, classes): every session module's prediction for every sample."""
-        if not self.config.per_module_prototypes:
-            return torch.stack([self.classifier(module(features)) for module in self.sessions])
-        sigma = self.classifier.sigma
-        return torch.stack([
-            sigma * F.linear(F.normalize(module(features), dim=-1), F.normalize(rows, dim=-1))
-            for module, rows in zip(self.sessions, self.module_rows)
-        ])
+        outputs = F.normalize(self.sessions(features), dim=-1)
+        # module_rows are stored unit-length: sessions x classes of them, too many to normalise per call
+        rows = self.module_rows if self.config.per_module_prototypes else F.normalize(self.classifier.weight, dim=-1)[None]
+        return self.classifier.sigma * torch.einsum("tnd,tcd->tnc", outputs, rows)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.session_logits(features)
@@ -129,7 +133,7 @@ class Tosca(ContinualMethod):
 
     def build(self, structure: dict[str, Any]) -> None:
         sessions, classes, dim = structure["sessions"], structure["classes"], self.embedding_dim
-        self.sessions = nn.ModuleList(LuCA(dim, self.config.bottleneck) for _ in range(sessions))
+        self.sessions = LuCAStack(dim, self.config.bottleneck, sessions)
         self.classifier = CosineClassifier(dim, classes, self.config.sigma_init)
         self.class_mean, self.class_var = torch.zeros(classes, dim), torch.zeros(classes, dim)
         shape = (sessions, classes, dim) if self.config.per_module_prototypes else (0, 0, dim)

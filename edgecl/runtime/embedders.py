@@ -1,13 +1,13 @@
 """The backbone on the device: one Embedder per runtime, chosen by name or by what is available.
 
-An Embedder turns a preprocessed float32 batch (N, 3, H, W) into embeddings (N, D). The torch
-runtime rebuilds the timm architecture (host-only import, done lazily) and loads the bundle's
-merged weights; exported runtimes need no timm.
+An Embedder turns a preprocessed float32 batch (N, 3, H, W) into embeddings (N, D). Preference:
+a TensorRT engine (built on first use), onnxruntime on backbone.onnx (providers in the export
+profile's order), PyTorch (rebuilds the timm architecture: a host-only import, done lazily).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,15 +15,26 @@ import torch
 
 from edgecl.bundle import Bundle
 from edgecl.embed import CPU_BATCH_SIZE
+from edgecl.embedding_cache import cache_root
 from edgecl.errors import EdgeclError
+from edgecl.runtime import tensorrt as trt_runtime
+from edgecl.runtime.onnx import GPU_PROVIDERS, ort_embed_function, ort_session, usable_providers
 
 
 @dataclass
 class Embedder:
     runtime: str
-    reason: str  # why this runtime serves the backbone, for `edgecl info`
+    reason: str  # what serves the backbone and how, for `edgecl info`
     embed: Callable[[np.ndarray], torch.Tensor]
     batch_size: int = CPU_BATCH_SIZE
+    passed_over: list[str] = field(default_factory=list)  # preferred runtimes that could not serve, and why
+    # PyTorch threads for the heads: 1 when another runtime works the same CPU cores (two thread pools
+    # on 2 cores slow each other down: benchmarks/classify.py); None leaves PyTorch's default.
+    head_threads: int | None = None
+
+    def claim_threads(self) -> None:
+        if self.head_threads is not None:
+            torch.set_num_threads(self.head_threads)
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
         return self.embed(images)
@@ -33,23 +44,67 @@ class RuntimeUnavailable(Exception):
     """This runtime cannot serve this bundle here; the message says why."""
 
 
-def _torch_embedder(bundle: Bundle) -> Embedder:
+NOT_EXPORTED = "the bundle has no backbone.onnx (run `edgecl export --target NAME` on the host)"
+
+
+def _tensorrt(bundle: Bundle) -> Embedder:
     try:
-        from edgecl.backbones import create_model, embed_function
+        trt = trt_runtime.import_tensorrt()
+    except trt_runtime.TensorRTUnavailable as err:
+        raise RuntimeUnavailable(str(err)) from err
+    export = bundle.manifest.export
+    if not export:
+        raise RuntimeUnavailable(NOT_EXPORTED)
+    key = trt_runtime.current_key(trt, export["profile"])
+    if key not in bundle.manifest.engines:
+        trt_runtime.build_into_bundle(bundle.path)
+        bundle = Bundle.open(bundle.path)
+    backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(bundle.manifest.engines[key]), export["profile"]["batch"]["max"])
+    reason = f"TensorRT {trt.__version__} engine {key} on {torch.cuda.get_device_name()}"
+    return Embedder("tensorrt", reason, backbone, export["profile"]["batch"]["opt"])
+
+
+def _onnxruntime(bundle: Bundle) -> Embedder:
+    export = bundle.manifest.export
+    if not export:
+        raise RuntimeUnavailable(NOT_EXPORTED)
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise RuntimeUnavailable(f"onnxruntime is not installed ({err})") from err
+    profile = export["profile"]
+    providers, skipped = usable_providers(profile["onnxruntime_providers"], torch.cuda.is_available())
+    trt_cache = cache_root() / "ort-tensorrt" / export["sha256"][:16]
+    options = [
+        {"trt_fp16_enable": str(profile["precision"] == "fp16"), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache)}
+        if p == "TensorrtExecutionProvider" else {}
+        for p in providers
+    ]
+    session = ort_session(bundle.read_bytes(export), providers, options)
+    used = session.get_providers()
+    reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
+    on_gpu = used[0] in GPU_PROVIDERS
+    return Embedder("onnxruntime", reason, ort_embed_function(session), profile["batch"]["opt"] if on_gpu else CPU_BATCH_SIZE,
+                    head_threads=None if on_gpu else 1)
+
+
+def _torch(bundle: Bundle) -> Embedder:
+    try:
+        from edgecl.backbones import embed_function, rebuild
     except ImportError as err:
         raise RuntimeUnavailable(f"timm is not installed ({err})") from err
     spec = bundle.manifest.backbone
-    model = create_model(spec["name"], spec.get("model_kwargs"))
-    model.load_state_dict(bundle.backbone_weights())
-    return Embedder("torch", f"PyTorch eager on the CPU ({spec['name']})", embed_function(model))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = rebuild(spec, bundle.backbone_weights())
+    reason = f"PyTorch {torch.__version__} eager on {torch.cuda.get_device_name() if device == 'cuda' else 'the CPU'} ({spec['name']})"
+    return Embedder("torch", reason, embed_function(model, device), 32 if device == "cuda" else CPU_BATCH_SIZE)
 
 
-RUNTIMES: dict[str, Callable[[Bundle], Embedder]] = {"torch": _torch_embedder}
-PREFERENCE = ("torch",)
+RUNTIMES: dict[str, Callable[[Bundle], Embedder]] = {"tensorrt": _tensorrt, "onnxruntime": _onnxruntime, "torch": _torch}
 
 
 def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
-    """The named runtime (an error if it cannot serve), or the first that can in PREFERENCE order."""
+    """The named runtime (an error if it cannot serve), or the first that can in RUNTIMES order."""
     if runtime is not None:
         if runtime not in RUNTIMES:
             raise EdgeclError(f"--runtime {runtime}: unknown runtime (known: {', '.join(RUNTIMES)})")
@@ -57,10 +112,13 @@ def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
             return RUNTIMES[runtime](bundle)
         except RuntimeUnavailable as err:
             raise EdgeclError(f"--runtime {runtime}: not available: {err}") from err
-    reasons = []
-    for name in PREFERENCE:
+    passed_over = []
+    for name, make in RUNTIMES.items():
         try:
-            return RUNTIMES[name](bundle)
+            embedder = make(bundle)
         except RuntimeUnavailable as err:
-            reasons.append(f"{name}: {err}")
-    raise EdgeclError(f"{bundle.path}: no runtime can run the backbone ({'; '.join(reasons)})")
+            passed_over.append(f"{name}: {err}")
+            continue
+        embedder.passed_over = passed_over
+        return embedder
+    raise EdgeclError(f"{bundle.path}: no runtime can run the backbone ({'; '.join(passed_over)})")

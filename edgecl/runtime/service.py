@@ -107,6 +107,8 @@ def learn(
         classes, embedder, PreprocessConfig.from_dict(bundle.manifest.preprocess), batch_size=embedder.batch_size, show_progress=show_progress
     )
     seconds_backbone = time.perf_counter() - start
+    used = embedder.runtime
+    del embedder  # an idle onnxruntime thread pool slows the heads' training down (benchmarks/learn_cost.py)
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != bundle.manifest.backbone:
             raise EdgeclError(f"{bundle_path}: its backbone changed while embedding; run learn again")
@@ -115,7 +117,7 @@ def learn(
         index = len(change.manifest.sessions)
         session = run_session(method, data, [c.name for c in classes], change.manifest.seed, index, show_progress=show_progress)
         record_session(change.manifest, method, change.write_tensors(bundles.HEADS_STEM, method.state_dict()), session)
-    return LearnResult(session, data.skipped, embedder.runtime, seconds_backbone, session.stats["seconds"])
+    return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"])
 
 
 @dataclass
@@ -134,9 +136,14 @@ class Classifier:
         self.classes = self.bundle.manifest.class_names
         self.preprocess = PreprocessConfig.from_dict(self.bundle.manifest.preprocess)
         self.embedder: Embedder = open_embedder(self.bundle, runtime)
+        self.embedder.claim_threads()
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.method.predict(features)
+
+    def predict_arrays(self, images: np.ndarray) -> torch.Tensor:
+        """Preprocessed float32 (N, 3, H, W) -> class probabilities (N, classes)."""
+        return self.method.predict(self.embedder(images))
 
     def classify(self, paths: Sequence[Path], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
         result = embed_paths(

@@ -1,0 +1,149 @@
+"""The device runtime: choosing the backbone's engine, the import boundary, TensorRT where present."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import requires_fashion_mnist
+from edgecl import fashion_mnist
+from edgecl.bundle import Bundle
+from edgecl.errors import EdgeclError
+from edgecl.export import export_bundle
+from edgecl.images import find_images
+from edgecl.runtime.embedders import open_embedder
+from edgecl.runtime.service import Classifier, learn
+from edgecl.runtime.tensorrt import engine_key
+from edgecl.train import train
+
+
+def tensorrt_present() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+requires_tensorrt = pytest.mark.skipif(not tensorrt_present(), reason="needs the tensorrt package and a CUDA GPU (a Jetson, or an x86 host with TensorRT)")
+
+
+@pytest.fixture
+def exported(bundle, base_images):
+    export_bundle(bundle, "jetson", [base_images])
+    return bundle
+
+
+def test_default_runtime_is_onnxruntime_once_exported(bundle, base_images):
+    assert open_embedder(Bundle.open(bundle)).runtime == "torch"
+    export_bundle(bundle, "cpu", [base_images])
+    embedder = open_embedder(Bundle.open(bundle))
+    assert embedder.runtime == "onnxruntime" and "CPUExecutionProvider" in embedder.reason
+    if not tensorrt_present():
+        assert any(r.startswith("tensorrt: ") for r in embedder.passed_over)
+
+
+def test_forced_runtime_that_cannot_serve_says_why(bundle):
+    with pytest.raises(EdgeclError, match="--runtime onnxruntime: not available: the bundle has no backbone.onnx"):
+        open_embedder(Bundle.open(bundle), "onnxruntime")
+    with pytest.raises(EdgeclError, match="unknown runtime"):
+        open_embedder(Bundle.open(bundle), "openvino")
+    if not tensorrt_present():
+        with pytest.raises(EdgeclError, match="--runtime tensorrt: not available"):
+            open_embedder(Bundle.open(bundle), "tensorrt")
+
+
+def test_onnxruntime_and_torch_classify_alike_and_learn_works(exported, base_images, new_images):
+    paths = find_images([base_images])
+    via_torch, _ = Classifier(exported, "torch").classify(paths, show_progress=False)
+    via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)
+    assert [p.label for p in via_ort] == [p.label for p in via_torch]
+    assert max(abs(a.score - b.score) for a, b in zip(via_ort, via_torch)) < 1e-3
+    result = learn(exported, new_images, runtime="onnxruntime", show_progress=False)
+    assert result.runtime == "onnxruntime" and Bundle.open(exported).manifest.export is not None
+
+
+BOUNDARY = textwrap.dedent(
+    """
+    import json, sys
+    from edgecl.cli import main
+    sys.argv = ["edgecl", *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    host_only = ("timm", "onnx", "torchvision", "edgecl.backbones", "edgecl.train", "edgecl.export", "edgecl.evaluate")
+    loaded = sorted(m for m in sys.modules if m in host_only or m.split(".")[0] in ("timm", "onnx", "torchvision"))
+    print(json.dumps({"code": code, "host_only": loaded}), file=sys.stderr)
+    """
+)
+
+
+def run_console(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", BOUNDARY, *args], capture_output=True, text=True, timeout=300)
+    return json.loads(done.stderr.strip().splitlines()[-1])
+
+
+def test_classify_and_learn_on_an_exported_bundle_import_no_host_code(exported, base_images, new_images):
+    classified = run_console("classify", str(base_images / "red"), "--bundle", str(exported), "-q")
+    assert classified == {"code": 0, "host_only": []}
+    learned = run_console("learn", "--images", str(new_images), "--bundle", str(exported), "-q")
+    assert learned == {"code": 0, "host_only": []}
+    # and the check can fail: the torch runtime needs timm
+    assert "timm" in run_console("classify", str(base_images / "red"), "--bundle", str(exported), "--runtime", "torch", "-q")["host_only"]
+
+
+def test_engine_key_names_gpu_tensorrt_precision_and_batch():
+    assert engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) == "sm87-trt10.3.0-fp16-b1.1.8"
+    assert engine_key((8, 9), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) != engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8})
+
+
+def test_engine_build_without_tensorrt_is_a_clear_error(exported):
+    if tensorrt_present():
+        pytest.skip("TensorRT is present here; the error path does not apply")
+    from edgecl.runtime.tensorrt import build_into_bundle
+
+    with pytest.raises(EdgeclError, match="cannot build a TensorRT engine here: tensorrt is not installed"):
+        build_into_bundle(exported)
+
+
+@requires_tensorrt
+def test_tensorrt_engine_is_built_once_keyed_and_agrees_with_onnxruntime(exported, base_images):
+    embedder = open_embedder(Bundle.open(exported), "tensorrt")
+    m = Bundle.open(exported).manifest
+    (key, entry), = m.engines.items()
+    assert key in embedder.reason and (exported / entry["file"]).is_file() and (exported / entry["timing_cache"]).is_file()
+    paths = find_images([base_images])
+    via_trt, _ = Classifier(exported, "tensorrt").classify(paths, show_progress=False)
+    via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)
+    agree = sum(a.label == b.label for a, b in zip(via_trt, via_ort)) / len(paths)
+    assert agree >= 0.95
+    assert Bundle.open(exported).manifest.engines.keys() == m.engines.keys()  # reused, not rebuilt
+
+
+@requires_tensorrt
+def test_engine_for_another_gpu_is_never_loaded(exported):
+    m = json.loads((exported / "manifest.json").read_text())
+    m["engines"] = {"sm10-trt0.0-fp16-b1.1.8": {"file": "backbone.onnx", "sha256": m["export"]["sha256"]}}
+    (exported / "manifest.json").write_text(json.dumps(m))
+    embedder = open_embedder(Bundle.open(exported), "tensorrt")
+    assert "sm10" not in embedder.reason and len(Bundle.open(exported).manifest.engines) == 2
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
+    fashion_mnist.write_image_folders(tmp_path / "train", "train", 30, [0, 1, 2, 3, 4, 5], seed=0)
+    tests = fashion_mnist.write_image_folders(tmp_path / "test", "test", 40, [0, 1, 2, 3, 4, 5], seed=0)
+    path = tmp_path / "bundle"
+    train(tmp_path / "train", path, show_progress=False)
+    export_bundle(path, "cpu", [tmp_path / "train"])
+    paths = [p for group in tests.values() for p in group]
+    via_torch, _ = Classifier(path, "torch").classify(paths, show_progress=False)
+    via_ort, _ = Classifier(path, "onnxruntime").classify(paths, show_progress=False)
+    assert [p.label for p in via_ort] == [p.label for p in via_torch]
+    correct = sum(p.label == p.path.split("/")[-2] for p in via_ort) / len(paths)
+    assert correct > 0.6, correct  # real weights and real images: far above chance (1/6)

@@ -1,0 +1,52 @@
+import json
+import shutil
+import threading
+import time
+
+from edgecl.runtime.service import learn
+from edgecl.runtime.watch import watch_folder
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_once_classifies_what_is_there_and_moves_it(bundle, base_images, tmp_path):
+    inbox, done, log = tmp_path / "inbox", tmp_path / "done", tmp_path / "log" / "predictions.jsonl"
+    shutil.copytree(base_images / "red", inbox)
+    (inbox / "broken.png").write_bytes(b"\x89PNG not really")
+    assert watch_folder(bundle, inbox, log, done=done, once=True, top_k=2) == 6
+    lines = read_log(log)
+    assert len(lines) == 7 and sum("error" in line for line in lines) == 1
+    record = next(line for line in lines if "label" in line)
+    assert set(record) >= {"time", "path", "label", "score", "top_k", "runtime"} and len(record["top_k"]) == 2
+    assert sorted(p.name for p in done.iterdir()) == sorted([*(p.name for p in (base_images / "red").iterdir()), "broken.png"])
+    assert list(inbox.iterdir()) == []
+
+
+def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_images, tmp_path):
+    inbox, log = tmp_path / "inbox", tmp_path / "predictions.jsonl"
+    inbox.mkdir()
+    stop = threading.Event()
+    counts = []
+    service = threading.Thread(
+        target=lambda: counts.append(watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set))
+    )
+    service.start()
+    try:
+        shutil.copy(base_images / "green" / "img_000.png", inbox / "a.png")
+        deadline = time.time() + 60
+        while not (log.exists() and read_log(log)) and time.time() < deadline:
+            time.sleep(0.05)
+        assert read_log(log)[0]["classes"] == 3
+        learn(bundle, new_images, show_progress=False)
+        shutil.copy(new_images / "grey" / "img_000.png", inbox / "b.png")
+        while len(read_log(log)) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        service.join(60)
+    lines = read_log(log)
+    assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["a.png", "b.png"]
+    assert lines[1]["classes"] == 5  # reloaded after the learn
+    assert counts == [2]
