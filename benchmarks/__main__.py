@@ -7,9 +7,9 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import classify, embedding, learn_cost
+from benchmarks import classify, learn_cost
 
-BENCHMARKS = {"embedding": embedding.run, "classify": classify.run, "learn": learn_cost.run}
+BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run}
 
 
 def main() -> None:

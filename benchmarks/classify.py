@@ -1,11 +1,14 @@
-"""Classify cost on this machine's CPU: the bare ONNX backbone vs the full classify path through
-onnxruntime vs through PyTorch eager, at batch 1 (latency) and batch 32 (throughput), for bundles
-of 3 and 9 sessions (heads grow with sessions). Inputs are preprocessed Fashion-MNIST test images;
-decoding and preprocessing a file are timed on their own."""
+"""Classify cost on this machine's CPU, per image: the bare backbone in PyTorch eager and in
+onnxruntime, and the full classify path (backbone + heads) through each, at batch 1 (latency) and
+batch 32 (throughput), for bundles of 3 and 9 sessions (the heads grow with sessions). Each variant
+runs in a fresh process; processes are interleaved over rounds and the median is kept. Inputs are
+preprocessed Fashion-MNIST test images; decoding and preprocessing a file are timed on their own."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +20,13 @@ from edgecl import fashion_mnist
 from edgecl.bundle import Bundle
 from edgecl.images import load_image
 from edgecl.preprocess import PreprocessConfig, preprocess
-from edgecl.runtime.onnx import INPUT_NAME, ort_session
-from edgecl.runtime.service import Classifier
+
+VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "torch")
+ROUNDS = 3
 
 
 def edgecl(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "edgecl", *args, "-q"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def make_bundle(out: Path, sessions: list[list[int]]) -> Path:
@@ -30,45 +34,47 @@ def make_bundle(out: Path, sessions: list[list[int]]) -> Path:
     shutil.rmtree(bundle, ignore_errors=True)
     for index, classes in enumerate(sessions):
         fashion_mnist.write_image_folders(out / f"s{len(sessions)}-{index}", "train", 60, classes, seed=index)
-    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle))
-    subprocess.run([sys.executable, "-m", "edgecl", "export", "--target", "cpu", "-b", str(bundle), "--images", str(out / f"s{len(sessions)}-0")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "-q")
+    edgecl("export", "--target", "cpu", "-b", str(bundle), "--images", str(out / f"s{len(sessions)}-0"))
     for index in range(1, len(sessions)):
-        edgecl("learn", "--images", str(out / f"s{len(sessions)}-{index}"), "-b", str(bundle))
+        edgecl("learn", "--images", str(out / f"s{len(sessions)}-{index}"), "-b", str(bundle), "-q")
     return bundle
 
 
-def per_image_ms(fn, images: np.ndarray, batch: int) -> float:
-    if batch == 1:
-        return median_seconds(lambda: [fn(images[i : i + 1]) for i in range(8)], repeats=5) / 8 * 1e3
-    return median_seconds(lambda: fn(images[:batch]), repeats=5) / batch * 1e3
+def timed(variant: str, bundle: Path, images: Path, batch: int) -> float:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.worker", variant, str(bundle), str(images), str(batch)],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["ms_per_image"]
 
 
 def run(out: Path) -> dict:
     data = out / "classify"
-    tests = fashion_mnist.write_image_folders(data / "test", "test", 8, seed=3)
+    tests = fashion_mnist.write_image_folders(data / "test", "test", 4, seed=3)
     files = [p for group in tests.values() for p in group][:32]
     results = {}
     for sessions in ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], [[0, 1]] + [[c] for c in range(2, 10)]):
         bundle = make_bundle(data, sessions)
         config = PreprocessConfig.from_dict(Bundle.open(bundle).manifest.preprocess)
-        images = np.stack([preprocess(load_image(p), config) for p in files])
-        bare = ort_session(bundle / "backbone.onnx", ["CPUExecutionProvider"])
-        via_ort, via_torch = Classifier(bundle, "onnxruntime"), Classifier(bundle, "torch")
+        images = data / f"images-{len(sessions)}.npy"
+        np.save(images, np.stack([preprocess(load_image(p), config) for p in files]))
         row = {}
         for batch in (1, 32):
-            bare_ms = per_image_ms(lambda x: bare.run(None, {INPUT_NAME: x}), images, batch)
-            ort_ms = per_image_ms(via_ort.predict_arrays, images, batch)
-            torch_ms = per_image_ms(via_torch.predict_arrays, images, batch)
+            samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for _ in range(ROUNDS):
+                for v in VARIANTS:
+                    samples[v].append(timed(v, bundle, images, batch))
+            ms = {v: statistics.median(s) for v, s in samples.items()}
             row[f"batch{batch}"] = {
-                "bare_onnx_ms": bare_ms, "onnxruntime_path_ms": ort_ms, "torch_path_ms": torch_ms,
-                "onnxruntime_path_over_bare": ort_ms / bare_ms, "torch_over_onnxruntime_path": torch_ms / ort_ms,
+                **{f"{v}_ms": m for v, m in ms.items()},
+                "onnx_speedup_over_torch_backbone": ms["torch-backbone"] / ms["onnx-backbone"],
+                "onnxruntime_path_over_bare_onnx": ms["onnxruntime"] / ms["onnx-backbone"],
+                "torch_path_over_onnxruntime_path": ms["torch"] / ms["onnxruntime"],
             }
-            print(f"{len(sessions)} sessions, batch {batch:2d}: bare ONNX {bare_ms:.2f} ms/image, onnxruntime path {ort_ms:.2f} "
-                  f"({ort_ms / bare_ms:.2f}x bare), PyTorch path {torch_ms:.2f} ({torch_ms / ort_ms:.2f}x onnxruntime)")
+            print(f"{len(sessions)} sessions, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
+                  f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); classify path onnxruntime {ms['onnxruntime']:.2f} "
+                  f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx), torch {ms['torch']:.2f}")
         decode_ms = median_seconds(lambda: [preprocess(load_image(p), config) for p in files], repeats=3) / len(files) * 1e3
-        files_ms = median_seconds(lambda: via_ort.classify(files, show_progress=False), repeats=3) / len(files) * 1e3
-        row["decode_preprocess_ms"], row["files_end_to_end_ms"] = decode_ms, files_ms
-        print(f"{len(sessions)} sessions: decode + preprocess {decode_ms:.2f} ms/image; files end to end (onnxruntime) {files_ms:.2f} ms/image")
+        row["decode_preprocess_ms"] = decode_ms
+        print(f"{len(sessions)} sessions: decode + preprocess of a 28x28 PNG {decode_ms:.2f} ms/image")
         results[f"sessions{len(sessions)}"] = row
     return results

@@ -1,4 +1,5 @@
-"""Small timing helpers shared by the benchmarks."""
+"""Timing helpers shared by the benchmarks. Variants that are compared run interleaved, round by
+round, so that a machine whose speed drifts (shared cores, frequency scaling) biases none of them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,18 @@ from typing import Callable
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
+    return compare({"only": fn}, repeats, warmup)["only"]
+
+
+def compare(variants: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each variant, measured in interleaved rounds."""
+    for fn in variants.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}

@@ -31,7 +31,7 @@ def _edgecl(*args: str, quiet: bool, capture: bool = False) -> str:
 
 
 def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, show_progress: bool = True) -> list[list[float]]:
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=max(Console().width, 100))
     quiet = not show_progress
     workdir = Path(workdir)
     bundle = workdir / "bundle"
@@ -68,7 +68,7 @@ def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int =
     table = Table(title="accuracy on the test images of the classes seen so far")
     table.add_column("after", no_wrap=True)
     for index, classes in enumerate(SESSIONS):
-        table.add_column(f"s{index} classes ({len(classes)})", justify="right", no_wrap=True)
+        table.add_column(f"s{index} classes", justify="right", no_wrap=True)
     table.add_column("all seen", justify="right", no_wrap=True)
     table.add_column("step time", justify="right", no_wrap=True)
     for index, row in enumerate(rows):
