@@ -7,9 +7,9 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import classify, learn_cost
+from benchmarks import analytic, classify, learn_cost
 
-BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run}
+BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run, "analytic": analytic.run}
 
 
 def main() -> None:

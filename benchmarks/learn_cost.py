@@ -1,5 +1,6 @@
-"""What `edgecl learn` costs on the device for one new class of 50 images, through each runtime:
-seconds in the backbone, seconds in the heads, and the peak memory of the whole process."""
+"""What `edgecl learn` costs on the device for one new class of 50 images, per method and through
+each runtime: seconds in the backbone, seconds in the heads, and the peak memory of the whole
+process. The base bundle's slow learner trains one epoch (its quality does not change the cost)."""
 
 from __future__ import annotations
 
@@ -27,19 +28,22 @@ def run(out: Path) -> dict:
     data = out / "learn"
     fashion_mnist.write_image_folders(data / "base", "train", 100, [0, 1, 2, 3, 4, 5], seed=0)
     new = fashion_mnist.write_image_folders(data / "new", "train", 50, [9], seed=1)
-    base = data / "bundle"
-    shutil.rmtree(base, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "edgecl", "train", str(data / "base"), "--out", str(base), "-q"], check=True)
-    subprocess.run([sys.executable, "-m", "edgecl", "export", "--target", "cpu", "-b", str(base), "--images", str(data / "base")],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    new_class = Path(next(iter(new.values()))[0]).parent
     results = {}
-    for runtime in ("onnxruntime", "torch"):
-        bundle = data / f"bundle-{runtime}"
-        shutil.rmtree(bundle, ignore_errors=True)
-        shutil.copytree(base, bundle)
-        record, peak_mib = _learn(bundle, Path(next(iter(new.values()))[0]).parent, runtime)
-        results[runtime] = {"images": record["images"], "seconds_backbone": record["seconds_backbone"],
-                            "seconds_heads": record["seconds_heads"], "peak_rss_mib": peak_mib}
-        print(f"learn 1 class x {record['images']} images on {runtime}: backbone {record['seconds_backbone']:.2f} s, "
-              f"heads {record['seconds_heads']:.2f} s, peak memory {peak_mib:.0f} MiB")
+    for method in ("edgecl", "tosca"):
+        base = data / f"bundle-{method}"
+        shutil.rmtree(base, ignore_errors=True)
+        train = [sys.executable, "-m", "edgecl", "train", str(data / "base"), "--out", str(base), "--method", method, "-q"]
+        subprocess.run(train + (["--set", "safe.slow_epochs=1"] if method == "edgecl" else []), check=True)
+        subprocess.run([sys.executable, "-m", "edgecl", "export", "--target", "cpu", "-b", str(base), "--images", str(data / "base")],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for runtime in ("onnxruntime", "torch"):
+            bundle = data / f"bundle-{method}-{runtime}"
+            shutil.rmtree(bundle, ignore_errors=True)
+            shutil.copytree(base, bundle)
+            record, peak_mib = _learn(bundle, new_class, runtime)
+            results[f"{method}/{runtime}"] = {"images": record["images"], "seconds_backbone": record["seconds_backbone"],
+                                              "seconds_heads": record["seconds_heads"], "peak_rss_mib": peak_mib}
+            print(f"{method}: learn 1 class x {record['images']} images on {runtime}: backbone {record['seconds_backbone']:.2f} s, "
+                  f"heads {record['seconds_heads']:.2f} s, peak memory {peak_mib:.0f} MiB")
     return results

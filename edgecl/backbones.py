@@ -99,8 +99,11 @@ def create_model(name: str, model_kwargs: dict | None = None, *, exportable: boo
 
 
 def rebuild(spec: dict, weights: dict[str, torch.Tensor], *, exportable: bool = False) -> nn.Module:
-    """A bundle's backbone as a PyTorch module, from its manifest entry and stored weights."""
-    model = create_model(spec["name"], spec.get("model_kwargs"), exportable=exportable)
+    """A bundle's backbone as a PyTorch module, from its manifest entry and stored weights (with
+    the slow learner's modules that stay in the graph, when it has any)."""
+    from edgecl.tuners import rebuild as attach_tuner
+
+    model = attach_tuner(create_model(spec["name"], spec.get("model_kwargs"), exportable=exportable), spec.get("tuner"))
     model.load_state_dict(weights)
     return model
 

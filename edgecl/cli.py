@@ -42,6 +42,33 @@ WeightsOption = Annotated[
 ]
 RandomInitOption = Annotated[bool, typer.Option("--random-init", help="Random backbone weights: for testing plumbing only.")]
 EpochsOption = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Override the method's epochs per session.")]
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override one method setting, e.g. --set safe.slow_epochs=5 or --set use_tosca=false (repeatable; `edgecl methods` lists them)."),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="Where the slow learner trains: cpu, cuda, cuda:1.")]
+
+
+def parse_settings(pairs: Optional[list[str]]) -> dict[str, str]:
+    settings = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise EdgeclError(f"--set {pair}: expected KEY=VALUE")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise EdgeclError(f"--device {device}: not a device ({error})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeclError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
 
 
 def user_errors(command: Callable) -> Callable:
@@ -88,18 +115,24 @@ def train(
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
-    method: Annotated[str, typer.Option("--method", help="Continual-learning method.")] = "tosca",
+    method: Annotated[str, typer.Option("--method", help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper.")] = "edgecl",
     epochs: EpochsOption = None,
+    settings: SetOption = None,
+    device: DeviceOption = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (recorded in the bundle).")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Host: create a bundle from a folder of class folders (session 0)."""
+    """Host: create a bundle from a folder of class folders (session 0).
+
+    With edgecl or safe this first tunes the backbone on the images (SAFE's slow learner; use
+    --device cuda on a GPU host) and merges the tuning into its weights."""
     from edgecl.train import train as run_train
 
     bundle, skipped = run_train(
         data, out_dir, backbone=backbone, weights=weights, random_init=random_init, method=method,
-        epochs=epochs, seed=seed, force=force, show_progress=not quiet,
+        epochs=epochs, settings=parse_settings(settings), device=check_device(device), seed=seed, force=force,
+        show_progress=not quiet,
     )
     warn_skipped(skipped)
     m = bundle.manifest
@@ -184,6 +217,11 @@ def info(
         return
     out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(sizes.values()) / 1e6:.1f} MB)")
     out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  weights {m.backbone['weights_source']}")
+    slow = m.backbone.get("slow_learner")
+    if slow:
+        kept = "merged into the weights" if not m.backbone.get("tuner") else f"{m.backbone['tuner']['name']} adapters kept in the graph"
+        out.print(f"           slow learner {slow['tuner']}: {slow['epochs']} epochs on {slow['images']} images, "
+                  f"{slow['seconds']:.0f} s on {slow.get('device', 'cpu')}, {kept}")
     out.print(f"method     {m.method['name']}  {m.method['config']}")
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
     for reason in embedder.passed_over:
@@ -270,7 +308,7 @@ def eval_command(
     data: Annotated[Path, typer.Argument(help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
     init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
     increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
-    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated.")] = "tosca",
+    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,safe,simplecil.")] = "edgecl",
     seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
     train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
     test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
@@ -279,6 +317,10 @@ def eval_command(
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
     epochs: EpochsOption = None,
+    settings: SetOption = None,
+    joint: Annotated[bool, typer.Option("--joint", help="Also report classifiers trained on all classes at once on the frozen embeddings (NCM, logistic probe, analytic).")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw accuracy after each session per method into this PNG (needs matplotlib).")] = None,
+    device: DeviceOption = "cpu",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache of embeddings and exported backbones (default: $EDGECL_CACHE or ~/.cache/edgecl).")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")] = None,
     quiet: QuietOption = False,
@@ -286,11 +328,18 @@ def eval_command(
     """Host: the class-incremental protocol B{init} Inc{increment}; accuracy after every session."""
     from edgecl.evaluate import evaluate
 
-    methods = [m.strip() for m in method.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in method.split(",") if m.strip()))
+    if not methods:
+        raise EdgeclError("--method: name at least one method")
+    if plot is not None:
+        from edgecl.plot import require_matplotlib
+
+        require_matplotlib(plot)
     report = evaluate(
         data, init, increment, methods, seed=seed, train_list=train_list, test_list=test_list,
         exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init,
-        epochs=epochs, cache_dir=cache_dir, show_progress=not quiet,
+        epochs=epochs, settings=parse_settings(settings), joint=joint, device=check_device(device),
+        cache_dir=cache_dir, show_progress=not quiet,
     )
     warn_skipped(report.skipped)
     p = report.protocol
@@ -302,10 +351,43 @@ def eval_command(
         table.add_column(column, justify="right", no_wrap=True)
     for r in report.results:
         table.add_row(r.method, *(f"{a:.3f}" for a in r.accuracy_per_session), f"{r.A_last:.3f}", f"{r.A_avg:.3f}", f"{r.forgetting:.3f}")
+    for name, value in report.joint.items():
+        table.add_row(f"joint {name}", *([""] * p["sessions"]), f"{value:.3f}", "", "", style="dim")
     Console(highlight=False, width=max(out.width, 1000)).print(table)  # the table's own width, never truncated
+    for name, stats in report.backbones.items():
+        out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {stats['epochs']} epochs, "
+                  f"{stats['seconds']:.0f} s{' (cached)' if stats.get('cached') else ''}")
+    if plot is not None:
+        from edgecl.plot import plot_sessions
+
+        plot_sessions(report, plot)
+        out.print(f"wrote {plot}")
     if json_file is not None:
         json_file.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
         out.print(f"wrote {json_file}")
+
+
+@app.command()
+@user_errors
+def methods(
+    name: Annotated[Optional[str], typer.Argument(help="One method (default: all).")] = None,
+) -> None:
+    """The methods and every setting `--set KEY=VALUE` accepts, with its default."""
+    from edgecl.methods import METHODS, method_class, method_config
+
+    for method in [name] if name else sorted(METHODS):
+        cls = method_class(method)
+        out.print(f"{method}: {cls.summary}", markup=False)
+        for key, value in _flatten(method_config(method).to_dict()):
+            out.print(f"  {key} = {json.dumps(value)}", markup=False)
+
+
+def _flatten(config: dict, prefix: str = ""):
+    for key, value in config.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 @app.command()
@@ -314,12 +396,13 @@ def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes images and its bundle.")] = Path("edgecl-demo"),
     train_per_class: Annotated[int, typer.Option("--train-per-class", min=1)] = 300,
     test_per_class: Annotated[int, typer.Option("--test-per-class", min=1)] = 100,
+    slow_epochs: Annotated[Optional[int], typer.Option("--slow-epochs", min=0, help="Epochs of the slow learner (default: 20 on a GPU, 1 on a CPU; 0: off).")] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The whole loop on Fashion-MNIST: train on 6 classes, learn 2 + 2 more, classify, report."""
     from edgecl.demo import run_demo
 
-    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, show_progress=not quiet)
+    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, slow_epochs=slow_epochs, show_progress=not quiet)
 
 
 def main() -> None:

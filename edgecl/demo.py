@@ -30,9 +30,16 @@ def _edgecl(*args: str, quiet: bool, capture: bool = False) -> str:
     return done.stdout or ""
 
 
-def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, show_progress: bool = True) -> list[list[float]]:
+def run_demo(
+    workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, slow_epochs: int | None = None, show_progress: bool = True
+) -> list[list[float]]:
+    import torch
+
     console = Console(highlight=False, width=max(Console().width, 100))
     quiet = not show_progress
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if slow_epochs is None:  # SAFE's 20 epochs on a GPU; one on a CPU, where an epoch here takes minutes
+        slow_epochs = 20 if device == "cuda" else 1
     workdir = Path(workdir)
     bundle = workdir / "bundle"
     console.print(f"[bold]edgecl demo[/]: Fashion-MNIST, {train_per_class} training / {test_per_class} test images per class, in {workdir}")
@@ -48,8 +55,9 @@ def run_demo(workdir: Path, *, train_per_class: int = 300, test_per_class: int =
     for index, classes in enumerate(SESSIONS):
         start = time.perf_counter()
         if index == 0:
-            console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle}; edgecl export --target cpu")
-            _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", quiet=quiet)
+            settings = ["--set", f"safe.slow_epochs={slow_epochs}", "--device", device]
+            console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; edgecl export --target cpu")
+            _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
             _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)
         else:
             console.print(f"\n[bold]session {index}[/] (device): edgecl learn --images {folders[index]}")

@@ -105,7 +105,7 @@ class CosineClassifier(nn.Module):
 
 def class_means(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Row c = mean of the features of class c (targets in [0, num_classes))."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype).index_add_(0, targets, features)
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device).index_add_(0, targets, features)
     counts = torch.bincount(targets, minlength=num_classes).clamp_min(1).to(features.dtype)
     return sums / counts[:, None]
 

@@ -1,4 +1,8 @@
-"""`edgecl train`: the host's first session, from an image folder to a new bundle."""
+"""`edgecl train`: the host's first session, from an image folder to a new bundle.
+
+A method with a slow learner (SAFE, edgecl) first tunes the backbone on these images and merges the
+tuning into it; the bundle stores that backbone, so export and the device see a plain timm model
+(plus any adapters that cannot merge, recorded under backbone.tuner)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from edgecl.bundle import Bundle, Manifest
 from edgecl.embedding_cache import cache_root
 from edgecl.export import host_embed_function
 from edgecl.images import scan_class_folders
-from edgecl.methods import create_method, method_class
+from edgecl.methods import method_class, method_config
 from edgecl.runtime.service import embed_classes, record_session, run_session
 
 
@@ -21,8 +25,10 @@ def train(
     backbone: str = DEFAULT_BACKBONE,
     weights: Path | None = None,
     random_init: bool = False,
-    method: str = "tosca",
+    method: str = "edgecl",
     epochs: int | None = None,
+    settings: dict[str, str] | None = None,
+    device: str = "cpu",
     seed: int = 0,
     force: bool = False,
     show_progress: bool = True,
@@ -30,18 +36,28 @@ def train(
     """Session 0 on DATA/<class>/<images>; returns the new bundle and the images it skipped."""
     bundles.check_creatable(out, force)
     classes = scan_class_folders(data)
-    config = method_class(method).config_class().override(epochs=epochs)
+    config = method_config(method, epochs=epochs, settings=settings)
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     preprocess = preprocess_config(model)
+    backbone_info = spec.to_dict()
+    slow = config.slow_learner()
+    if slow is not None:
+        from edgecl.slow_learner import train_slow_learner
+
+        paths = [p for c in classes for p in c.images]
+        labels = [i for i, c in enumerate(classes) for _ in c.images]
+        model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
+        backbone_info["tuner"] = stats.pop("structure")
+        backbone_info["slow_learner"] = {**stats, "device": device}
     backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
     embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
     embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
-    learner = create_method(method, spec.embedding_dim, config.to_dict())
+    learner = method_class(method)(config, spec.embedding_dim)
     session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
     manifest = Manifest(
-        backbone={**spec.to_dict(), **backbone_entry},
+        backbone={**backbone_info, **backbone_entry},
         preprocess=preprocess.to_dict(),
         method={"name": method, "config": learner.config.to_dict()},
         heads={},

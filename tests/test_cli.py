@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import PLUMBING_BACKBONE, make_image_folder
@@ -30,10 +31,18 @@ def one_line_error(result, *fragments: str) -> None:
 def test_help_explains_every_command():
     result = edgecl("--help")
     assert result.exit_code == 0
-    for command in ("train", "learn", "classify", "info", "eval", "demo"):
+    for command in ("train", "learn", "classify", "info", "eval", "demo", "methods", "export"):
         assert command in result.output
         sub = edgecl(command, "--help")
         assert sub.exit_code == 0 and "Usage" in sub.output
+
+
+def test_methods_lists_every_setting_with_its_default():
+    result = edgecl("methods")
+    assert result.exit_code == 0
+    for line in ("edgecl: TOSCA + SAFE", "  safe.slow_epochs = 20", "  tosca.bottleneck = 48", "  use_tosca = true", "simplecil:"):
+        assert line in result.output
+    one_line_error(edgecl("methods", "nope"), "unknown method")
 
 
 def test_usage_errors_exit_2(bundle):
@@ -43,9 +52,12 @@ def test_usage_errors_exit_2(bundle):
 
 def test_train_learn_classify_info(tmp_path, base_images, new_images):
     out = tmp_path / "b"
-    result = edgecl("train", base_images, "--out", out, "--backbone", PLUMBING_BACKBONE, "--random-init", "--epochs", "2", "-q")
+    short = ["--epochs", "2", "--set", "tosca.min_steps=0", "--set", "safe.min_steps=0", "--set", "safe.slow_epochs=1", "--set", "safe.projection=256"]
+    result = edgecl("train", base_images, "--out", out, "--backbone", PLUMBING_BACKBONE, "--random-init", *short, "-q")
     assert result.exit_code == 0, result.stderr
-    assert "created" in result.output and "3 classes" in result.output
+    assert "created" in result.output and "3 classes" in result.output and "method edgecl" in result.output
+    backbone = Bundle.open(out).manifest.backbone
+    assert backbone["slow_learner"]["tuner"] == "ssf" and backbone["slow_learner"]["epochs"] == 1 and backbone["tuner"] is None
     result = edgecl("learn", "--images", new_images / "yellow", "--bundle", out, "-q")
     assert result.exit_code == 0, result.stderr
     assert "learned yellow as session 1" in result.output
@@ -73,7 +85,7 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
 
     result = edgecl("info", "--bundle", out)
     assert result.exit_code == 0, result.stderr
-    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch"):
+    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch", "slow learner ssf", "merged into the weights"):
         assert text in result.output
     info = json.loads(edgecl("info", "--bundle", out, "--json").output)
     assert info["runtime"] == "torch" and len(info["manifest"]["sessions"]) == 3
@@ -97,6 +109,11 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "already exists; pass --force")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow_epochs=many", *common), "not a valid int")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "use_tosca", *common), "expected KEY=VALUE")
+    if not torch.cuda.is_available():
+        one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--device", "cuda", *common), "--device cuda", "not available")
     one_line_error(
         edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", PLUMBING_BACKBONE, "--weights", tmp_path / "w.pth", "-q"),
         "--weights", "no such file",

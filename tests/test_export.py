@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import requires_fashion_mnist
+from conftest import QUICK_EDGECL, requires_fashion_mnist
 from edgecl import fashion_mnist
 from edgecl.bundle import Bundle
 from edgecl.errors import EdgeclError
@@ -48,7 +48,7 @@ def test_export_writes_a_checked_onnx_with_a_dynamic_batch(bundle, base_images):
 
 def test_vit_exports_with_one_layernorm_op_and_unfused_attention(tmp_path, base_images):
     path = tmp_path / "vit"
-    train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, show_progress=False)
+    train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, settings=QUICK_EDGECL, show_progress=False)
     report = export_bundle(path, "cpu", [base_images])
     assert report.max_abs_diff <= PARITY_ATOL
     ops = [node.op_type for node in onnx.load(str(path / "backbone.onnx")).graph.node]
@@ -71,7 +71,7 @@ def test_re_export_drops_engines_built_from_the_old_onnx(bundle):
 def test_efficientnet_lite0_parity_on_real_images(tmp_path):
     images = fashion_mnist.write_image_folders(tmp_path / "data", "train", 12, [0, 1, 2], seed=0)
     path = tmp_path / "lite0"
-    train(tmp_path / "data", path, epochs=1, show_progress=False)
+    train(tmp_path / "data", path, epochs=1, settings=QUICK_EDGECL, show_progress=False)
     report = export_bundle(path, "jetson-orin-nx", [tmp_path / "data"])
     assert report.real_images and report.parity_images == 32
     assert report.max_abs_diff <= PARITY_ATOL, report.max_abs_diff

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import requires_fashion_mnist
+from conftest import QUICK_EDGECL, requires_fashion_mnist
 from edgecl import fashion_mnist
 from edgecl.bundle import Bundle
 from edgecl.errors import EdgeclError
@@ -139,7 +139,7 @@ def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
     fashion_mnist.write_image_folders(tmp_path / "train", "train", 30, [0, 1, 2, 3, 4, 5], seed=0)
     tests = fashion_mnist.write_image_folders(tmp_path / "test", "test", 40, [0, 1, 2, 3, 4, 5], seed=0)
     path = tmp_path / "bundle"
-    train(tmp_path / "train", path, show_progress=False)
+    train(tmp_path / "train", path, settings=QUICK_EDGECL, show_progress=False)
     export_bundle(path, "cpu", [tmp_path / "train"])
     paths = [p for group in tests.values() for p in group]
     via_torch, _ = Classifier(path, "torch").classify(paths, show_progress=False)

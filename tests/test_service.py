@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import QUICK_EDGECL
 from edgecl.bundle import Bundle
 from edgecl.images import find_images
 from edgecl.runtime.service import Classifier, learn, load_method, session_generator
@@ -26,7 +27,7 @@ def test_classifying_one_at_a_time_or_all_together_gives_the_same_answers(bundle
 
 def test_vit_bundle_uses_the_cls_embedding_end_to_end(tmp_path, base_images, new_images):
     path = tmp_path / "vit"
-    train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, show_progress=False)
+    train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, settings=QUICK_EDGECL, show_progress=False)
     m = Bundle.open(path).manifest
     assert m.backbone["embedding_dim"] == 192 and m.preprocess["input_size"] == [3, 224, 224]
     learn(path, new_images / "yellow", show_progress=False)

@@ -6,10 +6,11 @@ from edgecl.methods.base import (
     MethodConfig,
     create_method,
     method_class,
+    method_config,
     register_method,
     restore_method,
 )
-from edgecl.methods import simplecil, tosca  # noqa: F401  (registration)
+from edgecl.methods import edgecl, safe, simplecil, tosca  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS",
@@ -17,6 +18,7 @@ __all__ = [
     "MethodConfig",
     "create_method",
     "method_class",
+    "method_config",
     "register_method",
     "restore_method",
 ]

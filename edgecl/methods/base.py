@@ -9,6 +9,7 @@ is the JSON that rebuilds empty modules of the right shapes before loading them.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -25,19 +26,62 @@ class MethodConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(data) - set(hints))
         if unknown:
             raise EdgeclError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
-        return cls(**data)
+        nested = {k: hints[k].from_dict(v) for k, v in data.items() if _is_config(hints[k]) and isinstance(v, dict)}
+        return cls(**{**data, **nested})
 
     def override(self, **values: Any) -> "MethodConfig":
-        names = {f.name for f in dataclasses.fields(self)}
-        return dataclasses.replace(self, **{k: v for k, v in values.items() if v is not None and k in names})
+        """New config with these fields replaced (None: unchanged, unknown names: ignored); a dotted
+        name reaches into a nested config (tosca.epochs)."""
+        hints = typing.get_type_hints(type(self))
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            head, _, rest = key.partition(".")
+            if value is None:
+                continue
+            if head not in hints:  # e.g. --epochs for a method made of others: each part that has it
+                for name, kind in hints.items():
+                    if _is_config(kind) and not rest and key in typing.get_type_hints(kind):
+                        changes[name] = changes.get(name, getattr(self, name)).override(**{key: value})
+                continue
+            if rest and _is_config(hints[head]):
+                changes[head] = changes.get(head, getattr(self, head)).override(**{rest: value})
+            elif not rest:
+                changes[head] = value
+        return dataclasses.replace(self, **changes)
+
+    def setting(self, key: str, text: str) -> "MethodConfig":
+        """--set key=value: the value parsed as the field's type."""
+        hints, target = typing.get_type_hints(type(self)), self
+        head, _, rest = key.partition(".")
+        if head not in hints:
+            raise EdgeclError(f"--set {key}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
+        if rest:
+            if not _is_config(hints[head]):
+                raise EdgeclError(f"--set {key}: {head} is not a group of settings")
+            return dataclasses.replace(target, **{head: getattr(self, head).setting(rest, text)})
+        kind = hints[head]
+        try:
+            value = (text.lower() in ("1", "true", "yes", "on")) if kind is bool else kind(text)
+        except (TypeError, ValueError) as err:
+            raise EdgeclError(f"--set {key}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
+        return dataclasses.replace(target, **{head: value})
+
+    def slow_learner(self) -> Any:
+        """The in-backbone slow learner to train on the host's first session, or None."""
+        return None
+
+
+def _is_config(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, MethodConfig)
 
 
 class ContinualMethod(nn.Module, ABC):
     name: ClassVar[str]
+    summary: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]]
 
     def __init__(self, config: MethodConfig, embedding_dim: int) -> None:
@@ -92,10 +136,17 @@ def method_class(name: str) -> type[ContinualMethod]:
     return METHODS[name]
 
 
-def create_method(name: str, embedding_dim: int, config: dict[str, Any] | None = None, **overrides: Any) -> ContinualMethod:
+def method_config(name: str, config: dict[str, Any] | None = None, settings: dict[str, str] | None = None, **overrides: Any) -> MethodConfig:
+    """A method's config: defaults or `config`, then keyword overrides, then --set texts."""
     cls = method_class(name)
-    base = cls.config_class.from_dict(config) if config is not None else cls.config_class()
-    return cls(base.override(**overrides), embedding_dim)
+    result = (cls.config_class.from_dict(config) if config is not None else cls.config_class()).override(**overrides)
+    for key, text in (settings or {}).items():
+        result = result.setting(key, text)
+    return result
+
+
+def create_method(name: str, embedding_dim: int, config: dict[str, Any] | None = None, **overrides: Any) -> ContinualMethod:
+    return method_class(name)(method_config(name, config, **overrides), embedding_dim)
 
 
 def restore_method(name: str, embedding_dim: int, config: dict[str, Any], structure: dict[str, Any], state: dict[str, torch.Tensor]) -> ContinualMethod:

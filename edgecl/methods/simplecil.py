@@ -21,6 +21,7 @@ class SimpleCILConfig(MethodConfig):
 @register_method
 class SimpleCIL(ContinualMethod):
     name = "simplecil"
+    summary = "SimpleCIL: nearest class mean (cosine) on the frozen embedding, the baseline every paper reports"
     config_class = SimpleCILConfig
     config: SimpleCILConfig
 

@@ -59,6 +59,7 @@ def class_means_stacked(outputs: torch.Tensor, targets: torch.Tensor, num_classe
 @register_method
 class Tosca(ContinualMethod):
     name = "tosca"
+    summary = "TOSCA/LuCA: one sparse adapter-calibrator per session on the embedding, chosen per sample by entropy (with replay of old-class statistics)"
     config_class = ToscaConfig
     config: ToscaConfig
 
@@ -152,4 +153,5 @@ class ToscaPaper(Tosca):
     """TOSCA trained as published (still choosing the module per sample)."""
 
     name = "tosca-paper"
+    summary = "TOSCA as published: no replay, one prototype set, no minimum of steps"
     config_class = ToscaPaperConfig

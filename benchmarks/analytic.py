@@ -1,0 +1,43 @@
+"""The analytic classifier on the device: what adding one class of 50 embeddings costs (the ridge
+pick on its 80/20 split, then the solve: no gradient steps) and what its statistics weigh in the
+bundle, for several projection sizes M, on 1280-d embeddings (EfficientNet-Lite0) of 10 known
+classes. The embeddings are Gaussian clusters: the cost depends on the shapes, not the values."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import torch
+from safetensors.torch import save
+
+from edgecl.analytic import AnalyticClassifier
+
+DIM, KNOWN, NEW = 1280, 10, 50
+
+
+def _features(classes, per_class, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(offset + classes, DIM, generator=torch.Generator().manual_seed(0)).abs()
+    y = torch.arange(offset, offset + classes).repeat_interleave(per_class)
+    return (centres[y] + 0.5 * torch.randn(len(y), DIM, generator=g)).relu(), y
+
+
+def run(out) -> dict:
+    results = {}
+    for size in (1024, 2048, 4096):
+        head = AnalyticClassifier(DIM, size, seed=0)
+        x, y = _features(KNOWN, 100, 0, seed=1)
+        head.add(x, y, KNOWN)
+        new_x, new_y = _features(1, NEW, KNOWN, seed=2)
+        start = time.perf_counter()
+        head.add(new_x, new_y, KNOWN + 1)
+        add_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        head.solve(float(head.ridge))
+        solve_seconds = time.perf_counter() - start
+        stored = len(save({k: v.contiguous() for k, v in head.state_dict().items()}))
+        results[size] = {"add_one_class_s": round(add_seconds, 3), "solve_s": round(solve_seconds, 3), "stored_mb": round(stored / 1e6, 2)}
+        print(f"M={size}: add one class of {NEW} (ridge pick + solve) {add_seconds:.2f} s, solve alone {solve_seconds:.2f} s, "
+              f"stored {stored / 1e6:.1f} MB per classifier (SAFE/edgecl keep two)")
+    return results

@@ -1,0 +1,82 @@
+"""edgecl: TOSCA and SAFE together, the design card's shape.
+
+Host, session 0: SAFE's slow learner tuned inside the backbone and merged (edgecl/slow_learner.py),
+then on its embedding a TOSCA LuCA module and the analytic classifiers. Device, each `learn`: a new
+LuCA module, a fast-learner update, analytic updates. Inference blends, per sample, TOSCA's chosen
+module, the fast and the slow analytic predictions by entropy (SAFE's rule, softmax(-gamma * H)).
+The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA's are sigma-scaled
+cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
+the entropies are compared, or TOSCA's sharper logits would win every sample.
+Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow_tuner=none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
+from edgecl.methods.safe import Safe, SafeConfig, blend
+from edgecl.methods.tosca import Tosca, ToscaConfig
+
+
+@dataclass(frozen=True)
+class EdgeclConfig(MethodConfig):
+    tosca: ToscaConfig = field(default_factory=ToscaConfig)
+    safe: SafeConfig = field(default_factory=SafeConfig)
+    use_tosca: bool = True
+    use_fast: bool = True
+    use_slow: bool = True
+    analytic_scale: float = 80.0
+    gamma: float = 1.0
+
+    def slow_learner(self):
+        return self.safe.slow_learner()
+
+
+@register_method
+class Edgecl(ContinualMethod):
+    name = "edgecl"
+    summary = "TOSCA + SAFE: slow learner merged into the backbone, a LuCA module, fast and slow analytic classifiers per session, blended by entropy"
+    config_class = EdgeclConfig
+    config: EdgeclConfig
+
+    def __init__(self, config: EdgeclConfig, embedding_dim: int) -> None:
+        super().__init__(config, embedding_dim)
+        if not (config.use_tosca or config.use_fast or config.use_slow):
+            raise ValueError("edgecl needs at least one of use_tosca, use_fast, use_slow")
+        self.tosca = Tosca(config.tosca, embedding_dim)
+        self.safe = Safe(replace(config.safe, fast_learner=config.use_fast), embedding_dim)
+
+    @property
+    def num_classes(self) -> int:
+        return self.safe.num_classes
+
+    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+        stats = {}
+        if self.config.use_tosca:
+            stats.update({f"tosca_{k}": v for k, v in self.tosca.learn(features, targets, generator, show_progress=show_progress).items()})
+        stats.update({f"safe_{k}": v for k, v in self.safe.learn(features, targets, generator, show_progress=show_progress).items()})
+        return stats
+
+    def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        members = {}
+        if self.config.use_tosca:
+            members["tosca"] = self.tosca.logits(features)
+        analytic = self.safe.member_logits(features)
+        for name in ("fast", "slow"):
+            if getattr(self.config, f"use_{name}") and name in analytic:
+                members[name] = self.config.analytic_scale * analytic[name]
+        return members
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return blend(list(self.member_logits(features).values()), self.config.gamma)
+
+    def structure(self) -> dict[str, Any]:
+        return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}
+
+    def build(self, structure: dict[str, Any]) -> None:
+        self.tosca.build(structure["tosca"])
+        self.safe.build(structure["safe"])

@@ -1,0 +1,45 @@
+"""`edgecl eval --plot`: accuracy on all classes seen so far after each session, one line per method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecl.errors import EdgeclError
+
+
+def require_matplotlib(path: Path | None = None):
+    """pyplot on the Agg backend; a user error naming the remedy when it is not installed or
+    `path` cannot be written."""
+    if path is not None and not Path(path).parent.is_dir():
+        raise EdgeclError(f"--plot {path}: folder {Path(path).parent} does not exist")
+    try:
+        import matplotlib
+    except ImportError:
+        raise EdgeclError("--plot needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def plot_sessions(report, path: Path) -> Path:
+    plt = require_matplotlib(path)
+    p = report.protocol
+    sizes = [p["init"] + p["increment"] * t for t in range(p["sessions"])]
+    seen = [min(s, p["classes"]) for s in sizes]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for result in report.results:
+        axes.plot(seen, result.accuracy_per_session, marker="o", label=f"{result.method} (A_last {result.A_last:.3f})")
+    for name, value in report.joint.items():
+        axes.axhline(value, linestyle="--", linewidth=1, color="grey")
+        axes.annotate(f"joint {name} {value:.3f}", (seen[0], value), fontsize=8, color="grey", va="bottom")
+    axes.set_xlabel("classes seen")
+    axes.set_ylabel("accuracy on all classes seen")
+    axes.set_title(f"B{p['init']} Inc{p['increment']}, {p['classes']} classes, {p['backbone']}, seed {p['seed']}")
+    axes.set_xticks(seen)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

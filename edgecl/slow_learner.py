@@ -1,0 +1,204 @@
+"""SAFE's slow learner: parameter-efficient tuning of the backbone on the host's first session,
+then merged into it (host side: trains through the backbone, on images).
+
+Loss = CE (cosine head on the tuned embedding) + transfer loss between the L2-normalised
+embeddings of the tuned model (s) and the frozen pretrained model (t): with C = s^T t / B (D x D),
+l_diag * sum_i (C_ii - 1)^2 + l_rdn * sum_{i != j} C_ij^2, which keeps the tuned features
+correlated with the pretrained ones. SGD with momentum, cosine schedule, random-resized-crop and
+flip augmentation; BatchNorm statistics stay frozen (eval mode), so the tuned layers merge exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from edgecl.heads import CosineClassifier, class_means
+from edgecl.images import UnreadableImage, load_image
+from edgecl.preprocess import PreprocessConfig
+from edgecl.progress import progress_bar
+from edgecl.training import MomentumSGD
+from edgecl.tuners import create_tuner, rebuild
+
+
+@dataclass(frozen=True)
+class SlowLearnerConfig:
+    tuner: str = "ssf"
+    epochs: int = 20
+    batch_size: int = 48
+    lr: float = 0.01
+    min_lr: float = 1e-8
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    l_diag: float = 0.01
+    l_rdn: float = 10.0
+
+    @classmethod
+    def from_method(cls, config: Any) -> "SlowLearnerConfig":
+        return cls(config.slow_tuner, config.slow_epochs, config.slow_batch_size, config.slow_lr, 1e-8, 0.9,
+                   config.slow_weight_decay, config.slow_diag, config.slow_rdn)
+
+
+class _Images(Dataset):
+    def __init__(self, paths: Sequence, labels: Sequence[int], transform) -> None:
+        self.paths, self.labels, self.transform = list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.paths[index])
+        except UnreadableImage:
+            return torch.zeros(0), -1
+        return self.transform(image), self.labels[index]
+
+
+def _collate(batch):
+    kept = [(x, y) for x, y in batch if y >= 0]
+    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
+
+
+def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
+    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    c = s.T @ t / s.shape[0]
+    diagonal = torch.diagonal(c)
+    on = (diagonal - 1).pow(2).sum()
+    off = c.pow(2).sum() - diagonal.pow(2).sum()
+    return l_diag * on + l_rdn * off
+
+
+def _train_transform(preprocess: PreprocessConfig):
+    import timm.data
+
+    return timm.data.create_transform(
+        preprocess.input_size, is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=None, auto_augment=None,
+        interpolation=preprocess.interpolation, mean=preprocess.mean, std=preprocess.std,
+    )
+
+
+def train_slow_learner(
+    model: nn.Module,
+    paths: Sequence,
+    labels: Sequence[int],
+    preprocess: PreprocessConfig,
+    config: SlowLearnerConfig,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    show_progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Tune `model` (in place) on the session-0 images, merge, return (model, stats, incl. its structure)."""
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    model = model.to(device).eval().requires_grad_(False)
+    tuner = create_tuner(config.tuner)
+    params = tuner.attach(model)
+    for p in params:
+        p.requires_grad_(True)
+    model.to(device)
+    num_classes = int(max(labels)) + 1
+    loader = DataLoader(
+        _Images(paths, labels, _train_transform(preprocess)), batch_size=config.batch_size, shuffle=True,
+        num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)), collate_fn=_collate,
+        generator=torch.Generator().manual_seed(seed), drop_last=len(paths) > config.batch_size,
+    )
+    head = CosineClassifier(teacher_dim(teacher, preprocess, device), 0).to(device)
+    head.add_classes(_prototypes(teacher, loader, num_classes, device))
+    trainable = [*params, *head.parameters()]
+    optimizer = MomentumSGD(trainable, config.momentum, config.weight_decay)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    total, step, seen = max(config.epochs * len(loader), 1), 0, 0
+    start = time.perf_counter()
+    with progress_bar(f"slow learner ({config.tuner})", config.epochs * len(loader), enabled=show_progress, unit="steps") as advance:
+        for _ in range(config.epochs):
+            for images, targets in loader:
+                images, targets = images.to(device, non_blocking=True), targets.to(device)
+                lr = config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
+                with autocast:
+                    student = model(images)
+                    with torch.no_grad():
+                        pretrained = teacher(images)
+                    ce = F.cross_entropy(head(student.float()), targets)
+                    loss = ce + transfer_loss(student, pretrained, config.l_diag, config.l_rdn)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step(lr)
+                step, seen = step + 1, seen + len(targets)
+                advance(1, loss=float(loss.detach()), ce=float(ce.detach()), img_s=seen / (time.perf_counter() - start))
+    merged = tuner.merge(model).cpu().eval().requires_grad_(False)
+    stats = {"tuner": config.tuner, "epochs": config.epochs, "steps": step, "images": len(paths),
+             "seconds": round(time.perf_counter() - start, 1), "final_loss": float(loss.detach()) if step else float("nan"),
+             "trainable_parameters": sum(p.numel() for p in params), "structure": tuner.structure()}
+    return merged, stats
+
+
+def teacher_dim(model: nn.Module, preprocess: PreprocessConfig, device) -> int:
+    with torch.no_grad():
+        return int(model(torch.zeros(1, *preprocess.input_size, device=device)).shape[-1])
+
+
+def _prototypes(model: nn.Module, loader: DataLoader, num_classes: int, device) -> torch.Tensor:
+    """Class means of the pretrained embeddings (one pass, augmented): the cosine head's start."""
+    features, targets = [], []
+    with torch.no_grad():
+        for images, labels in loader:
+            features.append(model(images.to(device)).float())
+            targets.append(labels.to(device))
+    return class_means(torch.cat(features), torch.cat(targets), num_classes)
+
+
+
+def tuned_backbone(
+    model: nn.Module,
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    preprocess: PreprocessConfig,
+    config: SlowLearnerConfig,
+    *,
+    base_sha256: str,
+    cache_dir: Path,
+    device: str = "cpu",
+    seed: int = 0,
+    show_progress: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
+    of several methods, or a rerun, tune the backbone once)."""
+    from safetensors.torch import load_file, save_file
+
+    from edgecl.embedding_cache import cache_key
+
+    identity = json.dumps({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
+                           "config": dataclasses.asdict(config), "seed": seed})
+    file = Path(cache_dir) / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.safetensors"
+    if file.is_file():
+        stats = json.loads(_metadata(file)["stats"])
+        rebuild(model, stats["structure"]).load_state_dict(load_file(str(file)))
+        return model.eval().requires_grad_(False), {**stats, "cached": True}
+    model, stats = train_slow_learner(model, paths, labels, preprocess, config, device=device, seed=seed, show_progress=show_progress)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"stats": json.dumps(stats)})
+    os.replace(tmp, file)
+    return model, stats
+
+
+def _metadata(file: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return handle.metadata() or {}

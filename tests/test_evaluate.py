@@ -1,0 +1,47 @@
+"""`edgecl eval`: several methods side by side, --set, the joint bounds and the plot (plumbing:
+random-init backbone, synthetic images; accuracy on real data is test_accuracy.py)."""
+
+import json
+
+import pytest
+
+from conftest import PLUMBING_BACKBONE, QUICK_EDGECL, make_image_folder
+from test_cli import edgecl, one_line_error
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    names = ["red", "green", "blue", "yellow", "grey"]
+    make_image_folder(root / "train", names, count=8)
+    make_image_folder(root / "test", names, count=3, seed=50)
+    return root
+
+
+def quick(*extra):
+    settings = [part for key, value in QUICK_EDGECL.items() for part in ("--set", f"{key}={value}")]
+    return ["--backbone", PLUMBING_BACKBONE, "--random-init", "--epochs", "2", *settings, "-q", *extra]
+
+
+def test_methods_side_by_side_with_joint_bounds_and_plot(data, tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
+    report_file, plot = tmp_path / "r.json", tmp_path / "sessions.png"
+    result = edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl,simplecil,safe",
+                    *quick("--joint", "--plot", plot, "--json", report_file))
+    assert result.exit_code == 0, result.stderr
+    for text in ("edgecl", "simplecil", "joint probe", "slow learner ssf"):
+        assert text in result.output
+    report = json.loads(report_file.read_text())
+    assert [r["method"] for r in report["results"]] == ["edgecl", "simplecil", "safe"]
+    assert all(len(r["accuracy_per_session"]) == 3 for r in report["results"])
+    assert set(report["joint"]) == {"ncm", "probe", "analytic_2048"}
+    assert set(report["backbones"]) == {"edgecl", "safe"} and report["backbones"]["edgecl"]["images"] == 24
+    assert report["protocol"]["configs"]["edgecl"]["safe"]["slow_epochs"] == 1  # --set reached the nested config
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_errors(data, tmp_path):
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl", *quick("--set", "nope=2")), "--set nope")
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl,magic", *quick()), "unknown method")
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl", *quick("--plot", tmp_path / "no" / "x.png")),
+                   "--plot", "does not exist")

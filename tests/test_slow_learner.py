@@ -1,0 +1,57 @@
+"""SAFE's slow learner: the transfer loss, and tuning + merging a backbone on images (plumbing:
+a tiny random-init CNN; accuracy is measured on real data in test_accuracy.py)."""
+
+import torch
+import torch.nn.functional as F
+
+from conftest import PLUMBING_BACKBONE
+from edgecl.backbones import create_backbone, preprocess_config
+from edgecl.images import scan_class_folders
+from edgecl.slow_learner import SlowLearnerConfig, train_slow_learner, transfer_loss, tuned_backbone
+
+
+def test_transfer_loss_is_the_correlation_of_normalised_embeddings():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    sn, tn = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    c = torch.zeros(5, 5)
+    for b in range(6):
+        c += torch.outer(sn[b], tn[b]) / 6
+    on = sum((c[i, i] - 1) ** 2 for i in range(5))
+    off = sum(c[i, j] ** 2 for i in range(5) for j in range(5) if i != j)
+    torch.testing.assert_close(transfer_loss(s, t, 0.01, 10.0), 0.01 * on + 10.0 * off)
+    assert float(transfer_loss(s, t, 0.0, 0.0)) == 0.0
+
+
+def session_zero(base_images):
+    classes = scan_class_folders(base_images)
+    return [p for c in classes for p in c.images], [i for i, c in enumerate(classes) for _ in c.images]
+
+
+def test_slow_learner_tunes_and_merges_into_a_plain_backbone(base_images):
+    model, _ = create_backbone(PLUMBING_BACKBONE, random_init=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    paths, labels = session_zero(base_images)
+    config = SlowLearnerConfig(epochs=2, batch_size=8, lr=0.05)
+    tuned, stats = train_slow_learner(model, paths, labels, preprocess_config(model), config, show_progress=False)
+    assert stats["steps"] == 2 * 2 and stats["images"] == 18 and stats["trainable_parameters"] > 0
+    assert stats["structure"] is None  # SSF merged: nothing stays in the graph
+    state = tuned.state_dict()
+    assert set(state) == set(before) and all(state[k].shape == before[k].shape for k in before)
+    assert any(not torch.equal(state[k], before[k]) for k in before), "training changed no weight"
+    assert not any(p.requires_grad for p in tuned.parameters()) and not tuned.training
+
+
+def test_tuned_backbone_is_cached(base_images, tmp_path):
+    paths, labels = session_zero(base_images)
+    config = SlowLearnerConfig(epochs=1, batch_size=8)
+
+    def tune():
+        model, _ = create_backbone(PLUMBING_BACKBONE, random_init=True)
+        return tuned_backbone(model, paths, labels, preprocess_config(model), config, base_sha256="x", cache_dir=tmp_path, show_progress=False)
+
+    first, stats = tune()
+    again, cached = tune()
+    assert "cached" not in stats and cached["cached"] and cached["steps"] == stats["steps"]
+    for key, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value)
