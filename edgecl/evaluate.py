@@ -104,9 +104,9 @@ class _Embedder:
         self.skipped: list[str] = []
         self.seconds = 0.0
 
-    def __call__(self, model: torch.nn.Module, label: str) -> dict[str, LabeledFeatures]:
+    def __call__(self, model: torch.nn.Module, label: str, sha: str | None = None) -> dict[str, LabeledFeatures]:
         start = time.perf_counter()
-        sha = bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
+        sha = sha or bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
         embed, runtime = host_embed_function(model, self.preprocess.input_size, sha, self.cache / "onnx")
         splits = {}
         for name, split in (("train", self.dataset.train), ("test", self.dataset.test)):
@@ -158,7 +158,7 @@ def evaluate(
         if slow in features:
             continue
         if slow is None:
-            features[None] = embedder(model, "frozen backbone")
+            features[None] = embedder(model, "frozen backbone", base_sha)
             continue
         from edgecl.slow_learner import tuned_backbone
 
@@ -184,7 +184,7 @@ def evaluate(
     if joint:
         from edgecl.joint import joint_bounds
 
-        frozen = features[None] if None in features else embedder(model, "frozen backbone")
+        frozen = features[None] if None in features else embedder(model, "frozen backbone", base_sha)
         bounds = joint_bounds(frozen["train"], frozen["test"], seed=seed, show_progress=show_progress)
     for result in results:
         result.seconds["embed"] = round(embedder.seconds, 3)

@@ -133,12 +133,13 @@ class Safe(ContinualMethod):
             self.fast_classifier.add_classes(class_means(self.fast(features), local, new))
         if old and self.config.fast_learner:
             stats["loss"] = self._train_fast(features, targets, old, generator, show_progress)
-            with torch.no_grad():
-                self.fast_classifier.weight[old:] = class_means(self.fast(features), local, new)
+        with torch.no_grad():
+            fast_features = self.fast(features)
+            if old and self.config.fast_learner:
+                self.fast_classifier.weight[old:] = class_means(fast_features, local, new)
         order = torch.randperm(len(targets), generator=generator)  # the ridge's 80/20 split
         stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new)
-        with torch.no_grad():
-            stats["ridge_fast"] = self.fast_head.add(self.fast(features)[order], targets[order], old + new)
+        stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new)
         self.sessions += 1
         return stats
 
