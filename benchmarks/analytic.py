@@ -5,7 +5,6 @@ classes. The embeddings are Gaussian clusters: the cost depends on the shapes, n
 
 from __future__ import annotations
 
-import io
 import time
 
 import torch

@@ -40,6 +40,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 BACKBONE_FILE = "backbone.safetensors"
 ONNX_FILE = "backbone.onnx"
+INFLORA_MEMORY_FILE = "inflora_memory.safetensors"  # DualGPM bases, for later host sessions
 ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
 
@@ -260,7 +261,8 @@ class BundleUpdate:
         self.manifest.updated = now()
         write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
         keep = referenced(self.manifest)
-        candidates = [*self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"), *self.bundle.path.glob(f"{ENGINES_DIR}/*")]
+        candidates = [*self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"), *self.bundle.path.glob(f"{ENGINES_DIR}/*"),
+                      *(self.bundle.path / name for name in referenced(self.bundle.manifest))]
         for stale in candidates:
             if stale.relative_to(self.bundle.path).as_posix() not in keep:
                 stale.unlink(missing_ok=True)
@@ -277,6 +279,9 @@ class BundleUpdate:
 def referenced(manifest: Manifest) -> set[str]:
     """Every file the manifest names (relative paths)."""
     names = {manifest.heads["file"], manifest.backbone["file"]}
+    memory = manifest.backbone.get("inflora", {}).get("memory")
+    if memory:
+        names.add(memory["file"])
     if manifest.export:
         names.add(manifest.export["file"])
     for engine in manifest.engines.values():

@@ -46,7 +46,7 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", metavar="KEY=VALUE", help="Override one method setting, e.g. --set safe.slow_epochs=5 or --set use_tosca=false (repeatable; `edgecl methods` lists them)."),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="Where the slow learner trains: cpu, cuda, cuda:1.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Where the backbone trains (slow learner, InfLoRA): cpu, cuda, cuda:1.")]
 
 
 def parse_settings(pairs: Optional[list[str]]) -> dict[str, str]:
@@ -173,6 +173,32 @@ def learn(
 
 @app.command()
 @user_errors
+def adapt(
+    images: Annotated[Path, typer.Option("--images", "-i", help="One class's images, or a folder of class folders.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
+    bundle: BundleOption = Path("edgecl-bundle"),
+    device: DeviceOption = "cpu",
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 60.0,
+    quiet: QuietOption = False,
+) -> None:
+    """Host: a new session that also adapts the backbone (InfLoRA bundles), then learns the heads.
+
+    The backbone is adapted outside the input subspace of the bundle's earlier sessions and merged;
+    the bundle's export is dropped (it describes the old backbone): run `edgecl export` again.
+    """
+    from edgecl.adapt import adapt as run_adapt
+
+    result = run_adapt(bundle, images, label=label, device=check_device(device), lock_timeout=lock_timeout, show_progress=not quiet)
+    warn_skipped(result.skipped)
+    s, info = result.session, result.backbone["inflora"]
+    out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; backbone adapted in "
+              f"{info['seconds']:.0f} s, {info['protected_fraction']:.0%} of its adapted input space now in memory")
+    if result.dropped_export:
+        out.print("the export described the old backbone and was dropped: run `edgecl export` again")
+
+
+@app.command()
+@user_errors
 def classify(
     paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     bundle: BundleOption = Path("edgecl-bundle"),
@@ -222,6 +248,10 @@ def info(
         kept = "merged into the weights" if not m.backbone.get("tuner") else f"{m.backbone['tuner']['name']} adapters kept in the graph"
         out.print(f"           slow learner {slow['tuner']}: {slow['epochs']} epochs on {slow['images']} images, "
                   f"{slow['seconds']:.0f} s on {slow.get('device', 'cpu')}, {kept}")
+    adapted = m.backbone.get("inflora")
+    if adapted:
+        out.print(f"           inflora: {adapted['epochs']} epochs on {adapted['images']} images, {adapted['seconds']:.0f} s on "
+                  f"{adapted.get('device', 'cpu')}, merged into the weights; {adapted['protected_fraction']:.0%} of the adapted input space in memory")
     out.print(f"method     {m.method['name']}  {m.method['config']}")
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
     for reason in embedder.passed_over:
@@ -308,7 +338,7 @@ def eval_command(
     data: Annotated[Path, typer.Argument(help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
     init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
     increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
-    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,safe,simplecil.")] = "edgecl",
+    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,safe,simplecil,inflora (`edgecl methods` lists them).")] = "edgecl",
     seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
     train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
     test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
@@ -355,6 +385,12 @@ def eval_command(
         table.add_row(f"joint {name}", *([""] * p["sessions"]), f"{value:.3f}", "", "", style="dim")
     Console(highlight=False, width=max(out.width, 1000)).print(table)  # the table's own width, never truncated
     for name, stats in report.backbones.items():
+        if "sessions" in stats:
+            runs = stats["sessions"]
+            out.print(f"{name}: backbone adapted in {len(runs)} sessions, {runs[0]['epochs']} epochs each, "
+                      f"{sum(r['seconds'] for r in runs):.0f} s, {runs[-1]['protected_fraction']:.0%} of the adapted "
+                      f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}")
+            continue
         out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {stats['epochs']} epochs, "
                   f"{stats['seconds']:.0f} s{' (cached)' if stats.get('cached') else ''}")
     if plot is not None:

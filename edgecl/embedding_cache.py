@@ -58,3 +58,16 @@ def cached_embeddings(
     )
     os.replace(tmp, file)
     return result, False
+
+
+def write_tensors_with_stats(file: Path, tensors: dict[str, torch.Tensor], stats: dict) -> None:
+    """A cached training result: its tensors, and its stats as JSON metadata (written aside, renamed)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"stats": json.dumps(stats)})
+    os.replace(tmp, file)
+
+
+def read_tensors_with_stats(file: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(file), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, json.loads((handle.metadata() or {})["stats"])

@@ -4,15 +4,19 @@ Each session goes through `run_session`, the code `edgecl learn` runs on the dev
 figures describe what a user gets. Accuracy is measured after every session on the test images of
 every class seen so far. A method with a slow learner (SAFE, edgecl) first tunes the backbone on
 the first session's training images, as `edgecl train` does, and is evaluated on the embeddings of
-that tuned backbone; methods that share a slow-learner config share the tuning.
+that tuned backbone; methods that share a slow-learner config share the tuning. A method that
+adapts the backbone in every session (InfLoRA) trains it on each session's images first and is
+evaluated on that session's backbone; each session's training is cached.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,34 +54,45 @@ class EvalReport:
         return report
 
 
+SessionData = Callable[[int, int, int], tuple[LabeledEmbeddings, LabeledFeatures]]
+
+
+def frozen_sessions(train: LabeledFeatures, test: LabeledFeatures) -> SessionData:
+    """Sessions cut from embeddings of one backbone: (session, first class, end) -> (train, test seen)."""
+
+    def session(_t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
+        chosen, seen = (train.labels >= lo) & (train.labels < hi), test.labels < hi
+        return (LabeledEmbeddings(train.features[chosen], torch.from_numpy(train.labels[chosen] - lo)),
+                LabeledFeatures(test.features[seen], test.labels[seen]))
+
+    return session
+
+
 def run_protocol(
     method: str,
     config: MethodConfig,
-    train: LabeledFeatures,
-    test: LabeledFeatures,
+    sessions: SessionData,
     sizes: Sequence[int],
     class_names: Sequence[str],
     *,
+    embedding_dim: int,
     seed: int,
     show_progress: bool = True,
 ) -> IncrementalResult:
-    learner = method_class(method)(config, train.features.shape[1])
+    learner = method_class(method)(config, embedding_dim)
     bounds = np.cumsum([0, *sizes])
     per_session: list[float] = []
     matrix: list[list[float]] = []
     learn_seconds = 0.0
     for t in range(len(sizes)):
         lo, hi = int(bounds[t]), int(bounds[t + 1])
-        chosen = (train.labels >= lo) & (train.labels < hi)
-        data = LabeledEmbeddings(train.features[chosen], torch.from_numpy(train.labels[chosen] - lo))
+        data, test = sessions(t, lo, hi)
         session = run_session(learner, data, class_names[lo:hi], seed, t, show_progress=show_progress)
         learn_seconds += session.stats["seconds"]
-        seen = test.labels < hi
-        labels = test.labels[seen]
-        predicted = learner.predict(test.features[seen]).argmax(dim=1).numpy()
-        per_session.append(accuracy(predicted, labels))
-        groups = np.searchsorted(bounds, labels, side="right") - 1
-        matrix.append([accuracy(predicted[groups == j], labels[groups == j]) for j in range(t + 1)])
+        predicted = learner.predict(test.features).argmax(dim=1).numpy()
+        per_session.append(accuracy(predicted, test.labels))
+        groups = np.searchsorted(bounds, test.labels, side="right") - 1
+        matrix.append([accuracy(predicted[groups == j], test.labels[groups == j]) for j in range(t + 1)])
     return summarize(method, per_session, matrix, {"learn": round(learn_seconds, 3)})
 
 
@@ -97,27 +112,58 @@ def method_configs(methods: Sequence[str], epochs: int | None, settings: dict[st
 
 
 class _Embedder:
-    """Embeds the train and test splits with one backbone (cached on disk), in the session order."""
+    """Embeds images of the train and test splits with a backbone (cached on disk), labelled by
+    their class's position in the session order."""
 
     def __init__(self, dataset: TrainTest, position: np.ndarray, preprocess, cache: Path, show_progress: bool) -> None:
         self.dataset, self.position, self.preprocess, self.cache, self.show_progress = dataset, position, preprocess, cache, show_progress
         self.skipped: list[str] = []
         self.seconds = 0.0
 
-    def __call__(self, model: torch.nn.Module, label: str, sha: str | None = None) -> dict[str, LabeledFeatures]:
+    def __call__(self, model: torch.nn.Module, label: str, sha: str | None = None,
+                 chosen: dict[str, np.ndarray] | None = None) -> dict[str, LabeledFeatures]:
+        """Both splits, or the images `chosen` (a mask per split name)."""
         start = time.perf_counter()
         sha = sha or bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
         embed, runtime = host_embed_function(model, self.preprocess.input_size, sha, self.cache / "onnx")
         splits = {}
         for name, split in (("train", self.dataset.train), ("test", self.dataset.test)):
+            mask = np.ones(len(split.paths), bool) if chosen is None else chosen[name]
+            paths, labels = [p for p, keep in zip(split.paths, mask) if keep], split.labels[mask]
             embedded, _ = cached_embeddings(
-                split.paths, embed, self.preprocess, sha, self.cache / "embeddings",
+                paths, embed, self.preprocess, sha, self.cache / "embeddings",
                 description=f"embedding {name}, {label} ({runtime})", show_progress=self.show_progress,
             )
-            splits[name] = LabeledFeatures(embedded.features, self.position[split.labels[embedded.kept]])
+            splits[name] = LabeledFeatures(embedded.features, self.position[labels[embedded.kept]])
             self.skipped = sorted(set(self.skipped) | set(embedded.skipped))
         self.seconds += time.perf_counter() - start
         return splits
+
+
+def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, base_sha: str, *, sessions: int,
+                     device: str, seed: int, stats: list[dict]) -> SessionData:
+    """Sessions of a method that adapts the backbone on the host in each (InfLoRA): train on the
+    session's images (cached), then embed its train images and the test images seen so far."""
+    from edgecl.inflora import cached_session
+
+    config = dataclasses.replace(config, sessions=sessions)
+    dataset, position = embedder.dataset, embedder.position
+    state = {"model": model, "memory": config.memory(), "key": base_sha}
+
+    def session(t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
+        train_classes, test_classes = position[dataset.train.labels], position[dataset.test.labels]
+        chosen = (train_classes >= lo) & (train_classes < hi)
+        paths = [p for p, keep in zip(dataset.train.paths, chosen) if keep]
+        state["model"], state["memory"], info, state["key"] = cached_session(
+            state["model"], state["memory"], paths, train_classes[chosen] - lo, embedder.preprocess, config, session=t,
+            previous=state["key"], cache_dir=embedder.cache / "inflora", device=device, seed=seed, show_progress=embedder.show_progress,
+        )
+        stats.append(info)
+        splits = embedder(state["model"], f"inflora session {t}", chosen={"train": chosen, "test": test_classes < hi})
+        train = splits["train"]
+        return LabeledEmbeddings(train.features, torch.from_numpy(train.labels - lo)), splits["test"]
+
+    return session
 
 
 def evaluate(
@@ -155,7 +201,7 @@ def evaluate(
     tuning: dict[Any, dict] = {}
     for config in configs.values():
         slow = config.slow_learner()
-        if slow in features:
+        if slow in features or config.session_backbone() is not None:
             continue
         if slow is None:
             features[None] = embedder(model, "frozen backbone", base_sha)
@@ -173,10 +219,17 @@ def evaluate(
     names = [dataset.classes[i] for i in order]
     results, backbones = [], {}
     for name, config in configs.items():
-        slow = config.slow_learner()
-        splits = features[slow]
-        result = run_protocol(name, config, splits["train"], splits["test"], sizes, names, seed=seed, show_progress=show_progress)
-        if slow is not None:
+        slow, adapted = config.slow_learner(), config.session_backbone()
+        if adapted is not None:
+            stats: list[dict] = []
+            sessions = adapted_sessions(copy.deepcopy(model), adapted, embedder, base_sha, sessions=len(sizes), device=device, seed=seed, stats=stats)
+        else:
+            sessions = frozen_sessions(features[slow]["train"], features[slow]["test"])
+        result = run_protocol(name, config, sessions, sizes, names, embedding_dim=spec.embedding_dim, seed=seed, show_progress=show_progress)
+        if adapted is not None:
+            backbones[name] = {"sessions": stats}
+            result.seconds["backbone"] = round(sum(s["seconds"] for s in stats), 1)
+        elif slow is not None:
             backbones[name] = tuning[slow]
             result.seconds["slow_learner"] = tuning[slow]["seconds"]
         results.append(result)
@@ -188,11 +241,11 @@ def evaluate(
         bounds = joint_bounds(frozen["train"], frozen["test"], seed=seed, show_progress=show_progress)
     for result in results:
         result.seconds["embed"] = round(embedder.seconds, 3)
-    first = next(iter(features.values()))
+    first = next(iter(features.values()), None)
+    counts = (len(first["train"].labels), len(first["test"].labels)) if first else (len(dataset.train.paths), len(dataset.test.paths))
     protocol = {
         "data": str(root), "init": init, "increment": increment, "sessions": len(sizes), "seed": seed,
-        "classes": len(dataset.classes), "train_images": len(first["train"].labels),
-        "test_images": len(first["test"].labels), "backbone": spec.name, "weights": spec.weights_source,
+        "classes": len(dataset.classes), "train_images": counts[0], "test_images": counts[1], "backbone": spec.name, "weights": spec.weights_source,
         "class_order": names, "configs": {name: config.to_dict() for name, config in configs.items()},
     }
     return EvalReport(protocol, results, embedder.skipped, bounds, backbones)

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from edgecl.heads import CosineClassifier, class_means
-from edgecl.images import UnreadableImage, load_image
+from edgecl.image_loader import image_loader
 from edgecl.preprocess import PreprocessConfig
 from edgecl.progress import progress_bar
 from edgecl.training import MomentumSGD
@@ -52,26 +51,6 @@ class SlowLearnerConfig:
                    config.slow_weight_decay, config.slow_diag, config.slow_rdn)
 
 
-class _Images(Dataset):
-    def __init__(self, paths: Sequence, labels: Sequence[int], transform) -> None:
-        self.paths, self.labels, self.transform = list(paths), list(labels), transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            image = load_image(self.paths[index])
-        except UnreadableImage:
-            return torch.zeros(0), -1
-        return self.transform(image), self.labels[index]
-
-
-def _collate(batch):
-    kept = [(x, y) for x, y in batch if y >= 0]
-    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
-
-
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
     s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
     c = s.T @ t / s.shape[0]
@@ -79,15 +58,6 @@ def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l
     on = (diagonal - 1).pow(2).sum()
     off = c.pow(2).sum() - diagonal.pow(2).sum()
     return l_diag * on + l_rdn * off
-
-
-def _train_transform(preprocess: PreprocessConfig):
-    import timm.data
-
-    return timm.data.create_transform(
-        preprocess.input_size, is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=None, auto_augment=None,
-        interpolation=preprocess.interpolation, mean=preprocess.mean, std=preprocess.std,
-    )
 
 
 def train_slow_learner(
@@ -112,11 +82,7 @@ def train_slow_learner(
         p.requires_grad_(True)
     model.to(device)
     num_classes = int(max(labels)) + 1
-    loader = DataLoader(
-        _Images(paths, labels, _train_transform(preprocess)), batch_size=config.batch_size, shuffle=True,
-        num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)), collate_fn=_collate,
-        generator=torch.Generator().manual_seed(seed), drop_last=len(paths) > config.batch_size,
-    )
+    loader = image_loader(paths, labels, preprocess, config.batch_size, augment=True, seed=seed)
     head = CosineClassifier(teacher_dim(teacher, preprocess, device), 0).to(device)
     head.add_classes(_prototypes(teacher, loader, num_classes, device))
     trainable = [*params, *head.parameters()]
@@ -178,27 +144,15 @@ def tuned_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
     of several methods, or a rerun, tune the backbone once)."""
-    from safetensors.torch import load_file, save_file
-
-    from edgecl.embedding_cache import cache_key
+    from edgecl.embedding_cache import cache_key, read_tensors_with_stats, write_tensors_with_stats
 
     identity = json.dumps({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
                            "config": dataclasses.asdict(config), "seed": seed})
     file = Path(cache_dir) / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.safetensors"
     if file.is_file():
-        stats = json.loads(_metadata(file)["stats"])
-        rebuild(model, stats["structure"]).load_state_dict(load_file(str(file)))
+        state, stats = read_tensors_with_stats(file)
+        rebuild(model, stats["structure"]).load_state_dict(state)
         return model.eval().requires_grad_(False), {**stats, "cached": True}
     model, stats = train_slow_learner(model, paths, labels, preprocess, config, device=device, seed=seed, show_progress=show_progress)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"stats": json.dumps(stats)})
-    os.replace(tmp, file)
+    write_tensors_with_stats(file, model.state_dict(), stats)
     return model, stats
-
-
-def _metadata(file: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as handle:
-        return handle.metadata() or {}

@@ -2,7 +2,9 @@
 
 A method with a slow learner (SAFE, edgecl) first tunes the backbone on these images and merges the
 tuning into it; the bundle stores that backbone, so export and the device see a plain timm model
-(plus any adapters that cannot merge, recorded under backbone.tuner)."""
+(plus any adapters that cannot merge, recorded under backbone.tuner). InfLoRA adapts the backbone
+on these images as its first session, merges it, and keeps its subspace memory in the bundle for
+later host sessions."""
 
 from __future__ import annotations
 
@@ -49,6 +51,17 @@ def train(
         model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
         backbone_info["tuner"] = stats.pop("structure")
         backbone_info["slow_learner"] = {**stats, "device": device}
+    extra_files: dict[str, bytes] = {}
+    adapted = config.session_backbone()
+    if adapted is not None:
+        from edgecl.inflora import train_session
+        memory = adapted.memory()
+        paths = [p for c in classes for p in c.images]
+        labels = [i for i, c in enumerate(classes) for _ in c.images]
+        model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=0, device=device, seed=seed, show_progress=show_progress)
+        memory_bytes = bundles.tensors_to_bytes(memory.state_dict())
+        extra_files[bundles.INFLORA_MEMORY_FILE] = memory_bytes
+        backbone_info["inflora"] = {**stats, "device": device, "memory": {"file": bundles.INFLORA_MEMORY_FILE, "sha256": bundles.sha256_bytes(memory_bytes)}}
     backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
     embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
@@ -64,5 +77,5 @@ def train(
         seed=seed,
     )
     record_session(manifest, learner, heads_entry, session)
-    files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes}
+    files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes, **extra_files}
     return bundles.create(out, manifest, files, force=force), embedded.skipped

@@ -10,7 +10,7 @@ from edgecl.methods.base import (
     register_method,
     restore_method,
 )
-from edgecl.methods import edgecl, safe, simplecil, tosca  # noqa: F401  (registration)
+from edgecl.methods import edgecl, inflora, safe, simplecil, tosca  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS",

@@ -74,6 +74,10 @@ class MethodConfig:
         """The in-backbone slow learner to train on the host's first session, or None."""
         return None
 
+    def session_backbone(self) -> Any:
+        """The backbone adaptation to run on the host in every session (InfLoRA), or None."""
+        return None
+
 
 def _is_config(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, MethodConfig)

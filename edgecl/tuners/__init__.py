@@ -9,9 +9,10 @@ timm model with the original parameter count), or leaves them in the graph, desc
 from edgecl.errors import EdgeclError
 from edgecl.tuners.adaptformer import AdaptFormer
 from edgecl.tuners.base import Tuner
+from edgecl.tuners.lora import LoRA
 from edgecl.tuners.ssf import SSF
 
-TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer)}
+TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer, LoRA)}
 
 
 def create_tuner(name: str, **settings) -> Tuner:

@@ -1,0 +1,63 @@
+"""Batches of images for training through the backbone on the host (slow learner, InfLoRA):
+timm's training augmentation, or the device's own preprocessing for passes that must see what
+inference sees. Unreadable images are dropped from their batch."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edgecl.images import UnreadableImage, load_image
+from edgecl.preprocess import PreprocessConfig, preprocess
+
+
+class _Images(Dataset):
+    def __init__(self, paths: Sequence, labels: Sequence[int], transform) -> None:
+        self.paths, self.labels, self.transform = list(paths), list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.paths[index])
+        except UnreadableImage:
+            return torch.zeros(0), -1
+        return self.transform(image), self.labels[index]
+
+
+def _collate(batch):
+    kept = [(x, y) for x, y in batch if y >= 0]
+    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
+
+
+def train_transform(config: PreprocessConfig):
+    import timm.data
+
+    return timm.data.create_transform(
+        config.input_size, is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=None, auto_augment=None,
+        interpolation=config.interpolation, mean=config.mean, std=config.std,
+    )
+
+
+class _Inference:
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(preprocess(image, self.config))
+
+
+def image_loader(paths: Sequence, labels: Sequence[int], config: PreprocessConfig, batch_size: int, *,
+                 augment: bool, seed: int = 0) -> DataLoader:
+    """Shuffled, augmented batches (augment=True, the last partial batch dropped when there is more
+    than one) or the images in order as inference preprocesses them."""
+    transform = train_transform(config) if augment else _Inference(config)
+    return DataLoader(
+        _Images(paths, labels, transform), batch_size=batch_size, shuffle=augment,
+        num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)), collate_fn=_collate,
+        generator=torch.Generator().manual_seed(seed), drop_last=augment and len(paths) > batch_size,
+    )
