@@ -84,7 +84,7 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     assert [r["session"] for r in runs] == [0, 1, 2] and [r["images"] for r in runs] == [12, 6, 6]
     assert [r["threshold"] for r in runs] == pytest.approx([0.95, 0.95 + 0.05 / 3, 0.95 + 0.1 / 3], abs=1e-4)
     assert all(len(r["accuracy_per_session"]) == 3 for r in report["results"])
-    again = edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora", *quick, "--set", "heads=analytic",
+    again = edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora", *quick, "--set", "heads=task",
                    "--set", "projection=128", "--json", report_file)
     assert again.exit_code == 0, again.stderr
     assert all(r.get("cached") for r in json.loads(report_file.read_text())["backbones"]["inflora"]["sessions"])  # same backbone runs

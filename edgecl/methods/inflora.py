@@ -2,11 +2,11 @@
 down-projections are designed outside the input subspace of earlier sessions, merged after each
 session (the host trainer: edgecl/inflora.py). This module is the part that lives on embeddings:
 
-- `heads="task"` (the official code's): one linear head with bias per session, trained with
+- `heads="task"` (the official code's, measured far below the analytic head: README): one linear head with bias per session, trained with
   cross-entropy on that session's classes only; inference concatenates them and takes the argmax.
   The official code trains the head together with the LoRA branches; here the head is fitted
   afterwards on the embeddings of the merged backbone (the same function, without augmentation).
-- `heads="analytic"` (edgecl's): one analytic classifier over all classes (edgecl/analytic.py),
+- `heads="analytic"` (edgecl's, the default): one analytic classifier over all classes (edgecl/analytic.py),
   which calibrates old against new classes exactly instead of comparing independent heads.
 
 On a device, `learn` trains only these heads: the backbone is adapted on the host.
@@ -64,7 +64,7 @@ class InfLoraBackboneConfig(MethodConfig):
 @dataclass(frozen=True)
 class InfLoraConfig(MethodConfig):
     backbone: InfLoraBackboneConfig = field(default_factory=InfLoraBackboneConfig)
-    heads: str = "task"  # task | analytic
+    heads: str = "analytic"  # analytic | task (the official per-session heads; README: 0.881 vs 0.502 on Fashion-MNIST)
     head_epochs: int = 20
     head_batch_size: int = 48
     head_lr: float = 0.05
