@@ -128,6 +128,7 @@ class InfLora(ContinualMethod):
 
     def build(self, structure: dict[str, Any]) -> None:
         classes = structure["classes"]
-        self.weight, self.bias = torch.zeros(classes, self.embedding_dim), torch.zeros(classes)
         if self.config.heads == "analytic":
             self.analytic = AnalyticClassifier(self.embedding_dim, self.config.projection, self.config.projection_seed, classes)
+        else:
+            self.weight, self.bias = torch.zeros(classes, self.embedding_dim), torch.zeros(classes)
