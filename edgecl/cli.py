@@ -115,7 +115,7 @@ def train(
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
-    method: Annotated[str, typer.Option("--method", help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper.")] = "edgecl",
+    method: Annotated[str, typer.Option("--method", help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper, inflora.")] = "edgecl",
     epochs: EpochsOption = None,
     settings: SetOption = None,
     device: DeviceOption = "cpu",
@@ -126,7 +126,8 @@ def train(
     """Host: create a bundle from a folder of class folders (session 0).
 
     With edgecl or safe this first tunes the backbone on the images (SAFE's slow learner; use
-    --device cuda on a GPU host) and merges the tuning into its weights."""
+    --device cuda on a GPU host) and merges the tuning into its weights; inflora adapts it as its
+    first session and keeps its subspace memory for later `edgecl adapt` sessions."""
     from edgecl.train import train as run_train
 
     bundle, skipped = run_train(
