@@ -261,7 +261,8 @@ class BundleUpdate:
         self.manifest.updated = now()
         write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
         keep = referenced(self.manifest)
-        candidates = [*self.bundle.path.glob(f"{HEADS_STEM}-*.safetensors"), *self.bundle.path.glob(f"{ENGINES_DIR}/*"),
+        stems = (HEADS_STEM, "backbone", "inflora_memory")  # content-named files a crashed writer may have left
+        candidates = [*(f for stem in stems for f in self.bundle.path.glob(f"{stem}-*.safetensors")), *self.bundle.path.glob(f"{ENGINES_DIR}/*"),
                       *(self.bundle.path / name for name in referenced(self.bundle.manifest))]
         for stale in candidates:
             if stale.relative_to(self.bundle.path).as_posix() not in keep:

@@ -31,6 +31,8 @@ class _Images(Dataset):
 
 def _collate(batch):
     kept = [(x, y) for x, y in batch if y >= 0]
+    if not kept:  # every image of the batch unreadable: the training loops skip it
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
     return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
 
 

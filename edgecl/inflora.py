@@ -37,6 +37,7 @@ from edgecl.subspace import SubspaceMemory
 from edgecl.tuners.lora import LoRA, Target, find_targets
 
 MEMORY_PREFIX = "inflora_memory."
+CACHE_VERSION = 1  # bump when a change to the session's computation should invalidate cached sessions
 
 
 @torch.no_grad()
@@ -56,8 +57,9 @@ def layer_covariances(model: nn.Module, targets: Sequence[Target], loader: DataL
     handles = [t.layer.register_forward_pre_hook(hook_for(t)) for t in targets]
     try:
         with progress_bar(description, len(loader), enabled=show_progress, unit="batches") as advance:
-            for images, _ in loader:
-                model(images.to(device))
+            for images, labels in loader:
+                if len(labels):
+                    model(images.to(device))
                 advance(1)
     finally:
         for handle in handles:
@@ -120,6 +122,8 @@ def _train(model, head, trainable, loader, config: InfLoraBackboneConfig, device
     with progress_bar(description, config.epochs * len(loader), enabled=show_progress, unit="steps") as advance:
         for _ in range(config.epochs):
             for images, targets in loader:
+                if not len(targets):
+                    continue
                 for group in optimizer.param_groups:
                     group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total))
                 with autocast:
@@ -153,7 +157,8 @@ def cached_session(
     from edgecl.embedding_cache import cache_key, read_tensors_with_stats, write_tensors_with_stats
 
     identity = json.dumps({"previous": previous, "images": cache_key(paths, previous, preprocess), "labels": [int(v) for v in labels],
-                           "config": dataclasses.asdict(config), "session": session, "seed": seed})
+                           "config": dataclasses.asdict(config), "session": session, "seed": seed,
+                           "device": torch.device(device).type, "version": CACHE_VERSION})
     key = hashlib.sha256(identity.encode()).hexdigest()[:32]
     file = Path(cache_dir) / f"{key}.safetensors"
     if file.is_file():

@@ -93,6 +93,8 @@ def train_slow_learner(
     with progress_bar(f"slow learner ({config.tuner})", config.epochs * len(loader), enabled=show_progress, unit="steps") as advance:
         for _ in range(config.epochs):
             for images, targets in loader:
+                if not len(targets):
+                    continue
                 images, targets = images.to(device, non_blocking=True), targets.to(device)
                 lr = config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
                 with autocast:
@@ -123,6 +125,8 @@ def _prototypes(model: nn.Module, loader: DataLoader, num_classes: int, device) 
     features, targets = [], []
     with torch.no_grad():
         for images, labels in loader:
+            if not len(labels):
+                continue
             features.append(model(images.to(device)).float())
             targets.append(labels.to(device))
     return class_means(torch.cat(features), torch.cat(targets), num_classes)

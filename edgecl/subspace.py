@@ -7,6 +7,11 @@ free; C -> U U^T C). A layer switches from remove to retain once k passes D / 2,
 basis is always the smaller one. A session adds directions until the memory holds a fraction
 `threshold` of its inputs' energy (in the first session too; the official code stops one short).
 
+The energy left outside the memory is the sum of the singular values (to `power`) of the
+one-sidedly projected covariance, the official code's quantity; with power 1 this over-counts the
+residual a little (a nuclear norm, not the trace of the two-sided projection), so the memory grows
+slightly past its threshold.
+
 Energy: GPM measures it by the squared singular values of the inputs, i.e. the eigenvalues of their
 covariance (power 1, the default). The official InfLoRA code squares the covariance's spectrum
 instead (power 2); for a CNN's non-negative features that spectrum is dominated by the mean, and the
@@ -64,19 +69,19 @@ class SubspaceMemory:
         """Add the directions of this session's inputs that hold its energy up to `threshold`."""
         c = covariance.double()
         dim = c.shape[0]
-        _, s_all = _svd(c)
+        u_all, s_all = _svd(c)
         total = float((s_all**self.power).sum())
         if total == 0:
             return
         if name not in self.bases:
-            u, s = _svd(c)
-            ratio = torch.cumsum(s**self.power, 0) / total
+            u = u_all
+            ratio = torch.cumsum(s_all**self.power, 0) / total
             self.bases[name], self.modes[name] = u[:, : min(int((ratio < threshold).sum()) + 1, dim)], REMOVE
         elif self.modes[name] == REMOVE:
             u_old = self.bases[name]
             u, s = _svd(self.project(name, c))
             captured, added = (total - float((s**self.power).sum())) / total, 0
-            while added < len(s) and captured < threshold:
+            while added < min(len(s), dim - u_old.shape[1]) and captured < threshold:
                 captured += float(s[added] ** self.power) / total
                 added += 1
             if added:
@@ -85,7 +90,7 @@ class SubspaceMemory:
             free = self.bases[name]
             u, s = _svd(self.project(name, c))
             remaining, taken = float((s**self.power).sum()) / total, 0
-            while taken < len(s) and remaining >= 1 - threshold:
+            while taken < min(len(s), free.shape[1]) and remaining >= 1 - threshold:
                 remaining -= float(s[taken] ** self.power) / total
                 taken += 1
             if taken:

@@ -38,14 +38,17 @@ def test_memory_keeps_the_old_subspace_and_new_directions_avoid_it():
 def test_memory_switches_to_the_free_space_and_never_designs_inside_the_memory():
     dim = 12
     memory = SubspaceMemory()
-    memory.update("small", covariance(torch.eye(dim, dtype=torch.float64)), threshold=0.95)  # isotropic: most dims
+    memory.update("small", covariance(torch.eye(dim, dtype=torch.float64)), threshold=0.7)  # isotropic: most dims
     assert memory.modes["small"] == RETAIN
     free = memory.bases["small"]
-    assert free.shape[1] < dim / 2 and memory.occupied("small", dim) == dim - free.shape[1]
+    assert 0 < free.shape[1] < dim / 2 and memory.occupied("small", dim) == dim - free.shape[1]
     down = memory.design("small", covariance(torch.eye(dim, dtype=torch.float64), seed=4), rank=10).double()
     used = down[down.norm(dim=1) > 0]
     assert len(used) == free.shape[1]  # only as many directions as are free, not an arbitrary completion
     assert torch.linalg.matrix_norm(used - (used @ free) @ free.T) < 1e-6  # all of them in the free space
+    memory.update("small", covariance(torch.eye(dim, dtype=torch.float64), seed=5), threshold=1.0)
+    assert memory.modes["small"] == RETAIN and memory.bases["small"].shape[1] == 0  # full, never past full
+    assert memory.occupied("small", dim) == dim and not memory.design("small", torch.eye(dim), rank=4).any()
 
 
 def test_a_later_session_adds_directions_and_the_state_round_trips():

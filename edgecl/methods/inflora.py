@@ -58,7 +58,9 @@ class InfLoraBackboneConfig(MethodConfig):
             raise EdgeclError("inflora backbone: rank >= 1, energy_power 1 or 2, and 0 < eps_begin <= eps_end <= 1 are required")
 
     def threshold(self, session: int) -> float:
-        return self.eps_begin + (self.eps_end - self.eps_begin) * min(session / max(self.sessions, 1), 1.0)
+        # as the official schedule, never quite eps_end (a memory holding everything stops adaptation)
+        step = min(session, max(self.sessions, 1) - 1)
+        return self.eps_begin + (self.eps_end - self.eps_begin) * step / max(self.sessions, 1)
 
 
 @dataclass(frozen=True)
