@@ -15,7 +15,7 @@ from edgecl import bundle as bundles
 from edgecl.backbones import embed_function, rebuild
 from edgecl.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.images import scan_new_classes
+from edgecl.images import paths_and_labels, scan_new_classes
 from edgecl.methods import method_config
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.service import check_new_names, embed_classes, load_method, record_session, run_session
@@ -45,8 +45,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     memory = SubspaceMemory.from_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]), adapted.energy_power)
     model = rebuild(m.backbone, bundle.backbone_weights())
     preprocess = PreprocessConfig.from_dict(m.preprocess)
-    paths = [p for c in classes for p in c.images]
-    labels = [i for i, c in enumerate(classes) for _ in c.images]
+    paths, labels = paths_and_labels(classes)
     index = len(m.sessions)
     model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=index, device=device, seed=m.seed, show_progress=show_progress)
     data = embed_classes(classes, embed_function(model), preprocess, show_progress=show_progress)

@@ -4,14 +4,17 @@ inference sees. Unreadable images are dropped from their batch."""
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from edgecl.images import UnreadableImage, load_image
 from edgecl.preprocess import PreprocessConfig, preprocess
+from edgecl.progress import progress_bar
 
 
 class _Images(Dataset):
@@ -63,3 +66,38 @@ def image_loader(paths: Sequence, labels: Sequence[int], config: PreprocessConfi
         num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)), collate_fn=_collate,
         generator=torch.Generator().manual_seed(seed), drop_last=augment and len(paths) > batch_size,
     )
+
+
+def train_on_images(
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    min_lr: float,
+    forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]],
+    zero_grad: Callable[[], None],
+    update: Callable[[float], None],
+    *,
+    device: torch.device,
+    description: str,
+    show_progress: bool,
+) -> tuple[int, torch.Tensor]:
+    """`epochs` passes over `loader` with a cosine learning rate from `lr` to `min_lr`: the loss of
+    `forward(images, targets)` (bf16 autocast on CUDA; it also returns figures for the progress bar)
+    is backpropagated and `update(lr)` steps the optimizer. Returns (steps, last loss)."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    total, step, seen, loss = max(epochs * len(loader), 1), 0, 0, torch.tensor(float("nan"))
+    start = time.perf_counter()
+    with progress_bar(description, epochs * len(loader), enabled=show_progress, unit="steps") as advance:
+        for _ in range(epochs):
+            for images, targets in loader:
+                if not len(targets):
+                    continue
+                images, targets = images.to(device, non_blocking=True), targets.to(device)
+                with autocast:
+                    loss, figures = forward(images, targets)
+                zero_grad()
+                loss.backward()
+                update(min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / total)))
+                step, seen = step + 1, seen + len(targets)
+                advance(1, loss=float(loss.detach()), **figures, img_s=seen / (time.perf_counter() - start))
+    return step, loss.detach()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from PIL import Image, ImageOps
 
@@ -22,6 +22,11 @@ class UnreadableImage(Exception):
 class ClassFolder:
     name: str
     images: tuple[Path, ...]
+
+
+def paths_and_labels(classes: Sequence[ClassFolder]) -> tuple[list[Path], list[int]]:
+    """Every image of the class folders, and its class's index in `classes`."""
+    return [p for c in classes for p in c.images], [i for i, c in enumerate(classes) for _ in c.images]
 
 
 def is_image_file(path: Path) -> bool:

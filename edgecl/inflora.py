@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecl.backbones import embedding_dim
-from edgecl.image_loader import image_loader
+from edgecl.image_loader import image_loader, train_on_images
 from edgecl.methods.inflora import InfLoraBackboneConfig
 from edgecl.preprocess import PreprocessConfig
 from edgecl.progress import progress_bar
@@ -116,24 +116,18 @@ def train_session(
 
 def _train(model, head, trainable, loader, config: InfLoraBackboneConfig, device, description: str, show_progress: bool) -> float:
     optimizer = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    total, step, seen, loss = max(config.epochs * len(loader), 1), 0, 0, torch.tensor(float("nan"))
-    clock = time.perf_counter()
-    with progress_bar(description, config.epochs * len(loader), enabled=show_progress, unit="steps") as advance:
-        for _ in range(config.epochs):
-            for images, targets in loader:
-                if not len(targets):
-                    continue
-                for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * step / total))
-                with autocast:
-                    loss = F.cross_entropy(head(model(images.to(device)).float()), targets.to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                step, seen = step + 1, seen + len(targets)
-                advance(1, loss=float(loss.detach()), img_s=seen / (time.perf_counter() - clock))
-    return float(loss.detach())
+
+    def update(lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+
+    def forward(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return F.cross_entropy(head(model(images).float()), targets), {}
+
+    _, loss = train_on_images(loader, config.epochs, config.lr, 0.0, forward, optimizer.zero_grad, update,
+                              device=device, description=description, show_progress=show_progress)
+    return float(loss)
 
 
 def cached_session(

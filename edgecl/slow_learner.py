@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecl.heads import CosineClassifier, class_means
-from edgecl.image_loader import image_loader
+from edgecl.image_loader import image_loader, train_on_images
 from edgecl.preprocess import PreprocessConfig
-from edgecl.progress import progress_bar
 from edgecl.training import MomentumSGD
 from edgecl.tuners import create_tuner, rebuild
 
@@ -87,30 +85,20 @@ def train_slow_learner(
     head.add_classes(_prototypes(teacher, loader, num_classes, device))
     trainable = [*params, *head.parameters()]
     optimizer = MomentumSGD(trainable, config.momentum, config.weight_decay)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    total, step, seen = max(config.epochs * len(loader), 1), 0, 0
+
+    def forward(images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        student = model(images)
+        with torch.no_grad():
+            pretrained = teacher(images)
+        ce = F.cross_entropy(head(student.float()), targets)
+        return ce + transfer_loss(student, pretrained, config.l_diag, config.l_rdn), {"ce": float(ce.detach())}
+
     start = time.perf_counter()
-    with progress_bar(f"slow learner ({config.tuner})", config.epochs * len(loader), enabled=show_progress, unit="steps") as advance:
-        for _ in range(config.epochs):
-            for images, targets in loader:
-                if not len(targets):
-                    continue
-                images, targets = images.to(device, non_blocking=True), targets.to(device)
-                lr = config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * step / total))
-                with autocast:
-                    student = model(images)
-                    with torch.no_grad():
-                        pretrained = teacher(images)
-                    ce = F.cross_entropy(head(student.float()), targets)
-                    loss = ce + transfer_loss(student, pretrained, config.l_diag, config.l_rdn)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step(lr)
-                step, seen = step + 1, seen + len(targets)
-                advance(1, loss=float(loss.detach()), ce=float(ce.detach()), img_s=seen / (time.perf_counter() - start))
+    step, loss = train_on_images(loader, config.epochs, config.lr, config.min_lr, forward, optimizer.zero_grad, optimizer.step,
+                                 device=device, description=f"slow learner ({config.tuner})", show_progress=show_progress)
     merged = tuner.merge(model).cpu().eval().requires_grad_(False)
     stats = {"tuner": config.tuner, "epochs": config.epochs, "steps": step, "images": len(paths),
-             "seconds": round(time.perf_counter() - start, 1), "final_loss": float(loss.detach()) if step else float("nan"),
+             "seconds": round(time.perf_counter() - start, 1), "final_loss": float(loss),
              "trainable_parameters": sum(p.numel() for p in params), "structure": tuner.structure()}
     return merged, stats
 

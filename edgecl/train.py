@@ -15,7 +15,7 @@ from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_confi
 from edgecl.bundle import Bundle, Manifest
 from edgecl.embedding_cache import cache_root
 from edgecl.export import host_embed_function
-from edgecl.images import scan_class_folders
+from edgecl.images import paths_and_labels, scan_class_folders
 from edgecl.methods import method_class, method_config
 from edgecl.runtime.service import embed_classes, record_session, run_session
 
@@ -42,12 +42,11 @@ def train(
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     preprocess = preprocess_config(model)
     backbone_info = spec.to_dict()
+    paths, labels = paths_and_labels(classes)
     slow = config.slow_learner()
     if slow is not None:
         from edgecl.slow_learner import train_slow_learner
 
-        paths = [p for c in classes for p in c.images]
-        labels = [i for i, c in enumerate(classes) for _ in c.images]
         model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
         backbone_info["tuner"] = stats.pop("structure")
         backbone_info["slow_learner"] = {**stats, "device": device}
@@ -55,9 +54,8 @@ def train(
     adapted = config.session_backbone()
     if adapted is not None:
         from edgecl.inflora import train_session
+
         memory = adapted.memory()
-        paths = [p for c in classes for p in c.images]
-        labels = [i for i, c in enumerate(classes) for _ in c.images]
         model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=0, device=device, seed=seed, show_progress=show_progress)
         memory_bytes = bundles.tensors_to_bytes(memory.state_dict())
         extra_files[bundles.INFLORA_MEMORY_FILE] = memory_bytes

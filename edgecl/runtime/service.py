@@ -18,7 +18,7 @@ from edgecl import bundle as bundles
 from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
 from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
-from edgecl.images import ClassFolder, find_images, scan_new_classes
+from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
 from edgecl.methods import ContinualMethod, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
@@ -39,8 +39,8 @@ def session_generator(seed: int, session: int) -> torch.Generator:
 def embed_classes(
     classes: Sequence[ClassFolder], embed: EmbedBatch, preprocess: PreprocessConfig, *, batch_size: int = CPU_BATCH_SIZE, show_progress: bool = True
 ) -> LabeledEmbeddings:
-    paths = [p for c in classes for p in c.images]
-    labels = torch.tensor([i for i, c in enumerate(classes) for _ in c.images])
+    paths, indices = paths_and_labels(classes)
+    labels = torch.tensor(indices)
     result = embed_paths(paths, embed, preprocess, batch_size=batch_size, show_progress=show_progress)
     targets = labels[result.kept]
     for i, folder in enumerate(classes):
