@@ -47,7 +47,10 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     preprocess = PreprocessConfig.from_dict(m.preprocess)
     paths, labels = paths_and_labels(classes)
     index = len(m.sessions)
-    model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=index, device=device, seed=m.seed, show_progress=show_progress)
+    # the threshold schedule counts the memory's sessions: device `learn` sessions never touch it
+    backbone_session = 1 + len(m.backbone.get("inflora_sessions", []))
+    model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=backbone_session, device=device, seed=m.seed,
+                                 show_progress=show_progress)
     data = embed_classes(classes, embed_function(model), preprocess, show_progress=show_progress)
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != m.backbone or len(change.manifest.sessions) != index:

@@ -76,11 +76,11 @@ class LuCAStack(nn.Module):
         return luca
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.einsum("nd,tbd->tnb", x, self.down_weight) + self.down_bias[:, None]
-        h = torch.einsum("tnb,tdb->tnd", F.gelu(h), self.up_weight) + self.up_bias[:, None]
-        h = F.layer_norm(x + h, (self.dim,)) * self.norm_weight[:, None] + self.norm_bias[:, None]
-        gate = torch.einsum("tnd,tbd->tnb", h, self.squeeze_weight)
-        gate = torch.einsum("tnb,tdb->tnd", F.relu(gate), self.excite_weight)
+        xs = x.expand(len(self), *x.shape)
+        h = torch.baddbmm(self.down_bias[:, None], xs, self.down_weight.mT)
+        h = torch.baddbmm(self.up_bias[:, None], F.gelu(h), self.up_weight.mT)
+        h = torch.addcmul(self.norm_bias[:, None], F.layer_norm(xs + h, (self.dim,)), self.norm_weight[:, None])
+        gate = torch.bmm(F.relu(torch.bmm(h, self.squeeze_weight.mT)), self.excite_weight.mT)
         return h * torch.sigmoid(gate)
 
 

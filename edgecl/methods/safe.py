@@ -98,8 +98,9 @@ class SafeConfig(MethodConfig):
 
 def blend(logits: list[torch.Tensor], gamma: float) -> torch.Tensor:
     """Per sample: weights softmax(-gamma * entropy) over the members, then the weighted logits."""
-    weights = torch.softmax(-gamma * torch.stack([entropy(z) for z in logits]), dim=0)
-    return sum(w[:, None] * z for w, z in zip(weights, logits))
+    stacked = torch.stack(logits)
+    weights = torch.softmax(-gamma * entropy(stacked), dim=0)
+    return (weights[..., None] * stacked).sum(dim=0)
 
 
 @register_method
@@ -170,8 +171,11 @@ class Safe(ContinualMethod):
         return loss
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        slow = {"slow": self.slow_head(features)}
-        return {"fast": self.fast_head(self.fast(features)), **slow} if self.config.fast_learner else slow
+        if not self.config.fast_learner:
+            return {"slow": self.slow_head(features)}
+        # both heads share one projection (same dim, size, seed): one pass over it for both inputs
+        fast, slow = self.slow_head.expand(torch.cat([self.fast(features), features])).split(len(features))
+        return {"fast": self.fast_head.classify(fast), "slow": self.slow_head.classify(slow)}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)

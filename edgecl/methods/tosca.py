@@ -122,7 +122,7 @@ class Tosca(ContinualMethod):
         outputs = F.normalize(self.sessions(features), dim=-1)
         # module_rows are stored unit-length: sessions x classes of them, too many to normalise per call
         rows = self.module_rows if self.config.per_module_prototypes else F.normalize(self.classifier.weight, dim=-1)[None]
-        return self.classifier.sigma * torch.einsum("tnd,tcd->tnc", outputs, rows)
+        return self.classifier.sigma * torch.bmm(outputs, rows.expand(len(outputs), *rows.shape[1:]).mT)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.session_logits(features)
