@@ -59,6 +59,13 @@ def test_predictions_do_not_depend_on_the_batch(name):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
+def test_an_empty_batch_predicts_nothing(name):
+    """classify of a folder whose images are all unreadable reaches the heads with no rows."""
+    method = learn_sessions(fast(name))
+    assert method.predict(torch.zeros(0, DIM)).shape == (0, method.num_classes)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_new_classes_must_continue_the_numbering(name):
     method = learn_sessions(fast(name), sessions=((0, 2),))
     features, targets = clustered(2, 5, offset=3)

@@ -174,8 +174,9 @@ class Safe(ContinualMethod):
         if not self.config.fast_learner:
             return {"slow": self.slow_head(features)}
         # both heads share one projection (same dim, size, seed): one pass over it for both inputs
-        fast, slow = self.slow_head.expand(torch.cat([self.fast(features), features])).split(len(features))
-        return {"fast": self.fast_head.classify(fast), "slow": self.slow_head.classify(slow)}
+        n = len(features)
+        expanded = self.slow_head.expand(torch.cat([self.fast(features), features]))
+        return {"fast": self.fast_head.classify(expanded[:n]), "slow": self.slow_head.classify(expanded[n:])}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)
