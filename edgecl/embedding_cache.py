@@ -21,14 +21,26 @@ def cache_root(override: Path | None = None) -> Path:
     return Path(override or os.environ.get("EDGECL_CACHE") or Path.home() / ".cache" / "edgecl")
 
 
+def identity_key(identity: dict) -> str:
+    """The cache file name of a JSON-able description of what was computed."""
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
+
+
 def cache_key(paths: Sequence[Path], backbone_sha256: str, preprocess: PreprocessConfig) -> str:
     """Changes when the backbone, the preprocessing, or any file (path, size, mtime) changes."""
     files = []
     for path in paths:
         stat = Path(path).stat()
         files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps({"backbone": backbone_sha256, "preprocess": preprocess.to_dict(), "files": files})
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return identity_key({"backbone": backbone_sha256, "preprocess": preprocess.to_dict(), "files": files})
+
+
+def _save_atomic(file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Written aside and renamed, so a crash or a concurrent run never leaves half a cache file."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, file)
 
 
 def cached_embeddings(
@@ -49,23 +61,13 @@ def cached_embeddings(
             skipped = json.loads((cached.metadata() or {}).get("skipped", "[]"))
             return Embeddings(cached.get_tensor("features"), cached.get_tensor("kept").tolist(), skipped), True
     result = embed_paths(paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    save_file(
-        {"features": result.features.contiguous(), "kept": torch.tensor(result.kept, dtype=torch.int64)},
-        str(tmp),
-        metadata={"skipped": json.dumps(result.skipped)},
-    )
-    os.replace(tmp, file)
+    _save_atomic(file, {"features": result.features, "kept": torch.tensor(result.kept, dtype=torch.int64)}, {"skipped": json.dumps(result.skipped)})
     return result, False
 
 
 def write_tensors_with_stats(file: Path, tensors: dict[str, torch.Tensor], stats: dict) -> None:
-    """A cached training result: its tensors, and its stats as JSON metadata (written aside, renamed)."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"stats": json.dumps(stats)})
-    os.replace(tmp, file)
+    """A cached training result: its tensors, and its stats as JSON metadata."""
+    _save_atomic(file, tensors, {"stats": json.dumps(stats)})
 
 
 def read_tensors_with_stats(file: Path) -> tuple[dict[str, torch.Tensor], dict]:

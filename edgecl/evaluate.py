@@ -149,9 +149,9 @@ def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, b
     config = dataclasses.replace(config, sessions=sessions)
     dataset, position = embedder.dataset, embedder.position
     state = {"model": model, "memory": config.memory(), "key": base_sha}
+    train_classes, test_classes = position[dataset.train.labels], position[dataset.test.labels]
 
     def session(t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
-        train_classes, test_classes = position[dataset.train.labels], position[dataset.test.labels]
         chosen = (train_classes >= lo) & (train_classes < hi)
         paths = [p for p, keep in zip(dataset.train.paths, chosen) if keep]
         state["model"], state["memory"], info, state["key"] = cached_session(

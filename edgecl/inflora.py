@@ -16,8 +16,6 @@ start), the reference the interference measurements compare against.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -148,12 +146,11 @@ def cached_session(
     """`train_session` cached in `cache_dir`, keyed by the chain of sessions before it (`previous`:
     the key of the last session, or the base weights' hash) and this session's images, labels,
     config and seed; returns (model, memory, stats, this session's key)."""
-    from edgecl.embedding_cache import cache_key, read_tensors_with_stats, write_tensors_with_stats
+    from edgecl.embedding_cache import cache_key, identity_key, read_tensors_with_stats, write_tensors_with_stats
 
-    identity = json.dumps({"previous": previous, "images": cache_key(paths, previous, preprocess), "labels": [int(v) for v in labels],
-                           "config": dataclasses.asdict(config), "session": session, "seed": seed,
-                           "device": torch.device(device).type, "version": CACHE_VERSION})
-    key = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    key = identity_key({"previous": previous, "images": cache_key(paths, previous, preprocess), "labels": [int(v) for v in labels],
+                        "config": dataclasses.asdict(config), "session": session, "seed": seed,
+                        "device": torch.device(device).type, "version": CACHE_VERSION})
     file = Path(cache_dir) / f"{key}.safetensors"
     if file.is_file():
         state, stats = read_tensors_with_stats(file)

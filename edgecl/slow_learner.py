@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,11 +134,11 @@ def tuned_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
     of several methods, or a rerun, tune the backbone once)."""
-    from edgecl.embedding_cache import cache_key, read_tensors_with_stats, write_tensors_with_stats
+    from edgecl.embedding_cache import cache_key, identity_key, read_tensors_with_stats, write_tensors_with_stats
 
-    identity = json.dumps({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
-                           "config": dataclasses.asdict(config), "seed": seed})
-    file = Path(cache_dir) / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.safetensors"
+    key = identity_key({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
+                        "config": dataclasses.asdict(config), "seed": seed})
+    file = Path(cache_dir) / f"{key}.safetensors"
     if file.is_file():
         state, stats = read_tensors_with_stats(file)
         rebuild(model, stats["structure"]).load_state_dict(state)
