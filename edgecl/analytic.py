@@ -7,8 +7,9 @@ ReLU, and ridge regression onto one-hot labels, solved in closed form.
 
 Because G and Q are sums over samples, learning session by session gives exactly the ridge
 solution on all data seen so far: adding classes is a rank update and a solve, with no gradient
-steps. lambda is picked per session on an 80/20 split of that session's data (as RanPAC does),
-with one eigendecomposition for all candidates.
+steps. lambda is picked on an 80/20 split of the first session's data, with one eigendecomposition
+for all candidates, and kept after it; RanPAC picks it again every session (`repick`), which on a
+device costs an M x M eigendecomposition per classifier and `learn` and measured no better (README).
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ class AnalyticClassifier(nn.Module):
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(features @ self.projection)
 
-    def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES) -> float:
-        """Accumulate one session (targets in [0, num_classes)), pick lambda, solve; returns lambda."""
+    def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES,
+            repick: bool = False) -> float:
+        """Accumulate one session (targets in [0, num_classes)), pick lambda if none was picked yet (or
+        `repick`), solve; returns lambda."""
         h = self.expand(features).double()
         y = torch.nn.functional.one_hot(targets, num_classes).double()
         self.moment = torch.cat([self.moment, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
-        self.ridge = torch.tensor(self.select_ridge(h, y, ridges), dtype=torch.float64)
+        if repick or float(self.ridge) == 0:
+            self.ridge = torch.tensor(self.select_ridge(h, y, ridges), dtype=torch.float64)
         self.gram += h.T @ h
         self.moment += h.T @ y
         self.gram_packed = self.gram[self._upper()].float()

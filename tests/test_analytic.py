@@ -72,6 +72,14 @@ def test_ridge_is_picked_on_held_out_samples():
     assert np.isfinite(head.weight.numpy()).all()
 
 
+def test_the_first_sessions_ridge_is_kept_unless_repicked():
+    first, second, third = sessions()
+    head = AnalyticClassifier(DIM, SIZE, seed=0)
+    picked = head.add(*first, ridges=(1e-1, 1e1))
+    assert head.add(*second, ridges=(1e3, 1e5)) == picked  # the later candidates are not even looked at
+    assert head.add(*third, ridges=(1e3, 1e5), repick=True) in (1e3, 1e5)
+
+
 def test_prediction_of_a_sample_does_not_depend_on_its_batch():
     head = AnalyticClassifier(DIM, SIZE, seed=1)
     for x, y, total in sessions():

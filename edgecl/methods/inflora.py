@@ -73,6 +73,7 @@ class InfLoraConfig(MethodConfig):
     head_min_steps: int = 400
     projection: int = 2048  # M of the analytic head
     projection_seed: int = 0
+    repick_ridge: bool = False  # as SafeConfig's
 
     def __post_init__(self) -> None:
         if self.heads not in HEADS:
@@ -108,7 +109,7 @@ class InfLora(ContinualMethod):
         new = self.check_new_classes(targets)
         if self.config.heads == "analytic":
             order = torch.randperm(len(targets), generator=generator)
-            return {"ridge": self.analytic.add(features[order], targets[order], old + new)}
+            return {"ridge": self.analytic.add(features[order], targets[order], old + new, repick=self.config.repick_ridge)}
         head = nn.Linear(self.embedding_dim, new)
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # convex: no random start needed, and none to reproduce
         local = targets - old

@@ -58,6 +58,7 @@ FAST_MODULES = {"scale_shift": lambda dim, cfg: ScaleShift(dim), "luca": lambda 
 class SafeConfig(MethodConfig):
     projection: int = 2048  # M of the analytic classifiers (measured: README)
     projection_seed: int = 0
+    repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: README)
     gamma: float = 1.0  # entropy blending (SAFE: 1 on CIFAR, 100 on ImageNet-A)
     fast_learner: bool = True  # off: the slow learner alone
     fast: str = "scale_shift"  # the fast learner's module on the embedding: scale_shift | luca
@@ -139,8 +140,9 @@ class Safe(ContinualMethod):
             if old and self.config.fast_learner:
                 self.fast_classifier.weight[old:] = class_means(fast_features, local, new)
         order = torch.randperm(len(targets), generator=generator)  # the ridge's 80/20 split
-        stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new)
-        stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new)
+        repick = self.config.repick_ridge
+        stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new, repick=repick)
+        stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new, repick=repick)
         self.sessions += 1
         return stats
 
