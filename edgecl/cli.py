@@ -88,10 +88,13 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def _listed(reasons: list[str]) -> str:
+    return "; ".join(reasons[:5]) + ("; ..." if len(reasons) > 5 else "")
+
+
 def warn_skipped(skipped: list[str]) -> None:
     if skipped:
-        shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
-        err.print(f"warning: skipped {len(skipped)} unreadable image(s): {shown}", markup=False)
+        err.print(f"warning: skipped {len(skipped)} unreadable image(s): {_listed(skipped)}", markup=False)
 
 
 def version_callback(value: bool) -> None:
@@ -212,6 +215,8 @@ def classify(
     from edgecl.runtime.service import classify as run_classify
 
     predictions, skipped = run_classify(bundle, paths, top_k=top_k, runtime=runtime, show_progress=not quiet)
+    if skipped and not predictions:
+        raise EdgeclError(f"none of the {len(skipped)} image(s) could be read: {_listed(skipped)}")
     warn_skipped(skipped)
     if json_out:
         print(json.dumps([asdict(p) for p in predictions], indent=1))

@@ -152,6 +152,11 @@ def test_unreadable_images_are_skipped_with_a_warning(bundle, tmp_path):
     assert Bundle.open(bundle).manifest.sessions[-1].images == 6
 
 
+def test_classify_of_only_unreadable_images_is_a_one_line_error(bundle, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    one_line_error(edgecl("classify", tmp_path / "broken.jpg", "--bundle", bundle, "-q"), "none of the 1 image(s) could be read")
+
+
 def test_classify_errors(bundle, tmp_path):
     one_line_error(edgecl("classify", tmp_path / "nothing.png", "--bundle", bundle), "no such file or folder")
     (tmp_path / "notes.txt").write_text("x")

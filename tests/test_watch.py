@@ -24,6 +24,18 @@ def test_once_classifies_what_is_there_and_moves_it(bundle, base_images, tmp_pat
     assert list(inbox.iterdir()) == []
 
 
+def test_a_pass_with_only_an_unreadable_image_logs_it_and_goes_on(bundle, base_images, tmp_path):
+    inbox, log = tmp_path / "inbox", tmp_path / "predictions.jsonl"
+    inbox.mkdir()
+    (inbox / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off")  # a camera that died mid-write
+    assert watch_folder(bundle, inbox, log, once=True) == 0
+    (line,) = read_log(log)
+    assert "truncated.jpg" in line["error"]
+    shutil.copy(base_images / "red" / "img_000.png", inbox / "next.png")
+    assert watch_folder(bundle, inbox, log, once=True) == 1
+    assert [line["path"].rsplit("/", 1)[-1] for line in read_log(log) if "path" in line] == ["next.png"]
+
+
 def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_images, tmp_path):
     inbox, log = tmp_path / "inbox", tmp_path / "predictions.jsonl"
     inbox.mkdir()

@@ -149,6 +149,8 @@ class Classifier:
         result = embed_paths(
             paths, self.embedder, self.preprocess, batch_size=self.embedder.batch_size, description="classifying", show_progress=show_progress
         )
+        if not result.kept:  # nothing readable: no embedding width to give the heads
+            return [], result.skipped
         probs = self.predict_features(result.features)
         scores, indices = probs.topk(min(max(top_k, 1), len(self.classes)), dim=1)
         predictions = []
