@@ -7,9 +7,9 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import analytic, classify, interference, learn_cost
+from benchmarks import analytic, classify, interference, learn_cost, training
 
-BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run, "analytic": analytic.run, "interference": interference.run}
+BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run, "analytic": analytic.run, "interference": interference.run, "training": training.run}
 
 
 def main() -> None:

@@ -2,7 +2,10 @@
 onnxruntime, and the full classify path (backbone + heads) through each, at batch 1 (latency) and
 batch 32 (throughput), for bundles of 3 and 9 sessions (the heads grow with sessions). Each variant
 runs in a fresh process; processes are interleaved over rounds and the median is kept. Inputs are
-preprocessed Fashion-MNIST test images; decoding and preprocessing a file are timed on their own."""
+preprocessed Fashion-MNIST test images; decoding and preprocessing a file are timed on their own.
+Where a CUDA GPU is present, the bare backbone also runs through PyTorch on it (eager float32,
+float16 autocast, torch.compile) and through onnxruntime's CUDA provider when the installed build
+has one; the PyTorch classify path then uses the GPU too."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.timing import median_seconds
 from edgecl import fashion_mnist
@@ -22,7 +26,19 @@ from edgecl.images import load_image
 from edgecl.preprocess import PreprocessConfig, preprocess
 
 VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "torch")
+GPU_VARIANTS = ("torch-cuda-backbone", "torch-cuda-fp16-backbone", "torch-cuda-compile-backbone", "onnx-cuda-backbone")
 ROUNDS = 3
+
+
+def machine_variants() -> tuple[tuple[str, ...], dict[str, str]]:
+    """The variants this machine can run, and why the GPU ones it cannot are left out."""
+    if not torch.cuda.is_available():
+        return VARIANTS, {v: "no CUDA GPU" for v in GPU_VARIANTS}
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return VARIANTS + GPU_VARIANTS, {}
+    return VARIANTS + GPU_VARIANTS[:-1], {GPU_VARIANTS[-1]: f"onnxruntime {onnxruntime.__version__} has no CUDA provider (onnxruntime-gpu)"}
 
 
 def edgecl(*args: str) -> None:
@@ -51,7 +67,10 @@ def run(out: Path) -> dict:
     data = out / "classify"
     tests = fashion_mnist.write_image_folders(data / "test", "test", 4, seed=3)
     files = [p for group in tests.values() for p in group][:32]
-    results = {}
+    variants, left_out = machine_variants()
+    results = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "left_out": left_out}
+    for variant, why in left_out.items():
+        print(f"{variant}: not run ({why})")
     for sessions in ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], [[0, 1]] + [[c] for c in range(2, 10)]):
         bundle = make_bundle(data, sessions)
         config = PreprocessConfig.from_dict(Bundle.open(bundle).manifest.preprocess)
@@ -59,9 +78,9 @@ def run(out: Path) -> dict:
         np.save(images, np.stack([preprocess(load_image(p), config) for p in files]))
         row = {}
         for batch in (1, 32):
-            samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            samples: dict[str, list[float]] = {v: [] for v in variants}
             for _ in range(ROUNDS):
-                for v in VARIANTS:
+                for v in variants:
                     samples[v].append(timed(v, bundle, images, batch))
             ms = {v: statistics.median(s) for v, s in samples.items()}
             row[f"batch{batch}"] = {
@@ -73,6 +92,10 @@ def run(out: Path) -> dict:
             print(f"{len(sessions)} sessions, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
                   f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); classify path onnxruntime {ms['onnxruntime']:.2f} "
                   f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx), torch {ms['torch']:.2f}")
+            if len(ms) > len(VARIANTS):
+                print(f"{len(sessions)} sessions, batch {batch:2d} on {results['gpu']}: backbone " + ", ".join(
+                    f"{v.removesuffix('-backbone')} {ms[v]:.2f} ms/image ({ms['onnx-backbone'] / ms[v]:.1f}x onnx on the CPU)"
+                    for v in GPU_VARIANTS if v in ms))
         decode_ms = median_seconds(lambda: [preprocess(load_image(p), config) for p in files], repeats=3) / len(files) * 1e3
         row["decode_preprocess_ms"] = decode_ms
         print(f"{len(sessions)} sessions: decode + preprocess of a 28x28 PNG {decode_ms:.2f} ms/image")

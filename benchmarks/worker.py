@@ -1,8 +1,11 @@
 """One timing in a fresh process: python -m benchmarks.worker VARIANT BUNDLE IMAGES.npy BATCH.
 
-Variants: torch-backbone and onnx-backbone (the bare backbone), onnxruntime and torch (the full
-classify path: backbone + heads, as `edgecl classify` runs it). A process of its own per variant
-keeps thread pools of different runtimes from disturbing each other's timings."""
+Variants (BACKBONE_VARIANTS and PATH_VARIANTS): the bare backbone in PyTorch eager or onnxruntime
+on the CPU, and, where a CUDA GPU is present, PyTorch eager in float32 and float16 autocast,
+torch.compile, and onnxruntime's CUDA provider; the full classify path (backbone + heads, as
+`edgecl classify` runs it) through onnxruntime or PyTorch (which uses the GPU when there is one).
+A process of its own per variant keeps thread pools of different runtimes from disturbing each
+other's timings."""
 
 from __future__ import annotations
 
@@ -15,25 +18,48 @@ import torch
 
 from benchmarks.timing import median_seconds
 
+# name -> (device, mode) for the bare PyTorch backbone
+TORCH_BACKBONES = {
+    "torch-backbone": ("cpu", "eager"),
+    "torch-cuda-backbone": ("cuda", "eager"),
+    "torch-cuda-fp16-backbone": ("cuda", "fp16"),
+    "torch-cuda-compile-backbone": ("cuda", "compile"),
+}
+ORT_BACKBONES = {"onnx-backbone": "CPUExecutionProvider", "onnx-cuda-backbone": "CUDAExecutionProvider"}
+PATH_VARIANTS = ("onnxruntime", "torch")
+
+
+def _torch_backbone(bundle: Path, device: str, mode: str):
+    from edgecl.backbones import rebuild
+    from edgecl.bundle import Bundle
+
+    b = Bundle.open(bundle)
+    model = rebuild(b.manifest.backbone, b.backbone_weights()).to(device).eval()
+    if mode == "compile":
+        model = torch.compile(model)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=mode == "fp16")
+
+    def run(x):
+        with torch.no_grad(), autocast:
+            return model(torch.from_numpy(x).to(device)).float().cpu()  # .cpu() waits for the GPU
+
+    return run
+
+
+def _ort_backbone(bundle: Path, provider: str):
+    from edgecl.runtime.onnx import INPUT_NAME, ort_session
+
+    session = ort_session(bundle / "backbone.onnx", [provider])
+    if session.get_providers()[0] != provider:
+        raise SystemExit(f"{provider} did not start (got {session.get_providers()})")
+    return lambda x: session.run(None, {INPUT_NAME: x})
+
 
 def make(variant: str, bundle: Path):
-    if variant == "torch-backbone":
-        from edgecl.backbones import rebuild
-        from edgecl.bundle import Bundle
-
-        b = Bundle.open(bundle)
-        model = rebuild(b.manifest.backbone, b.backbone_weights())
-
-        def run(x):
-            with torch.no_grad():
-                return model(torch.from_numpy(x))
-
-        return run
-    if variant == "onnx-backbone":
-        from edgecl.runtime.onnx import INPUT_NAME, ort_session
-
-        session = ort_session(bundle / "backbone.onnx", ["CPUExecutionProvider"])
-        return lambda x: session.run(None, {INPUT_NAME: x})
+    if variant in TORCH_BACKBONES:
+        return _torch_backbone(bundle, *TORCH_BACKBONES[variant])
+    if variant in ORT_BACKBONES:
+        return _ort_backbone(bundle, ORT_BACKBONES[variant])
     from edgecl.runtime.service import Classifier
 
     return Classifier(bundle, variant).predict_arrays

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ from PIL import Image
 
 from edgecl.errors import EdgeclError
 
-DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
+# EDGECL_FASHION_MNIST: a folder holding the four .gz files, where the Debian package cannot be installed
+DEFAULT_ROOT = Path(os.environ.get("EDGECL_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot")
 _FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
 
@@ -21,7 +23,8 @@ def load(split: str, root: Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]
     images_file, labels_file = Path(root) / pattern.format("images", 3), Path(root) / pattern.format("labels", 1)
     for path in (images_file, labels_file):
         if not path.is_file():
-            raise EdgeclError(f"{path}: missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist`")
+            raise EdgeclError(f"{path}: missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
+                              "or set EDGECL_FASHION_MNIST to a folder with its four .gz files")
     images = np.frombuffer(gzip.open(images_file).read(), np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.frombuffer(gzip.open(labels_file).read(), np.uint8, offset=8)
     return images, labels

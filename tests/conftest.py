@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from edgecl import fashion_mnist
@@ -77,3 +78,6 @@ requires_fashion_mnist = pytest.mark.skipif(
     not (fashion_mnist.DEFAULT_ROOT / "t10k-labels-idx1-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist; `make test` does it)",
 )
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]  # host training: CPU always, CUDA (bf16 autocast) where present

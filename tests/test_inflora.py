@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import PLUMBING_BACKBONE, make_image_folder, requires_fashion_mnist
+from conftest import DEVICES, PLUMBING_BACKBONE, make_image_folder, requires_fashion_mnist
 from edgecl import fashion_mnist
 from edgecl.backbones import create_backbone, preprocess_config
 from edgecl.images import scan_class_folders
@@ -23,7 +23,8 @@ def session(classes):
     return [p for c in classes for p in c.images], [i for i, c in enumerate(classes) for _ in c.images]
 
 
-def test_vit_sessions_merge_into_a_plain_model_and_fill_the_memory(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_vit_sessions_merge_into_a_plain_model_and_fill_the_memory(tmp_path, device):
     classes = scan_class_folders(make_image_folder(tmp_path, ["red", "green", "blue", "yellow"], count=4))
     model, _ = create_backbone("test_vit", random_init=True)
     keys, sizes = list(model.state_dict()), {k: v.shape for k, v in model.state_dict().items()}
@@ -32,7 +33,7 @@ def test_vit_sessions_merge_into_a_plain_model_and_fill_the_memory(tmp_path):
     protected = []
     for t, pair in enumerate([classes[:2], classes[2:]]):
         before = copy.deepcopy(model.state_dict())
-        model, stats = train_session(model, memory, *session(pair), preprocess_config(model), config, session=t, show_progress=False)
+        model, stats = train_session(model, memory, *session(pair), preprocess_config(model), config, session=t, device=device, show_progress=False)
         assert set(model.state_dict()) == set(keys) and {k: v.shape for k, v in model.state_dict().items()} == sizes
         changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
         assert changed == {f"blocks.{i}.attn.qkv.weight" for i in range(len(model.blocks))}

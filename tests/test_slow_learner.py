@@ -1,10 +1,11 @@
 """SAFE's slow learner: the transfer loss, and tuning + merging a backbone on images (plumbing:
 a tiny random-init CNN; accuracy is measured on real data in test_accuracy.py)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PLUMBING_BACKBONE
+from conftest import DEVICES, PLUMBING_BACKBONE
 from edgecl.backbones import create_backbone, preprocess_config
 from edgecl.images import scan_class_folders
 from edgecl.slow_learner import SlowLearnerConfig, train_slow_learner, transfer_loss, tuned_backbone
@@ -28,18 +29,20 @@ def session_zero(base_images):
     return [p for c in classes for p in c.images], [i for i, c in enumerate(classes) for _ in c.images]
 
 
-def test_slow_learner_tunes_and_merges_into_a_plain_backbone(base_images):
+@pytest.mark.parametrize("device", DEVICES)
+def test_slow_learner_tunes_and_merges_into_a_plain_backbone(base_images, device):
     model, _ = create_backbone(PLUMBING_BACKBONE, random_init=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     paths, labels = session_zero(base_images)
     config = SlowLearnerConfig(epochs=2, batch_size=8, lr=0.05)
-    tuned, stats = train_slow_learner(model, paths, labels, preprocess_config(model), config, show_progress=False)
+    tuned, stats = train_slow_learner(model, paths, labels, preprocess_config(model), config, device=device, show_progress=False)
     assert stats["steps"] == 2 * 2 and stats["images"] == 18 and stats["trainable_parameters"] > 0
     assert stats["structure"] is None  # SSF merged: nothing stays in the graph
     state = tuned.state_dict()
     assert set(state) == set(before) and all(state[k].shape == before[k].shape for k in before)
     assert any(not torch.equal(state[k], before[k]) for k in before), "training changed no weight"
     assert not any(p.requires_grad for p in tuned.parameters()) and not tuned.training
+    assert all(v.device.type == "cpu" for v in state.values())  # merged on the device, stored from the CPU
 
 
 def test_tuned_backbone_is_cached(base_images, tmp_path):
