@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from edgecl.errors import EdgeclError
@@ -102,11 +103,19 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def _to_rgb(image: Image.Image) -> Image.Image:
+    # PIL's convert("RGB") clips 16-bit values at 255, which turns a 16-bit mono camera's frame white
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        image = Image.fromarray((np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_image(path: Path) -> Image.Image:
-    """Decode fully (so truncation is caught here), apply EXIF orientation, convert to RGB."""
+    """Decode fully (so truncation is caught here), apply EXIF orientation, convert to RGB (16-bit
+    grey scaled to 8 bits)."""
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
+            return _to_rgb(ImageOps.exif_transpose(image))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImage(f"{path}: {err}") from err
