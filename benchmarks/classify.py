@@ -50,7 +50,7 @@ def make_bundle(out: Path, sessions: list[list[int]]) -> Path:
     shutil.rmtree(bundle, ignore_errors=True)
     for index, classes in enumerate(sessions):
         fashion_mnist.write_image_folders(out / f"s{len(sessions)}-{index}", "train", 60, classes, seed=index)
-    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow_epochs=1", "-q")
+    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow.epochs=1", "-q")
     edgecl("export", "--target", "cpu", "-b", str(bundle), "--images", str(out / f"s{len(sessions)}-0"))
     for index in range(1, len(sessions)):
         edgecl("learn", "--images", str(out / f"s{len(sessions)}-{index}"), "-b", str(bundle), "-q")

@@ -34,7 +34,7 @@ def run(out: Path) -> dict:
         base = data / f"bundle-{method}"
         shutil.rmtree(base, ignore_errors=True)
         train = [sys.executable, "-m", "edgecl", "train", str(data / "base"), "--out", str(base), "--method", method, "-q"]
-        subprocess.run(train + (["--set", "safe.slow_epochs=1"] if method == "edgecl" else []), check=True)
+        subprocess.run(train + (["--set", "safe.slow.epochs=1"] if method == "edgecl" else []), check=True)
         subprocess.run([sys.executable, "-m", "edgecl", "export", "--target", "cpu", "-b", str(base), "--images", str(data / "base")],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for runtime in ("onnxruntime", "torch"):

@@ -11,7 +11,8 @@ from edgecl import fashion_mnist
 from edgecl.backbones import create_backbone, preprocess_config
 from edgecl.inflora import train_session
 from edgecl.methods.inflora import InfLoraBackboneConfig
-from edgecl.slow_learner import SlowLearnerConfig, train_slow_learner
+from edgecl.methods.safe import SlowLearnerConfig
+from edgecl.slow_learner import train_slow_learner
 
 PER_CLASS = 48
 
@@ -19,7 +20,7 @@ PER_CLASS = 48
 def _seconds(device: str, paths, labels) -> dict[str, float]:
     model, _ = create_backbone()
     preprocess = preprocess_config(model)
-    _, slow = train_slow_learner(model, paths, labels, preprocess, SlowLearnerConfig(epochs=1, l_rdn=0.0), device=device, show_progress=False)
+    _, slow = train_slow_learner(model, paths, labels, preprocess, SlowLearnerConfig(epochs=1), device=device, show_progress=False)
     config = InfLoraBackboneConfig(epochs=1)
     model, _ = create_backbone()
     _, inflora = train_session(model, config.memory(), paths, labels, preprocess, config, session=0, device=device, show_progress=False)

@@ -44,7 +44,7 @@ RandomInitOption = Annotated[bool, typer.Option("--random-init", help="Random ba
 EpochsOption = Annotated[Optional[int], typer.Option("--epochs", min=1, help="Override the method's epochs per session.")]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", metavar="KEY=VALUE", help="Override one method setting, e.g. --set safe.slow_epochs=5 or --set use_tosca=false (repeatable; `edgecl methods` lists them)."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Override one method setting, e.g. --set safe.slow.epochs=5 or --set use_tosca=false (repeatable; `edgecl methods` lists them)."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="Where the backbone trains (slow learner, InfLoRA): cpu, cuda, cuda:1.")]
 

@@ -55,7 +55,7 @@ def run_demo(
     for index, classes in enumerate(SESSIONS):
         start = time.perf_counter()
         if index == 0:
-            settings = ["--set", f"safe.slow_epochs={slow_epochs}", "--device", device]
+            settings = ["--set", f"safe.slow.epochs={slow_epochs}", "--device", device]
             console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; edgecl export --target cpu")
             _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
             _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,27 +23,10 @@ from torch.utils.data import DataLoader
 
 from edgecl.heads import CosineClassifier, class_means
 from edgecl.image_loader import image_loader, train_on_images
+from edgecl.methods.safe import SlowLearnerConfig
 from edgecl.preprocess import PreprocessConfig
 from edgecl.training import MomentumSGD
 from edgecl.tuners import create_tuner, rebuild
-
-
-@dataclass(frozen=True)
-class SlowLearnerConfig:
-    tuner: str = "ssf"
-    epochs: int = 20
-    batch_size: int = 48
-    lr: float = 0.01
-    min_lr: float = 1e-8
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    l_diag: float = 0.01
-    l_rdn: float = 10.0
-
-    @classmethod
-    def from_method(cls, config: Any) -> "SlowLearnerConfig":
-        return cls(config.slow_tuner, config.slow_epochs, config.slow_batch_size, config.slow_lr, 1e-8, 0.9,
-                   config.slow_weight_decay, config.slow_diag, config.slow_rdn)
 
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:

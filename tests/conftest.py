@@ -17,7 +17,7 @@ from edgecl import fashion_mnist
 
 PLUMBING_BACKBONE = "test_efficientnet"  # a tiny timm CNN; random weights
 # the default method (edgecl) on short schedules, for tests about plumbing rather than accuracy
-QUICK_EDGECL = {"safe.slow_epochs": "1", "tosca.min_steps": "0", "safe.min_steps": "0", "safe.projection": "256"}
+QUICK_EDGECL = {"safe.slow.epochs": "1", "tosca.min_steps": "0", "safe.min_steps": "0", "safe.projection": "256"}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40), "grey": (128, 128, 128), "purple": (150, 40, 160)}
 
 

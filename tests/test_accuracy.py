@@ -21,7 +21,7 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("fashion-mnist")
     fashion_mnist.write_image_folders(root / "train", "train", 300, seed=0)
     fashion_mnist.write_image_folders(root / "test", "test", 100, seed=0)
-    settings = {"slow_epochs": "1", "safe.slow_epochs": "1"}
+    settings = {"slow.epochs": "1", "safe.slow.epochs": "1"}
     return evaluate(root, 2, 2, METHODS, seed=1993, settings=settings, show_progress=False)
 
 

@@ -40,7 +40,7 @@ def test_help_explains_every_command():
 def test_methods_lists_every_setting_with_its_default():
     result = edgecl("methods")
     assert result.exit_code == 0
-    for line in ("edgecl: TOSCA + SAFE", "  safe.slow_epochs = 20", "  tosca.bottleneck = 48", "  use_tosca = true", "simplecil:"):
+    for line in ("edgecl: TOSCA + SAFE", "  safe.slow.epochs = 20", "  tosca.bottleneck = 48", "  use_tosca = true", "simplecil:"):
         assert line in result.output
     one_line_error(edgecl("methods", "nope"), "unknown method")
 
@@ -52,7 +52,7 @@ def test_usage_errors_exit_2(bundle):
 
 def test_train_learn_classify_info(tmp_path, base_images, new_images):
     out = tmp_path / "b"
-    short = ["--epochs", "2", "--set", "tosca.min_steps=0", "--set", "safe.min_steps=0", "--set", "safe.slow_epochs=1", "--set", "safe.projection=256"]
+    short = ["--epochs", "2", "--set", "tosca.min_steps=0", "--set", "safe.min_steps=0", "--set", "safe.slow.epochs=1", "--set", "safe.projection=256"]
     result = edgecl("train", base_images, "--out", out, "--backbone", PLUMBING_BACKBONE, "--random-init", *short, "-q")
     assert result.exit_code == 0, result.stderr
     assert "created" in result.output and "3 classes" in result.output and "method edgecl" in result.output
@@ -110,7 +110,7 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow_epochs=many", *common), "not a valid int")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.epochs=many", *common), "not a valid int")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "use_tosca", *common), "expected KEY=VALUE")
     if not torch.cuda.is_available():
         one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--device", "cuda", *common), "--device cuda", "not available")

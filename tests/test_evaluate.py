@@ -36,7 +36,7 @@ def test_methods_side_by_side_with_joint_bounds_and_plot(data, tmp_path):
     assert all(len(r["accuracy_per_session"]) == 3 for r in report["results"])
     assert set(report["joint"]) == {"ncm", "probe", "analytic_2048"}
     assert set(report["backbones"]) == {"edgecl", "safe"} and report["backbones"]["edgecl"]["images"] == 24
-    assert report["protocol"]["configs"]["edgecl"]["safe"]["slow_epochs"] == 1  # --set reached the nested config
+    assert report["protocol"]["configs"]["edgecl"]["safe"]["slow"]["epochs"] == 1  # --set reached the nested config
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

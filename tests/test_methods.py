@@ -5,6 +5,8 @@ import torch
 
 from edgecl.errors import EdgeclError
 from edgecl.methods import METHODS, create_method, restore_method
+from edgecl.methods.base import method_config
+from edgecl.methods.safe import SlowLearnerConfig
 from edgecl.training import SGDSchedule
 
 DIM = 32
@@ -133,3 +135,9 @@ def test_unknown_method_and_setting_are_user_errors():
         create_method("nope", DIM)
     with pytest.raises(EdgeclError, match="unknown setting"):
         create_method("tosca", DIM, {"bottlenek": 3})
+
+
+def test_bundles_written_with_the_flat_slow_learner_settings_still_load():
+    config = method_config("edgecl", {"safe": {"slow_epochs": 3, "slow_tuner": "adaptformer", "slow_rdn": 10.0, "gamma": 2.0}})
+    assert config.safe.slow == SlowLearnerConfig(tuner="adaptformer", epochs=3, l_rdn=10.0) and config.safe.gamma == 2.0
+    assert method_config("safe", {"slow_epochs": 0}).slow_learner() is None

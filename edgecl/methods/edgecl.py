@@ -7,7 +7,7 @@ module, the fast and the slow analytic predictions by entropy (SAFE's rule, soft
 The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA's are sigma-scaled
 cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
 the entropies are compared, or TOSCA's sharper logits would win every sample.
-Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow_tuner=none.
+Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -55,6 +55,30 @@ FAST_MODULES = {"scale_shift": lambda dim, cfg: ScaleShift(dim), "luca": lambda 
 
 
 @dataclass(frozen=True)
+class SlowLearnerConfig(MethodConfig):
+    """The slow learner inside the backbone, trained on the host in session 0 (edgecl/slow_learner.py)."""
+
+    tuner: str = "ssf"  # ssf | adaptformer | none (also: epochs 0)
+    epochs: int = 20
+    batch_size: int = 48
+    lr: float = 0.01
+    min_lr: float = 1e-8
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    l_diag: float = 0.01  # transfer loss: sum (C_ii - 1)^2 (SAFE ImageNet-A)
+    l_rdn: float = 0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: README)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tuner != "none" and self.epochs > 0
+
+
+# the flat names of bundles written before the slow learner's settings were a group of their own
+_LEGACY_SLOW = {"slow_tuner": "tuner", "slow_epochs": "epochs", "slow_batch_size": "batch_size", "slow_lr": "lr",
+                "slow_weight_decay": "weight_decay", "slow_diag": "l_diag", "slow_rdn": "l_rdn"}
+
+
+@dataclass(frozen=True)
 class SafeConfig(MethodConfig):
     projection: int = 2048  # M of the analytic classifiers (measured: README)
     projection_seed: int = 0
@@ -73,14 +97,14 @@ class SafeConfig(MethodConfig):
     l_cos: float = 0.5  # feature alignment, summed over the batch (SAFE CIFAR: 0.5)
     l_cc: float = 1.0  # cross-classification (SAFE CIFAR: 1)
     sigma_init: float = 1.0
-    # the slow learner inside the backbone, trained on the host in session 0 (edgecl/slow_learner.py)
-    slow_tuner: str = "ssf"  # ssf | adaptformer | none (also: slow_epochs 0)
-    slow_epochs: int = 20
-    slow_batch_size: int = 48
-    slow_lr: float = 0.01
-    slow_weight_decay: float = 5e-4
-    slow_diag: float = 0.01  # transfer loss: sum (C_ii - 1)^2 (SAFE ImageNet-A)
-    slow_rdn: float = 0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: README)
+    slow: SlowLearnerConfig = field(default_factory=SlowLearnerConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SafeConfig":
+        legacy = {_LEGACY_SLOW[k]: v for k, v in data.items() if k in _LEGACY_SLOW}
+        if legacy:
+            data = {**{k: v for k, v in data.items() if k not in _LEGACY_SLOW}, "slow": {**data.get("slow", {}), **legacy}}
+        return super().from_dict(data)
 
     def schedule(self) -> SGDSchedule:
         return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
@@ -89,12 +113,8 @@ class SafeConfig(MethodConfig):
         if self.fast not in FAST_MODULES:
             raise ValueError(f"fast must be one of {sorted(FAST_MODULES)}, got {self.fast!r}")
 
-    def slow_learner(self):
-        if self.slow_tuner == "none" or self.slow_epochs == 0:
-            return None
-        from edgecl.slow_learner import SlowLearnerConfig
-
-        return SlowLearnerConfig.from_method(self)
+    def slow_learner(self) -> SlowLearnerConfig | None:
+        return self.slow if self.slow.enabled else None
 
 
 def blend(logits: list[torch.Tensor], gamma: float) -> torch.Tensor:
