@@ -1,6 +1,6 @@
 """Host training speed: SAFE's slow learner (SSF on EfficientNet-Lite0, CE + transfer loss, with the
 frozen teacher) and one InfLoRA session (rank-10 LoRA on the 1x1 convolutions, both covariance
-passes included), one epoch over 96 Fashion-MNIST images, on the CPU and, where one is present, on
+passes included), one epoch over 192 Fashion-MNIST images, on the CPU and, where one is present, on
 a CUDA GPU with bfloat16 autocast (timed on a second run: the first pays for CUDA's start-up)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from edgecl.methods.inflora import InfLoraBackboneConfig
 from edgecl.methods.safe import SlowLearnerConfig
 from edgecl.slow_learner import train_slow_learner
 
-PER_CLASS = 48
+PER_CLASS = 96
 
 
 def _seconds(device: str, paths, labels) -> dict[str, float]:
