@@ -1,9 +1,10 @@
 """One timing in a fresh process: python -m benchmarks.worker VARIANT BUNDLE IMAGES.npy BATCH.
 
-Variants (BACKBONE_VARIANTS and PATH_VARIANTS): the bare backbone in PyTorch eager or onnxruntime
+Variants: the bare backbone (TORCH_BACKBONES, ORT_BACKBONES) in PyTorch eager or onnxruntime
 on the CPU, and, where a CUDA GPU is present, PyTorch eager in float32 and float16 autocast,
 torch.compile, and onnxruntime's CUDA provider; the full classify path (backbone + heads, as
-`edgecl classify` runs it) through onnxruntime or PyTorch (which uses the GPU when there is one).
+`edgecl classify` runs it; variant = runtime name) through onnxruntime or PyTorch (which uses the
+GPU when there is one).
 A process of its own per variant keeps thread pools of different runtimes from disturbing each
 other's timings."""
 
@@ -26,7 +27,6 @@ TORCH_BACKBONES = {
     "torch-cuda-compile-backbone": ("cuda", "compile"),
 }
 ORT_BACKBONES = {"onnx-backbone": "CPUExecutionProvider", "onnx-cuda-backbone": "CUDAExecutionProvider"}
-PATH_VARIANTS = ("onnxruntime", "torch")
 
 
 def _torch_backbone(bundle: Path, device: str, mode: str):
