@@ -19,7 +19,6 @@ from edgecl.images import paths_and_labels, scan_new_classes
 from edgecl.methods import method_config
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.service import check_new_names, embed_classes, load_method, record_session, run_session
-from edgecl.subspace import SubspaceMemory
 
 
 @dataclass
@@ -42,7 +41,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
         raise EdgeclError(f"{bundle_path}: its method {m.method['name']} keeps the backbone fixed after training; use `edgecl learn`")
     classes = scan_new_classes(folder, label)
     check_new_names(classes, m)
-    memory = SubspaceMemory.from_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]), adapted.energy_power)
+    memory = adapted.memory().load_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]))
     model = rebuild(m.backbone, bundle.backbone_weights())
     preprocess = PreprocessConfig.from_dict(m.preprocess)
     paths, labels = paths_and_labels(classes)

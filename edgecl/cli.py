@@ -196,7 +196,8 @@ def adapt(
     warn_skipped(result.skipped)
     s, info = result.session, result.backbone["inflora"]
     out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; backbone adapted in "
-              f"{info['seconds']:.0f} s, {info['protected_fraction']:.0%} of its adapted input space now in memory")
+              f"{info['seconds']:.0f} s along {info['directions']} low-rank directions, {info['protected_fraction']:.0%} of its adapted "
+              "input space now in memory")
     if result.dropped_export:
         out.print("the export described the old backbone and was dropped: run `edgecl export` again")
 

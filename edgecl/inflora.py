@@ -2,8 +2,9 @@
 
 1. Input covariance of each adapted layer on the session's images (inference preprocessing),
    through the backbone as earlier sessions left it.
-2. A LoRA branch per layer (edgecl/tuners/lora.py) whose A is the top-`rank` singular directions
-   of that covariance projected out of the DualGPM memory (edgecl/subspace.py); B starts at zero.
+2. A LoRA branch per layer (edgecl/tuners/lora.py) whose A is designed from that covariance and
+   the DualGPM memory (edgecl/subspace.py: up to `rank` directions out of the old sessions'
+   inputs); B starts at zero.
 3. B and a linear head on this session's classes trained with cross-entropy (Adam, cosine, timm's
    augmentation, BatchNorm frozen: eval mode, as the official code trains).
 4. Merge W += B A; the covariance again with the merged backbone; the memory takes this session's
@@ -88,10 +89,12 @@ def train_session(
     plain = image_loader(paths, labels, preprocess, config.batch_size, augment=False)
     tuner = LoRA(config.rank, config.layers)
     params = tuner.attach(model)
+    directions = None
     if memory is not None:
         covariances = layer_covariances(model, targets, plain, device, description=f"inflora session {session}: input subspace", show_progress=show_progress)
         for name, (_, branch) in tuner.branches.items():
             branch.down.copy_(memory.design(name, covariances[name], config.rank))
+        directions = sum(int(branch.down.any(dim=1).sum()) for _, branch in tuner.branches.values())
     head = nn.Linear(dim, int(max(labels)) + 1).to(device)
     trainable = [*params, *head.parameters()]
     for p in trainable:
@@ -107,7 +110,8 @@ def train_session(
         for name, covariance in covariances.items():
             memory.update(name, covariance, threshold)
         occupied = [memory.occupied(t.name, t.in_features) / t.in_features for t in targets]
-        stats.update(threshold=round(threshold, 4), protected_fraction=round(sum(occupied) / len(occupied), 4))
+        stats.update(threshold=round(threshold, 4), protected_fraction=round(sum(occupied) / len(occupied), 4),
+                     directions=f"{directions} of {config.rank * len(targets)}")
     stats["seconds"] = round(time.perf_counter() - start, 1)
     return model.cpu().eval().requires_grad_(False), stats
 
@@ -155,7 +159,7 @@ def cached_session(
     if file.is_file():
         state, stats = read_tensors_with_stats(file)
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith(MEMORY_PREFIX)})
-        memory = SubspaceMemory.from_state_dict({k[len(MEMORY_PREFIX):]: v for k, v in state.items() if k.startswith(MEMORY_PREFIX)}, memory.power)
+        memory = config.memory().load_state_dict({k[len(MEMORY_PREFIX):]: v for k, v in state.items() if k.startswith(MEMORY_PREFIX)})
         return model.eval(), memory, {**stats, "cached": True}, key
     model, stats = train_session(model, memory, paths, labels, preprocess, config, session=session, device=device, seed=seed, show_progress=show_progress)
     write_tensors_with_stats(file, {**model.state_dict(), **{MEMORY_PREFIX + k: v for k, v in memory.state_dict().items()}}, stats)
@@ -176,36 +180,47 @@ def output_change(before: nn.Module, after: nn.Module, targets: Sequence[Target]
     return change
 
 
+@dataclasses.dataclass
+class Interference:
+    ratios: dict[str, float]  # per adapted layer: plain LoRA's output change on session 0's inputs over this one's
+    protected: float  # the mean fraction of the layers' input space the memory holds after session 1
+    directions: str  # designed directions of A in use, "n of rank x layers"
+    final_loss: float  # session 1's training loss at its end
+
+
 def interference_ratios(
     model: nn.Module,
     first: tuple[Sequence, Sequence[int]],
     second: tuple[Sequence, Sequence[int]],
     preprocess: PreprocessConfig,
     config: InfLoraBackboneConfig,
-    memories: dict[str, tuple[int, float]],
+    memories: dict[str, tuple[SubspaceMemory, float]],
     *,
     show_progress: bool = False,
-) -> dict[str, dict[str, float]]:
+) -> tuple[float, dict[str, Interference]]:
     """Train session 0 on `first` (paths, labels), then session 1 on `second` once as plain LoRA and
-    once per memory built from session 0's inputs (name -> (energy power, threshold)); returns, per
-    memory, per adapted layer, plain LoRA's output change on session 0's inputs over InfLoRA's,
-    and under "protected" the mean fraction of the layers' input space each memory holds."""
+    once per memory (name -> (an empty memory, the threshold to fill it to with session 0's inputs));
+    returns plain LoRA's final loss in session 1 and each memory's `Interference`. A layer a
+    memory leaves unadapted has ratio inf."""
     import copy
 
     model, _ = train_session(model, SubspaceMemory(), *first, preprocess, config, session=0, show_progress=show_progress)
     targets = find_targets(model, config.layers)
     old_inputs = layer_covariances(model, targets, image_loader(*first, preprocess, config.batch_size, augment=False), "cpu")
 
-    def change(memory: SubspaceMemory | None) -> dict[str, float]:
-        adapted, _ = train_session(copy.deepcopy(model), memory, *second, preprocess, config, session=1, show_progress=show_progress)
-        return output_change(model, adapted, targets, old_inputs)
+    def session_one(memory: SubspaceMemory | None) -> tuple[dict[str, float], dict[str, Any]]:
+        adapted, stats = train_session(copy.deepcopy(model), memory, *second, preprocess, config, session=1, show_progress=show_progress)
+        return output_change(model, adapted, targets, old_inputs), stats
 
-    plain = change(None)
-    ratios, protected = {}, {}
-    for name, (power, threshold) in memories.items():
-        memory = SubspaceMemory(power)
+    plain, plain_stats = session_one(None)
+    results = {}
+    for name, (memory, threshold) in memories.items():
         for layer, covariance in old_inputs.items():
             memory.update(layer, covariance, threshold)
-        ratios[name] = {layer: plain[layer] / value for layer, value in change(memory).items()}
-        protected[name] = sum(memory.occupied(t.name, t.in_features) / t.in_features for t in targets) / len(targets)
-    return {**ratios, "protected": protected}
+        change, stats = session_one(memory)
+        results[name] = Interference(
+            {layer: plain[layer] / value if value > 0 else math.inf for layer, value in change.items()},
+            sum(memory.occupied(t.name, t.in_features) / t.in_features for t in targets) / len(targets),
+            stats["directions"], stats["final_loss"],
+        )
+    return plain_stats["final_loss"], results

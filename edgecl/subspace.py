@@ -16,6 +16,14 @@ Energy: GPM measures it by the squared singular values of the inputs, i.e. the e
 covariance (power 1, the default). The official InfLoRA code squares the covariance's spectrum
 instead (power 2); for a CNN's non-negative features that spectrum is dominated by the mean, and the
 memory kept 2.3% of Lite0's input dimensions: no protection (measured: README).
+
+Designing A (`design`): `projected` is the official rule, the top singular directions of the new
+covariance projected out of the memory. The energy the threshold leaves outside the memory (5% at
+0.95) is where those directions find the old inputs too, so the old outputs still move (4x less
+than plain LoRA, median over Lite0's layers). `contrast` (edgecl's default) also keeps the mean
+covariance of the old sessions and, inside the free space, takes the directions with the most new
+energy per unit of old energy (a generalised eigenproblem), only those where the old inputs carry
+at most `max_leak` of the new inputs' energy; a layer with no such direction is not adapted.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import torch
 
 REMOVE, RETAIN = "remove", "retain"
 A_SCALE = 1 / math.sqrt(3)  # InfLoRA's rows: the norm of LoRA's kaiming-uniform start
+# old energy counts at least this fraction of the new inputs' mean energy per direction, so that a
+# direction nearly empty for both sessions does not pass as new
+OLD_ENERGY_FLOOR = 1e-3
 
 
 def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,11 +44,52 @@ def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u, s
 
 
+def _rows(directions: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
+    """A (rank x D) from up to `rank` directions (D x n, columns), unit rows scaled to A_SCALE; rows
+    past the directions stay zero."""
+    down = torch.zeros(rank, dim, dtype=torch.float64)
+    kept = directions[:, :rank]
+    if kept.shape[1]:
+        down[: kept.shape[1]] = (kept / kept.norm(dim=0, keepdim=True)).T * A_SCALE
+    return down.float()
+
+
+def projected_design(memory: "SubspaceMemory", name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
+    u, s = _svd(memory.project(name, covariance))
+    dim = covariance.shape[0]
+    # beyond the free dimensions the singular vectors are an arbitrary completion, inside the memory
+    kept = min(rank, dim - memory.occupied(name, dim), int((s > s[0] * 1e-9).sum()) if len(s) and s[0] > 0 else 0)
+    return _rows(u[:, :kept], rank, dim)
+
+
+def contrast_design(memory: "SubspaceMemory", name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
+    if name not in memory.old:  # the first session, or a memory saved before edgecl kept the old covariance
+        return projected_design(memory, name, covariance, rank)
+    dim = covariance.shape[0]
+    free = memory.free_basis(name, dim)
+    new = free.T @ covariance.double() @ free
+    old = free.T @ memory.old[name] @ free
+    floor = OLD_ENERGY_FLOOR * float(torch.trace(new)) / max(new.shape[0], 1)
+    if floor <= 0:
+        return _rows(free[:, :0], rank, dim)
+    values, vectors = torch.linalg.eigh(old + floor * torch.eye(old.shape[0], dtype=torch.float64))
+    whiten = (vectors * values.rsqrt()) @ vectors.T
+    contrast, directions = torch.linalg.eigh(whiten @ new @ whiten)
+    order = contrast.argsort(descending=True)
+    chosen = order[contrast[order] * memory.max_leak >= 1]
+    return _rows(free @ whiten @ directions[:, chosen], rank, dim)
+
+
+DESIGNS = {"projected": projected_design, "contrast": contrast_design}
+
+
 class SubspaceMemory:
-    def __init__(self, power: int = 1) -> None:
-        self.power = power
+    def __init__(self, power: int = 1, design: str = "projected", max_leak: float = 0.01) -> None:
+        self.power, self.design_rule, self.max_leak = power, DESIGNS[design], max_leak
         self.bases: dict[str, torch.Tensor] = {}
         self.modes: dict[str, str] = {}
+        self.old: dict[str, torch.Tensor] = {}  # mean input covariance of the sessions so far
+        self.sessions: dict[str, int] = {}
 
     def project(self, name: str, covariance: torch.Tensor) -> torch.Tensor:
         """The part of `covariance` outside the old sessions' input subspace."""
@@ -49,14 +101,18 @@ class SubspaceMemory:
         return c - inside if self.modes[name] == REMOVE else inside
 
     def design(self, name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
-        """InfLoRA's A (rank x D): the top singular directions of the projected covariance, scaled."""
-        u, s = _svd(self.project(name, covariance))
-        dim = covariance.shape[0]
-        down = torch.zeros(rank, dim, dtype=torch.float64)
-        # beyond the free dimensions the singular vectors are an arbitrary completion, inside the memory
-        kept = min(rank, dim - self.occupied(name, dim), int((s > s[0] * 1e-9).sum()) if len(s) and s[0] > 0 else 0)
-        down[:kept] = u[:, :kept].T * A_SCALE
-        return down.float()
+        """InfLoRA's A (rank x D) for a new session whose inputs have this covariance."""
+        return self.design_rule(self, name, covariance, rank)
+
+    def free_basis(self, name: str, dim: int) -> torch.Tensor:
+        """An orthonormal basis (D x f) of the directions the memory leaves free."""
+        if name not in self.bases:
+            return torch.eye(dim, dtype=torch.float64)
+        u = self.bases[name]
+        if self.modes[name] == RETAIN:
+            return u
+        _, vectors = torch.linalg.eigh(torch.eye(dim, dtype=torch.float64) - u @ u.T)
+        return vectors[:, u.shape[1]:]
 
     def occupied(self, name: str, dim: int) -> int:
         """How many of the layer's D input directions the memory protects."""
@@ -69,6 +125,11 @@ class SubspaceMemory:
         """Add the directions of this session's inputs that hold its energy up to `threshold`."""
         c = covariance.double()
         dim = c.shape[0]
+        keeps_old = self.design_rule is contrast_design and (name in self.old or name not in self.bases)
+        if keeps_old:  # (a memory saved without the old covariance cannot start it late)
+            n = self.sessions.get(name, 0)
+            self.old[name] = (self.old[name] * n + c) / (n + 1) if n else c.clone()
+            self.sessions[name] = n + 1
         u_all, s_all = _svd(c)
         total = float((s_all**self.power).sum())
         if total == 0:
@@ -106,14 +167,19 @@ class SubspaceMemory:
         for name, basis in self.bases.items():
             state[f"{name}.basis"] = basis.float().contiguous()
             state[f"{name}.retain"] = torch.tensor(self.modes[name] == RETAIN)
+        for name, old in self.old.items():
+            state[f"{name}.old"] = old.float().contiguous()
+            state[f"{name}.sessions"] = torch.tensor(self.sessions[name])
         return state
 
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], power: int = 1) -> "SubspaceMemory":
-        memory = cls(power)
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "SubspaceMemory":
+        """This memory's design settings with the saved bases (memories saved before edgecl kept the
+        old covariance design their layers by the official rule, then and later)."""
         for key, tensor in state.items():
+            name = key.rsplit(".", 1)[0]
             if key.endswith(".basis"):
-                name = key[: -len(".basis")]
-                memory.bases[name] = tensor.double()
-                memory.modes[name] = RETAIN if bool(state[f"{name}.retain"]) else REMOVE
-        return memory
+                self.bases[name] = tensor.double()
+                self.modes[name] = RETAIN if bool(state[f"{name}.retain"]) else REMOVE
+            elif key.endswith(".old"):
+                self.old[name], self.sessions[name] = tensor.double(), int(state[f"{name}.sessions"])
+        return self

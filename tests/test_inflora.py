@@ -4,6 +4,7 @@ eval, train, learn and info."""
 
 import copy
 import json
+import math
 import statistics
 
 import pytest
@@ -16,6 +17,7 @@ from edgecl.backbones import create_backbone, preprocess_config
 from edgecl.images import scan_class_folders
 from edgecl.inflora import interference_ratios, train_session
 from edgecl.methods.inflora import InfLoraBackboneConfig
+from edgecl.subspace import SubspaceMemory
 from test_cli import edgecl, one_line_error
 
 
@@ -52,20 +54,22 @@ def test_a_later_session_moves_old_inputs_far_less_than_plain_lora(tmp_path, cap
     names = list(written)
     task = lambda cs: ([p for c in cs for p in written[c]], [i for i, c in enumerate(cs) for _ in written[c]])  # noqa: E731
     model, _ = create_backbone()
-    memories = {"default (eps 0.95)": (1, 0.95), "strict (eps 0.999)": (1, 0.999)}
-    ratios = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model),
-                                 InfLoraBackboneConfig(epochs=2, batch_size=16), memories)
-    protected = ratios.pop("protected")
-    assert 0 < protected["default (eps 0.95)"] < protected["strict (eps 0.999)"] < 1
+    config = InfLoraBackboneConfig(epochs=2, batch_size=16)
+    memories = {"default (contrast)": (config.memory(), 0.95), "official design (projected)": (SubspaceMemory(design="projected"), 0.95)}
+    plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
     with capsys.disabled():
-        for kind, per_layer in ratios.items():
-            values = list(per_layer.values())
-            print(f"\nplain LoRA / InfLoRA, {kind}: output change on task-1 inputs over {len(values)} layers: "
-                  f"min {min(values):.1f}x median {statistics.median(values):.1f}x max {max(values):.1f}x")
-    default, strict = (list(r.values()) for r in ratios.values())
-    assert len(default) == 32
-    assert statistics.median(default) >= 3 and min(default) > 1.5
-    assert statistics.median(strict) >= 10 and min(strict) >= 5
+        for kind, m in measured.items():
+            adapted = [v for v in m.ratios.values() if math.isfinite(v)]
+            print(f"\nplain LoRA / InfLoRA, {kind}: output change on task-1 inputs over the {len(adapted)} layers adapted: "
+                  f"min {min(adapted):.1f}x median {statistics.median(adapted):.1f}x max {max(adapted):.1f}x; {m.directions} directions, "
+                  f"loss {m.final_loss:.3f} (plain LoRA {plain_loss:.3f})")
+    default, official = measured.values()
+    assert len(default.ratios) == 32
+    assert min(default.ratios.values()) >= 10  # the issue's bar, every layer
+    assert statistics.median(official.ratios.values()) >= 3 and min(official.ratios.values()) > 1.5
+    used = int(default.directions.split()[0])
+    assert used >= 20  # still adapting (the layers it leaves alone have no direction free of the old inputs)
+    assert default.final_loss < plain_loss + 0.05  # and learning task 2 about as well as plain LoRA
 
 
 def test_eval_train_learn_and_info_with_inflora(tmp_path):

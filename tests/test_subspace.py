@@ -2,7 +2,7 @@
 
 import torch
 
-from edgecl.subspace import A_SCALE, REMOVE, RETAIN, SubspaceMemory
+from edgecl.subspace import A_SCALE, REMOVE, RETAIN, SubspaceMemory, contrast_design
 
 
 def covariance(basis: torch.Tensor, count: int = 2000, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
@@ -53,13 +53,45 @@ def test_memory_switches_to_the_free_space_and_never_designs_inside_the_memory()
 
 def test_a_later_session_adds_directions_and_the_state_round_trips():
     dim = 30
-    memory = SubspaceMemory()
+    memory = SubspaceMemory(design="contrast")
     memory.update("l", covariance(orthonormal(dim, 3, seed=5)), threshold=0.97)
     before = memory.occupied("l", dim)
     memory.update("l", covariance(orthonormal(dim, 3, seed=6)), threshold=0.97)
     assert memory.occupied("l", dim) > before
     basis = memory.bases["l"]
     torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1], dtype=torch.float64), atol=1e-6, rtol=0)
-    restored = SubspaceMemory.from_state_dict(memory.state_dict())
-    assert restored.modes == memory.modes
+    restored = SubspaceMemory(design="contrast").load_state_dict(memory.state_dict())
+    assert restored.modes == memory.modes and restored.sessions == {"l": 2} and restored.design_rule is contrast_design
     torch.testing.assert_close(restored.bases["l"], basis, atol=1e-6, rtol=0)
+    torch.testing.assert_close(restored.old["l"], memory.old["l"], atol=1e-6, rtol=0)
+    legacy = {k: v for k, v in memory.state_dict().items() if not k.endswith((".old", ".sessions"))}  # saved before edgecl kept them
+    official = SubspaceMemory(design="projected")
+    official.update("l", covariance(orthonormal(dim, 3, seed=5)), threshold=0.97)
+    assert set(official.state_dict()) == {"l.basis", "l.retain"}  # the official rule needs no old covariance
+    older = SubspaceMemory(design="contrast").load_state_dict(legacy)
+    new = covariance(orthonormal(dim, 4, seed=7), seed=8)
+    torch.testing.assert_close(older.design("l", new, rank=3), SubspaceMemory().load_state_dict(legacy).design("l", new, rank=3))
+    older.update("l", new, threshold=0.97)
+    assert "l" not in older.old  # one session's covariance would pass for all the old ones
+
+
+def test_contrast_design_avoids_the_old_inputs_energy_left_outside_the_memory():
+    """Old inputs: a strong 3-d part the memory takes at 0.75, and a weaker 3-d tail it leaves free; the
+    new inputs share the tail and bring two directions of their own. The official rule spends its
+    directions on the shared tail (most new energy); contrast takes the new directions and stops."""
+    dim = 30
+    axes = torch.eye(dim, dtype=torch.float64)
+    strong, tail, own = axes[:, :3], axes[:, 3:6], axes[:, 6:8]
+    old = covariance(torch.cat([strong, 0.5 * tail], dim=1), noise=0.0)
+    new = covariance(torch.cat([3 * tail, own], dim=1), noise=0.001, seed=1)
+    official, contrast = SubspaceMemory(design="projected"), SubspaceMemory(design="contrast", max_leak=0.01)
+    for memory in (official, contrast):
+        memory.update("l", old, threshold=0.75)
+        assert memory.occupied("l", dim) == 3  # the same memory: the tail is free for both
+    leak = lambda down: float(torch.trace(down.double() @ old @ down.double().T))  # noqa: E731 (old energy through A)
+    projected, designed = official.design("l", new, rank=4), contrast.design("l", new, rank=4)
+    assert int(designed.any(dim=1).sum()) == 2 and int(projected.any(dim=1).sum()) == 4
+    used = designed[designed.any(dim=1)].double()
+    assert torch.linalg.matrix_norm(used - (used @ own) @ own.T) < 1e-3  # the new inputs' own directions
+    assert leak(designed) < 1e-3 * leak(projected)
+    torch.testing.assert_close(used.norm(dim=1), torch.full((2,), A_SCALE, dtype=torch.float64))

@@ -43,17 +43,23 @@ class InfLoraBackboneConfig(MethodConfig):
     eps_end: float = 1.0  # ... rising linearly to this at session `sessions`
     sessions: int = 10  # the planned number of sessions T in that schedule (eval sets its own)
     energy_power: int = 1  # memory energy = covariance eigenvalues ** this (official code: 2; README)
+    design: str = "contrast"  # how A is chosen in the free space: contrast | projected (official; edgecl/subspace.py)
+    max_leak: float = 0.01  # contrast: the most old-input energy a designed direction may carry, per unit of new
 
     def memory(self):
         from edgecl.subspace import SubspaceMemory
 
-        return SubspaceMemory(self.energy_power)
+        return SubspaceMemory(self.energy_power, self.design, self.max_leak)
 
     def __post_init__(self) -> None:
+        from edgecl.subspace import DESIGNS
         from edgecl.tuners.lora import LAYER_SETS
 
         if self.layers not in LAYER_SETS:
             raise EdgeclError(f"backbone.layers={self.layers}: unknown layer set (known: {', '.join(LAYER_SETS)})")
+        if self.design not in DESIGNS or not self.max_leak > 0:
+            raise EdgeclError(f"backbone.design={self.design}, backbone.max_leak={self.max_leak}: design must be one of "
+                              f"{', '.join(DESIGNS)} and max_leak > 0")
         if self.rank < 1 or self.energy_power not in (1, 2) or not 0 < self.eps_begin <= self.eps_end <= 1:
             raise EdgeclError("inflora backbone: rank >= 1, energy_power 1 or 2, and 0 < eps_begin <= eps_end <= 1 are required")
 
