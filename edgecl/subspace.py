@@ -167,8 +167,9 @@ class SubspaceMemory:
         for name, basis in self.bases.items():
             state[f"{name}.basis"] = basis.float().contiguous()
             state[f"{name}.retain"] = torch.tensor(self.modes[name] == RETAIN)
-        for name, old in self.old.items():
-            state[f"{name}.old"] = old.float().contiguous()
+        for name, old in self.old.items():  # symmetric: the upper triangle, half the file
+            rows, cols = torch.triu_indices(*old.shape)
+            state[f"{name}.old"] = old[rows, cols].float().contiguous()
             state[f"{name}.sessions"] = torch.tensor(self.sessions[name])
         return state
 
@@ -181,5 +182,10 @@ class SubspaceMemory:
                 self.bases[name] = tensor.double()
                 self.modes[name] = RETAIN if bool(state[f"{name}.retain"]) else REMOVE
             elif key.endswith(".old"):
-                self.old[name], self.sessions[name] = tensor.double(), int(state[f"{name}.sessions"])
+                dim = math.isqrt(8 * tensor.numel() + 1) // 2
+                rows, cols = torch.triu_indices(dim, dim)
+                old = torch.zeros(dim, dim, dtype=torch.float64)
+                old[rows, cols] = tensor.double()
+                old[cols, rows] = tensor.double()
+                self.old[name], self.sessions[name] = old, int(state[f"{name}.sessions"])
         return self
