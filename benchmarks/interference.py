@@ -33,17 +33,17 @@ def run(out) -> dict:
         return [p for c in classes for p in written[c]], [i for i, c in enumerate(classes) for _ in written[c]]
 
     model, _ = create_backbone()
-    memories = {name: (SubspaceMemory(power, design), threshold) for name, (power, design, threshold) in MEMORIES.items()}
-    plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model),
-                                               InfLoraBackboneConfig(epochs=2, batch_size=16), memories)
+    config = InfLoraBackboneConfig(epochs=2, batch_size=16)
+    memories = {name: (SubspaceMemory(power, design, config.max_leak), threshold) for name, (power, design, threshold) in MEMORIES.items()}
+    plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
     results = {"plain LoRA": {"final_loss": round(plain_loss, 3)}}
     print(f"plain LoRA: session 1 ends at loss {plain_loss:.3f}")
     for name, m in measured.items():
-        adapted = [v for v in m.ratios.values() if math.isfinite(v)]  # a layer with no designed direction does not move
+        adapted = [v for v in m.ratios.values() if math.isfinite(v)] or [math.inf]  # a layer with no direction does not move
         low, mid, high = min(adapted), statistics.median(adapted), max(adapted)
-        results[name] = {"min": round(low, 2), "median": round(mid, 2), "max": round(high, 2), "layers_adapted": len(adapted),
-                         "protected": round(m.protected, 3), "directions": m.directions, "final_loss": round(m.final_loss, 3)}
-        print(f"{name} ({m.protected:.0%} of the input space in memory, {m.directions} directions, loss {m.final_loss:.3f}): "
-              f"plain LoRA / InfLoRA output change on session-0 inputs, over the {len(adapted)} of {len(m.ratios)} layers adapted: "
+        results[name] = {"min": round(low, 2), "median": round(mid, 2), "max": round(high, 2), "layers_adapted": sum(map(math.isfinite, m.ratios.values())),
+                         "protected": round(m.protected, 3), "directions": m.directions, "final_loss": m.final_loss and round(m.final_loss, 3)}
+        print(f"{name} ({m.protected:.0%} of the input space in memory, {m.directions} directions, loss {results[name]['final_loss']}): "
+              f"plain LoRA / InfLoRA output change on session-0 inputs, over the {results[name]['layers_adapted']} of {len(m.ratios)} layers adapted: "
               f"min {low:.1f}x, median {mid:.1f}x, max {high:.1f}x")
     return results

@@ -195,9 +195,12 @@ def adapt(
     result = run_adapt(bundle, images, label=label, device=check_device(device), lock_timeout=lock_timeout, show_progress=not quiet)
     warn_skipped(result.skipped)
     s, info = result.session, result.backbone["inflora"]
-    out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; backbone adapted in "
-              f"{info['seconds']:.0f} s along {info['directions']} low-rank directions, {info['protected_fraction']:.0%} of its adapted "
-              "input space now in memory")
+    if info["final_loss"] is None:
+        how = f"backbone left as it was (no direction free of the earlier sessions' inputs, backbone.max_leak) in {info['seconds']:.0f} s"
+    else:
+        how = f"backbone adapted in {info['seconds']:.0f} s along {info['directions']} low-rank directions"
+    out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; {how}, "
+              f"{info['protected_fraction']:.0%} of its adapted input space now in memory")
     if result.dropped_export:
         out.print("the export described the old backbone and was dropped: run `edgecl export` again")
 

@@ -95,17 +95,21 @@ def train_session(
         for name, (_, branch) in tuner.branches.items():
             branch.down.copy_(memory.design(name, covariances[name], config.rank))
         directions = sum(int(branch.down.any(dim=1).sum()) for _, branch in tuner.branches.values())
-    head = nn.Linear(dim, int(max(labels)) + 1).to(device)
-    trainable = [*params, *head.parameters()]
-    for p in trainable:
-        p.requires_grad_(True)
-    loss = _train(model, head, trainable, image_loader(paths, labels, preprocess, config.batch_size, augment=True, seed=seed + session),
-                  config, device, f"inflora session {session}", show_progress)
+    loss = None
+    if directions != 0:  # with none, no direction is free of the old inputs: the backbone stays as it is
+        head = nn.Linear(dim, int(max(labels)) + 1).to(device)
+        trainable = [*params, *head.parameters()]
+        for p in trainable:
+            p.requires_grad_(True)
+        loss = _train(model, head, trainable, image_loader(paths, labels, preprocess, config.batch_size, augment=True, seed=seed + session),
+                      config, device, f"inflora session {session}", show_progress)
     tuner.merge(model)
     stats: dict[str, Any] = {"session": session, "images": len(paths), "epochs": config.epochs, "final_loss": loss,
                              "trainable_parameters": sum(p.numel() for p in params)}
     if memory is not None:
-        covariances = layer_covariances(model, targets, plain, device, description=f"inflora session {session}: memory update", show_progress=show_progress)
+        if directions:  # else the weights did not change and the design's covariances still hold
+            covariances = layer_covariances(model, targets, plain, device, description=f"inflora session {session}: memory update",
+                                            show_progress=show_progress)
         threshold = config.threshold(session)
         for name, covariance in covariances.items():
             memory.update(name, covariance, threshold)
@@ -185,7 +189,7 @@ class Interference:
     ratios: dict[str, float]  # per adapted layer: plain LoRA's output change on session 0's inputs over this one's
     protected: float  # the mean fraction of the layers' input space the memory holds after session 1
     directions: str  # designed directions of A in use, "n of rank x layers"
-    final_loss: float  # session 1's training loss at its end
+    final_loss: float | None  # session 1's training loss at its end (None: no direction, no training)
 
 
 def interference_ratios(

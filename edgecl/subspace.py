@@ -22,8 +22,10 @@ covariance projected out of the memory. The energy the threshold leaves outside 
 0.95) is where those directions find the old inputs too, so the old outputs still move (4x less
 than plain LoRA, median over Lite0's layers). `contrast` (edgecl's default) also keeps the mean
 covariance of the old sessions and, inside the free space, takes the directions with the most new
-energy per unit of old energy (a generalised eigenproblem), only those where the old inputs carry
-at most `max_leak` of the new inputs' energy; a layer with no such direction is not adapted.
+energy per unit of old energy (a generalised eigenproblem), only those where the old sessions'
+mean energy is at most `max_leak` of the new inputs' energy; a layer with no such direction is
+not adapted. (Against the mean, not the sum: one old session may carry up to n times as much; the
+sum would bound each but would shut later sessions out faster.)
 """
 
 from __future__ import annotations
@@ -81,6 +83,18 @@ def contrast_design(memory: "SubspaceMemory", name: str, covariance: torch.Tenso
 
 
 DESIGNS = {"projected": projected_design, "contrast": contrast_design}
+
+
+def _symmetric(saved: torch.Tensor) -> torch.Tensor:
+    """A covariance from its saved upper triangle (or, as first saved, the whole matrix)."""
+    if saved.dim() == 2:
+        return saved.double()
+    dim = math.isqrt(8 * saved.numel() + 1) // 2
+    rows, cols = torch.triu_indices(dim, dim)
+    full = torch.zeros(dim, dim, dtype=torch.float64)
+    full[rows, cols] = saved.double()
+    full[cols, rows] = saved.double()
+    return full
 
 
 class SubspaceMemory:
@@ -182,10 +196,5 @@ class SubspaceMemory:
                 self.bases[name] = tensor.double()
                 self.modes[name] = RETAIN if bool(state[f"{name}.retain"]) else REMOVE
             elif key.endswith(".old"):
-                dim = math.isqrt(8 * tensor.numel() + 1) // 2
-                rows, cols = torch.triu_indices(dim, dim)
-                old = torch.zeros(dim, dim, dtype=torch.float64)
-                old[rows, cols] = tensor.double()
-                old[cols, rows] = tensor.double()
-                self.old[name], self.sessions[name] = old, int(state[f"{name}.sessions"])
+                self.old[name], self.sessions[name] = _symmetric(tensor), int(state[f"{name}.sessions"])
         return self

@@ -45,6 +45,21 @@ def test_vit_sessions_merge_into_a_plain_model_and_fill_the_memory(tmp_path, dev
     assert 0 < protected[0] < protected[1] < 1
 
 
+def test_a_session_with_no_free_direction_leaves_the_backbone_as_it_is(tmp_path):
+    classes = scan_class_folders(make_image_folder(tmp_path, ["red", "green", "blue", "yellow"], count=4))
+    model, _ = create_backbone("test_vit", random_init=True)
+    config = InfLoraBackboneConfig(epochs=1, batch_size=4, lr=1e-2, sessions=2, max_leak=1e-12)  # no direction can pass
+    memory = config.memory()
+    model, first = train_session(model, memory, *session(classes[:2]), preprocess_config(model), config, session=0, show_progress=False)
+    before = copy.deepcopy(model.state_dict())
+    model, second = train_session(model, memory, *session(classes[2:]), preprocess_config(model), config, session=1, show_progress=False)
+    assert first["final_loss"] is not None and first["directions"] == f"{10 * len(model.blocks)} of {10 * len(model.blocks)}"
+    assert second["final_loss"] is None and second["directions"] == f"0 of {10 * len(model.blocks)}"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(memory.sessions.values()) == {2}  # the session's inputs still reach the memory
+    assert second["protected_fraction"] > first["protected_fraction"]
+
+
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_a_later_session_moves_old_inputs_far_less_than_plain_lora(tmp_path, capsys):
@@ -59,7 +74,7 @@ def test_a_later_session_moves_old_inputs_far_less_than_plain_lora(tmp_path, cap
     plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
     with capsys.disabled():
         for kind, m in measured.items():
-            adapted = [v for v in m.ratios.values() if math.isfinite(v)]
+            adapted = [v for v in m.ratios.values() if math.isfinite(v)] or [math.inf]
             print(f"\nplain LoRA / InfLoRA, {kind}: output change on task-1 inputs over the {len(adapted)} layers adapted: "
                   f"min {min(adapted):.1f}x median {statistics.median(adapted):.1f}x max {max(adapted):.1f}x; {m.directions} directions, "
                   f"loss {m.final_loss:.3f} (plain LoRA {plain_loss:.3f})")

@@ -64,6 +64,8 @@ def test_a_later_session_adds_directions_and_the_state_round_trips():
     assert restored.modes == memory.modes and restored.sessions == {"l": 2} and restored.design_rule is contrast_design
     torch.testing.assert_close(restored.bases["l"], basis, atol=1e-6, rtol=0)
     torch.testing.assert_close(restored.old["l"], memory.old["l"], atol=1e-6, rtol=0)
+    square = SubspaceMemory(design="contrast").load_state_dict({**memory.state_dict(), "l.old": memory.old["l"].float()})  # as first saved
+    torch.testing.assert_close(square.old["l"], memory.old["l"], atol=1e-6, rtol=0)
     legacy = {k: v for k, v in memory.state_dict().items() if not k.endswith((".old", ".sessions"))}  # saved before edgecl kept them
     official = SubspaceMemory(design="projected")
     official.update("l", covariance(orthonormal(dim, 3, seed=5)), threshold=0.97)
@@ -95,3 +97,20 @@ def test_contrast_design_avoids_the_old_inputs_energy_left_outside_the_memory():
     assert torch.linalg.matrix_norm(used - (used @ own) @ own.T) < 1e-3  # the new inputs' own directions
     assert leak(designed) < 1e-3 * leak(projected)
     torch.testing.assert_close(used.norm(dim=1), torch.full((2,), A_SCALE, dtype=torch.float64))
+
+
+def test_contrast_keeps_the_mean_old_covariance_and_designs_inside_a_retained_free_space():
+    dim = 12
+    first, second = covariance(torch.eye(dim, dtype=torch.float64)), covariance(orthonormal(dim, 4, seed=9), seed=10)
+    memory = SubspaceMemory(design="contrast", max_leak=0.5)
+    memory.update("small", first, threshold=0.7)  # isotropic: most dims, so the memory keeps the free space
+    memory.update("small", second, threshold=0.7)
+    torch.testing.assert_close(memory.old["small"], (first + second) / 2)
+    assert memory.modes["small"] == RETAIN
+    free = memory.bases["small"]  # in retain mode the stored basis is the free space
+    assert free.shape[1] == dim - memory.occupied("small", dim) > 0
+    torch.testing.assert_close(memory.free_basis("small", dim), free)
+    down = memory.design("small", covariance(torch.eye(dim, dtype=torch.float64), seed=11), rank=10).double()
+    used = down[down.any(dim=1)]
+    assert 0 < len(used) <= free.shape[1]
+    assert torch.linalg.matrix_norm(used - (used @ free) @ free.T) < 1e-6  # inside the free space
