@@ -397,8 +397,10 @@ def eval_command(
     for name, stats in report.backbones.items():
         if "sessions" in stats:
             runs = stats["sessions"]
+            used = [r["directions"].split()[0] for r in runs if "directions" in r]  # absent from sessions cached by older versions
+            directions = f", low-rank directions {' / '.join(used)} of {runs[0]['directions'].split()[-1]}" if len(used) == len(runs) else ""
             out.print(f"{name}: backbone adapted in {len(runs)} sessions, {runs[0]['epochs']} epochs each, "
-                      f"{sum(r['seconds'] for r in runs):.0f} s, {runs[-1]['protected_fraction']:.0%} of the adapted "
+                      f"{sum(r['seconds'] for r in runs):.0f} s{directions}, {runs[-1]['protected_fraction']:.0%} of the adapted "
                       f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}")
             continue
         out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {stats['epochs']} epochs, "

@@ -5,6 +5,7 @@ eval, train, learn and info."""
 import copy
 import json
 import math
+import re
 import statistics
 
 import pytest
@@ -99,6 +100,7 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     result = edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora,simplecil", *quick, "--json", report_file)
     assert result.exit_code == 0, result.stderr
     assert "inflora: backbone adapted in 3 sessions" in result.output
+    assert re.search(r"low-rank directions \d+ / \d+ / \d+ of \d+", result.output)
     report = json.loads(report_file.read_text())
     runs = report["backbones"]["inflora"]["sessions"]
     assert [r["session"] for r in runs] == [0, 1, 2] and [r["images"] for r in runs] == [12, 6, 6]
