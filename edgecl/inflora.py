@@ -95,10 +95,15 @@ def train_session(
         for name, (_, branch) in tuner.branches.items():
             branch.down.copy_(memory.design(name, covariances[name], config.rank))
         directions = sum(int(branch.down.any(dim=1).sum()) for _, branch in tuner.branches.values())
+        # a branch without a direction cannot change its layer; leaving its B out of training also
+        # stops the backward pass at the first layer that can change
+        params = [branch.up for _, branch in tuner.branches.values() if branch.down.any()]
     loss = None
     if directions != 0:  # with none, no direction is free of the old inputs: the backbone stays as it is
         head = nn.Linear(dim, int(max(labels)) + 1).to(device)
         trainable = [*params, *head.parameters()]
+        for _, branch in tuner.branches.values():
+            branch.up.requires_grad_(False)
         for p in trainable:
             p.requires_grad_(True)
         loss = _train(model, head, trainable, image_loader(paths, labels, preprocess, config.batch_size, augment=True, seed=seed + session),

@@ -55,7 +55,7 @@ def test_a_session_with_no_free_direction_leaves_the_backbone_as_it_is(tmp_path)
     before = copy.deepcopy(model.state_dict())
     model, second = train_session(model, memory, *session(classes[2:]), preprocess_config(model), config, session=1, show_progress=False)
     assert first["final_loss"] is not None and first["directions"] == f"{10 * len(model.blocks)} of {10 * len(model.blocks)}"
-    assert second["final_loss"] is None and second["directions"] == f"0 of {10 * len(model.blocks)}"
+    assert second["final_loss"] is None and second["directions"] == f"0 of {10 * len(model.blocks)}" and second["trainable_parameters"] == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert set(memory.sessions.values()) == {2}  # the session's inputs still reach the memory
     assert second["protected_fraction"] > first["protected_fraction"]
