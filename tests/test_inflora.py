@@ -148,5 +148,6 @@ def test_adapt_needs_an_inflora_bundle(bundle, new_images):
 
 
 def test_inflora_settings_are_checked(tmp_path):
-    for setting, fragment in (("backbone.layers=mlp", "unknown layer set"), ("heads=knn", "heads=knn"), ("backbone.energy_power=3", "energy_power")):
+    for setting, fragment in (("backbone.layers=mlp", "unknown layer set"), ("heads=knn", "heads=knn"), ("backbone.energy_power=3", "energy_power"),
+                              ("backbone.design=svd", "backbone.design=svd"), ("backbone.max_leak=0", "max_leak > 0")):
         one_line_error(edgecl("eval", tmp_path, "--init", "2", "--increment", "1", "--method", "inflora", "--set", setting), fragment)
