@@ -1,9 +1,9 @@
-"""InfLoRA's interference on real images: after a second session, how much each adapted layer's
-output on the first session's inputs moved, plain LoRA over InfLoRA (higher: less interference),
-for the official memory (energy = squared covariance spectrum, A projected out of the memory),
-GPM's eigenvalue energy at three thresholds, and edgecl's default (A chosen by contrast with the
-old inputs). EfficientNet-Lite0, Fashion-MNIST T-shirt/Trouser then Sneaker/Bag, 20 images each, 2
-epochs per session."""
+"""InfLoRA's interference on real images: after a second session, how much each adapted layer's output
+on the first session's inputs moved, plain LoRA over InfLoRA (higher: less interference), for the
+official memory (energy = squared covariance spectrum, A projected out of the memory), GPM's
+eigenvalue energy at three thresholds, and edgecl's design (A chosen by contrast with the old
+inputs) at three leak bounds. EfficientNet-Lite0, Fashion-MNIST T-shirt/Trouser then Sneaker/Bag, 20
+images each, 2 epochs per session."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ from edgecl.inflora import interference_ratios
 from edgecl.methods.inflora import InfLoraBackboneConfig
 from edgecl.subspace import SubspaceMemory
 
-MEMORIES = {  # name -> (power, design, threshold)
-    "official: squared spectrum, projected, eps 0.95": (2, "projected", 0.95),
-    "projected, eps 0.95": (1, "projected", 0.95),
-    "projected, eps 0.99": (1, "projected", 0.99),
-    "projected, eps 0.999": (1, "projected", 0.999),
-    "contrast, eps 0.95 (default)": (1, "contrast", 0.95),
+MEMORIES = {  # name -> (power, design, max_leak, threshold)
+    "official: squared spectrum, projected, eps 0.95": (2, "projected", None, 0.95),
+    "projected, eps 0.95": (1, "projected", None, 0.95),
+    "projected, eps 0.99": (1, "projected", None, 0.99),
+    "projected, eps 0.999": (1, "projected", None, 0.999),
+    "contrast, max_leak 0.3, eps 0.95": (1, "contrast", 0.3, 0.95),
+    "contrast, max_leak 0.1, eps 0.95": (1, "contrast", 0.1, 0.95),
+    "contrast, max_leak 0.01, eps 0.95 (default)": (1, "contrast", None, 0.95),
 }
 
 
@@ -34,7 +36,8 @@ def run(out) -> dict:
 
     model, _ = create_backbone()
     config = InfLoraBackboneConfig(epochs=2, batch_size=16)
-    memories = {name: (SubspaceMemory(power, design, config.max_leak), threshold) for name, (power, design, threshold) in MEMORIES.items()}
+    memories = {name: (SubspaceMemory(power, design, leak or config.max_leak), threshold)
+                for name, (power, design, leak, threshold) in MEMORIES.items()}
     plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
     results = {"plain LoRA": {"final_loss": round(plain_loss, 3)}}
     print(f"plain LoRA: session 1 ends at loss {plain_loss:.3f}")
