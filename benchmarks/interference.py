@@ -46,7 +46,7 @@ def run(out) -> dict:
         low, mid, high = min(adapted), statistics.median(adapted), max(adapted)
         results[name] = {"min": round(low, 2), "median": round(mid, 2), "max": round(high, 2), "layers_adapted": sum(map(math.isfinite, m.ratios.values())),
                          "protected": round(m.protected, 3), "directions": m.directions, "final_loss": m.final_loss and round(m.final_loss, 3)}
-        print(f"{name} ({m.protected:.0%} of the input space in memory, {m.directions} directions, loss {results[name]['final_loss']}): "
+        print(f"{name} ({m.protected:.0%} of the input space in memory, {m.directions} of {config.rank * len(m.ratios)} directions, loss {results[name]['final_loss']}): "
               f"plain LoRA / InfLoRA output change on session-0 inputs, over the {results[name]['layers_adapted']} of {len(m.ratios)} layers adapted: "
               f"min {low:.1f}x, median {mid:.1f}x, max {high:.1f}x")
     return results

@@ -198,7 +198,7 @@ def adapt(
     if info["final_loss"] is None:
         how = f"backbone left as it was (no direction free of the earlier sessions' inputs, backbone.max_leak) in {info['seconds']:.0f} s"
     else:
-        how = f"backbone adapted in {info['seconds']:.0f} s along {info['directions']} low-rank directions"
+        how = f"backbone adapted in {info['seconds']:.0f} s along {info['directions']} of {info['direction_slots']} low-rank directions"
     out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; {how}, "
               f"{info['protected_fraction']:.0%} of its adapted input space now in memory")
     if result.dropped_export:
@@ -397,8 +397,8 @@ def eval_command(
     for name, stats in report.backbones.items():
         if "sessions" in stats:
             runs = stats["sessions"]
-            used = [r["directions"].split()[0] for r in runs if "directions" in r]  # absent from sessions cached by older versions
-            directions = f", low-rank directions {' / '.join(used)} of {runs[0]['directions'].split()[-1]}" if len(used) == len(runs) else ""
+            used = [str(r["directions"]) for r in runs if "directions" in r]  # absent from sessions cached by older versions
+            directions = f", low-rank directions {' / '.join(used)} of {runs[0]['direction_slots']}" if len(used) == len(runs) else ""
             out.print(f"{name}: backbone adapted in {len(runs)} sessions, {runs[0]['epochs']} epochs each, "
                       f"{sum(r['seconds'] for r in runs):.0f} s{directions}, {runs[-1]['protected_fraction']:.0%} of the adapted "
                       f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}")

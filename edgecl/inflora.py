@@ -120,7 +120,7 @@ def train_session(
             memory.update(name, covariance, threshold)
         occupied = [memory.occupied(t.name, t.in_features) / t.in_features for t in targets]
         stats.update(threshold=round(threshold, 4), protected_fraction=round(sum(occupied) / len(occupied), 4),
-                     directions=f"{directions} of {config.rank * len(targets)}")
+                     directions=directions, direction_slots=config.rank * len(targets))
     stats["seconds"] = round(time.perf_counter() - start, 1)
     return model.cpu().eval().requires_grad_(False), stats
 
@@ -193,7 +193,7 @@ def output_change(before: nn.Module, after: nn.Module, targets: Sequence[Target]
 class Interference:
     ratios: dict[str, float]  # per adapted layer: plain LoRA's output change on session 0's inputs over this one's
     protected: float  # the mean fraction of the layers' input space the memory holds after session 1
-    directions: str  # designed directions of A in use, "n of rank x layers"
+    directions: int  # designed directions of A in use (of rank x layers)
     final_loss: float | None  # session 1's training loss at its end (None: no direction, no training)
 
 
