@@ -1,7 +1,7 @@
 """The analytic classifier (RanPAC, as SAFE uses it): a fixed random projection of the embedding,
 ReLU, and ridge regression onto one-hot labels, solved in closed form.
 
-    H = ReLU(f W_rand)          W_rand: D x M, standard normal, regenerated from its seed
+    H = ReLU(P f)               P: D -> M, random, regenerated from its seed (PROJECTIONS)
     G += H^T H,  Q += H^T Y     sufficient statistics, accumulated session by session
     W = (G + lambda I)^-1 Q
 
@@ -14,30 +14,105 @@ device costs an M x M eigendecomposition per classifier and `learn` and measured
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from edgecl.errors import EdgeclError
 
 RIDGES = tuple(10.0**k for k in range(-2, 9))
 
+# numpy's legacy RandomState stream is frozen across versions, so the host and a device with another
+# numpy or torch regenerate the same projection from the seed instead of storing it.
+
+
+class GaussianProjection:
+    """RanPAC's: a dense D x M standard normal matrix (10.5 MB at 1280 x 2048, all of it read for every
+    image classified)."""
+
+    def __init__(self, dim: int, size: int, seed: int) -> None:
+        self.matrix = torch.from_numpy(np.random.RandomState(seed).standard_normal((dim, size)).astype(np.float32))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.matrix
+
+
+def hadamard(n: int) -> torch.Tensor:
+    """The n x n Walsh-Hadamard matrix (Sylvester's construction; n a power of two)."""
+    h = torch.ones(1, 1)
+    while len(h) < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)])
+    return h
+
+
+class HadamardProjection:
+    """A structured stand-in for the Gaussian matrix (Fastfood: Le, Sarlos & Smola, ICML 2013). Per block
+    of d = 2^k outputs, x zero-padded to d goes through random signs, a Walsh-Hadamard transform / sqrt(d),
+    a random permutation, Gaussian scales, a second transform, and row scales drawn so that the rows'
+    lengths are distributed as those of a d-dimensional Gaussian vector. Each output is then, like a
+    Gaussian row's, a zero-mean variable of variance |x|^2, and accuracy stays within a tenth of a
+    point (README), but a block holds 4 d numbers instead of D x d and costs two transforms, each two
+    small matmuls (H_d = H_a kron H_b on x reshaped to a x b)."""
+
+    def __init__(self, dim: int, size: int, seed: int) -> None:
+        self.dim, self.size = dim, size
+        self.d = 1 << max(dim - 1, 0).bit_length()
+        blocks = -(-size // self.d)
+        rs = np.random.RandomState(seed)
+        signs = rs.randint(0, 2, (blocks, self.d)) * 2.0 - 1.0
+        order = np.stack([rs.permutation(self.d) + i * self.d for i in range(blocks)])
+        gauss = rs.standard_normal((blocks, self.d))
+        rows = np.sqrt(rs.chisquare(self.d, (blocks, self.d))) / np.linalg.norm(gauss, axis=1, keepdims=True)
+        self.signs = torch.tensor(signs / math.sqrt(self.d), dtype=torch.float32)
+        self.order = torch.from_numpy(order.reshape(-1))
+        self.gauss, self.rows = (torch.tensor(a, dtype=torch.float32) for a in (gauss, rows))
+        half = (self.d.bit_length() - 1) // 2
+        self.left, self.right = hadamard(1 << half), hadamard(self.d >> half)
+
+    def _transform(self, z: torch.Tensor) -> torch.Tensor:
+        shape = z.shape
+        return (self.left @ z.reshape(-1, len(self.left), len(self.right)) @ self.right).reshape(shape)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, width = len(x), self.signs.numel()
+        z = self._transform(F.pad(x, (0, self.d - self.dim))[:, None, :] * self.signs)
+        z = z.reshape(n, width)[:, self.order].reshape(z.shape) * self.gauss
+        return (self._transform(z) * self.rows).reshape(n, width)[:, : self.size]
+
+
+PROJECTIONS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "hadamard": HadamardProjection,
+    "gaussian": GaussianProjection,
+}
+
 
 @lru_cache(maxsize=4)
-def random_projection(dim: int, size: int, seed: int) -> torch.Tensor:
-    """numpy's legacy RandomState stream is frozen across versions, so the host and a device with
-    another numpy or torch regenerate the same matrix from the seed instead of storing it.
-    Classifiers with the same (dim, size, seed) share one read-only tensor: SAFE's slow and fast
-    heads then read 10 MB once per image instead of twice (benchmarks/classify.py)."""
-    matrix = torch.from_numpy(np.random.RandomState(seed).standard_normal((dim, size)).astype(np.float32))
-    return matrix.requires_grad_(False)
+def random_projection(kind: str, dim: int, size: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Classifiers with the same (kind, dim, size, seed) share one projection: SAFE's slow and fast
+    heads then pass both their inputs through it as one batch (benchmarks/classify.py)."""
+    return PROJECTIONS[kind](dim, size, seed)
+
+
+def check_projection(kind: str) -> None:
+    if kind not in PROJECTIONS:
+        raise EdgeclError(f"projection_kind={kind}: unknown projection (known: {', '.join(PROJECTIONS)})")
+
+
+def legacy_projection(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored method config from before projection_kind existed was written with the Gaussian matrix."""
+    return data if "projection_kind" in data else {**data, "projection_kind": "gaussian"}
 
 
 class AnalyticClassifier(nn.Module):
-    def __init__(self, dim: int, size: int = 2048, seed: int = 0, num_classes: int = 0) -> None:
+    def __init__(self, dim: int, size: int = 2048, seed: int = 0, num_classes: int = 0, kind: str = "hadamard") -> None:
         super().__init__()
-        self.dim, self.size, self.seed = dim, size, seed
-        self.register_buffer("projection", random_projection(dim, size, seed), persistent=False)
+        self.dim, self.size, self.seed, self.kind = dim, size, seed, kind
+        self.projection = random_projection(kind, dim, size, seed)
         # G lives in float64; the bundle keeps its upper triangle in float32 (8.4 MB at M=2048, not 34)
         self.register_buffer("gram", torch.zeros(size, size, dtype=torch.float64), persistent=False)
         self.register_buffer("gram_packed", torch.zeros(size * (size + 1) // 2))
@@ -61,7 +136,7 @@ class AnalyticClassifier(nn.Module):
         self.gram = gram + gram.triu(1).T
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.relu(features @ self.projection)
+        return torch.relu(self.projection(features))
 
     def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES,
             repick: bool = False) -> float:

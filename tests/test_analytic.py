@@ -1,9 +1,12 @@
 """The analytic classifier: exact incremental ridge regression on a seeded random projection."""
 
 import numpy as np
+import pytest
 import torch
 
-from edgecl.analytic import AnalyticClassifier, random_projection
+from edgecl.analytic import PROJECTIONS, AnalyticClassifier, HadamardProjection, hadamard, random_projection
+from edgecl.errors import EdgeclError
+from edgecl.methods import create_method, method_config, restore_method
 
 DIM, SIZE = 24, 300
 
@@ -18,8 +21,8 @@ def sessions(seed=0):
     return parts
 
 
-def joint_solution(parts, size, seed, ridge):
-    h = torch.cat([torch.relu(x @ random_projection(DIM, size, seed)) for x, _, _ in parts]).double()
+def joint_solution(parts, size, seed, ridge, kind="hadamard"):
+    h = torch.cat([torch.relu(random_projection(kind, DIM, size, seed)(x)) for x, _, _ in parts]).double()
     y = torch.nn.functional.one_hot(torch.cat([t for _, t, _ in parts]), parts[-1][2]).double()
     return torch.linalg.solve(h.T @ h + ridge * torch.eye(size, dtype=torch.float64), h.T @ y)
 
@@ -28,13 +31,14 @@ def relative_error(a, b):
     return float((a.double() - b).norm() / b.norm())
 
 
-def test_sessions_one_by_one_give_the_joint_ridge_solution():
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_sessions_one_by_one_give_the_joint_ridge_solution(kind):
     parts = sessions()
-    head = AnalyticClassifier(DIM, SIZE, seed=3)
+    head = AnalyticClassifier(DIM, SIZE, seed=3, kind=kind)
     for x, y, total in parts:
         head.add(x, y, total)
     assert head.num_classes == 7
-    expected = joint_solution(parts, SIZE, 3, float(head.ridge))
+    expected = joint_solution(parts, SIZE, 3, float(head.ridge), kind)
     assert relative_error(head.weight, expected) < 1e-4
 
 
@@ -55,10 +59,59 @@ def test_the_stored_state_rebuilds_the_same_statistics():
     assert relative_error(restored.weight, expected) < 1e-4
 
 
-def test_the_projection_is_regenerated_from_its_seed():
-    first, again, other = random_projection(DIM, SIZE, 7), random_projection(DIM, SIZE, 7), random_projection(DIM, SIZE, 8)
+def dense(projection, dim):
+    return projection(torch.eye(dim))
+
+
+@pytest.mark.parametrize("kind", PROJECTIONS)
+def test_the_projection_is_regenerated_from_its_seed_as_a_standard_normal_matrix(kind):
+    first, again, other = (dense(PROJECTIONS[kind](DIM, SIZE, seed), DIM) for seed in (7, 7, 8))
+    assert first.shape == (DIM, SIZE)
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert abs(float(first.mean())) < 0.05 and abs(float(first.std()) - 1) < 0.05
+
+
+def test_the_hadamard_projection_is_linear_and_matches_a_gaussian_matrix_in_shape_and_scale():
+    dim, size = 1280, 4096  # EfficientNet-Lite0's width: padded to 2048, two blocks
+    projection = HadamardProjection(dim, size, 0)
+    matrix = dense(projection, dim)
+    x = torch.randn(5, dim, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(projection(x), x @ matrix, rtol=0, atol=1e-3)
+    # column lengths as a Gaussian matrix's (about sqrt(D)), not those of the padded width d
+    assert abs(float(matrix.norm(dim=0).mean()) - dim**0.5) < 0.5
+    # the blocks are independent: the second is not the first again
+    assert float(torch.nn.functional.cosine_similarity(matrix[:, :2048], matrix[:, 2048:], dim=0).abs().mean()) < 0.05
+
+
+def test_the_transform_is_the_walsh_hadamard_matrix():
+    projection = HadamardProjection(40, 64, 0)  # d = 64 = 8 x 8
+    z = torch.randn(3, 1, 64)
+    torch.testing.assert_close(projection._transform(z), z @ hadamard(64).T, rtol=0, atol=1e-4)
+    h = hadamard(16)
+    torch.testing.assert_close(h @ h.T, 16 * torch.eye(16))
+
+
+def test_configs_stored_before_projection_kind_keep_the_gaussian_matrix():
+    assert method_config("safe").projection_kind == "hadamard"
+    stored = method_config("safe").to_dict()
+    del stored["projection_kind"]
+    assert method_config("safe", stored).projection_kind == "gaussian"
+    edgecl = method_config("edgecl").to_dict()
+    del edgecl["safe"]["projection_kind"]
+    assert method_config("edgecl", edgecl).safe.projection_kind == "gaussian"
+    inflora = method_config("inflora").to_dict()
+    del inflora["projection_kind"]
+    assert create_method("inflora", DIM, inflora).analytic.kind == "gaussian"
+    # such a bundle's heads, restored, predict what they predicted when they were saved
+    old = create_method("safe", DIM, projection=64, projection_kind="gaussian")
+    x, y, _ = sessions()[0]
+    old.learn(x, y, torch.Generator().manual_seed(0), show_progress=False)
+    saved = {k: v for k, v in old.config.to_dict().items() if k != "projection_kind"}
+    restored = restore_method("safe", DIM, saved, old.structure(), old.state_dict())
+    torch.testing.assert_close(restored.predict(x), old.predict(x))
+    assert not torch.allclose(create_method("safe", DIM, projection=64).slow_head.expand(x), old.slow_head.expand(x))
+    with pytest.raises(EdgeclError, match="projection_kind=dense: unknown projection .known: hadamard, gaussian"):
+        method_config("safe", settings={"projection_kind": "dense"})
 
 
 def test_ridge_is_picked_on_held_out_samples():

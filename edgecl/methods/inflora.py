@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecl.analytic import AnalyticClassifier
+from edgecl.analytic import AnalyticClassifier, check_projection, legacy_projection
 from edgecl.errors import EdgeclError
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.training import SGDSchedule, train_minibatches
@@ -79,9 +79,15 @@ class InfLoraConfig(MethodConfig):
     head_min_steps: int = 400
     projection: int = 2048  # M of the analytic head
     projection_seed: int = 0
+    projection_kind: str = "hadamard"  # as SafeConfig's
     repick_ridge: bool = False  # as SafeConfig's
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InfLoraConfig":
+        return super().from_dict(legacy_projection(data))
+
     def __post_init__(self) -> None:
+        check_projection(self.projection_kind)
         if self.heads not in HEADS:
             raise EdgeclError(f"heads={self.heads}: must be one of {', '.join(HEADS)}")
 
@@ -104,7 +110,11 @@ class InfLora(ContinualMethod):
         self.register_buffer("weight", torch.zeros(0, embedding_dim))
         self.register_buffer("bias", torch.zeros(0))
         if config.heads == "analytic":
-            self.analytic = AnalyticClassifier(embedding_dim, config.projection, config.projection_seed)
+            self.analytic = self._analytic()
+
+    def _analytic(self, classes: int = 0) -> AnalyticClassifier:
+        cfg = self.config
+        return AnalyticClassifier(self.embedding_dim, cfg.projection, cfg.projection_seed, classes, cfg.projection_kind)
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +148,6 @@ class InfLora(ContinualMethod):
     def build(self, structure: dict[str, Any]) -> None:
         classes = structure["classes"]
         if self.config.heads == "analytic":
-            self.analytic = AnalyticClassifier(self.embedding_dim, self.config.projection, self.config.projection_seed, classes)
+            self.analytic = self._analytic(classes)
         else:
             self.weight, self.bias = torch.zeros(classes, self.embedding_dim), torch.zeros(classes)

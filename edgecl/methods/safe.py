@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecl.analytic import AnalyticClassifier
+from edgecl.analytic import AnalyticClassifier, check_projection, legacy_projection
 from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.training import SGDSchedule, train_minibatches
@@ -82,6 +82,7 @@ _LEGACY_SLOW = {"slow_tuner": "tuner", "slow_epochs": "epochs", "slow_batch_size
 class SafeConfig(MethodConfig):
     projection: int = 2048  # M of the analytic classifiers (measured: README)
     projection_seed: int = 0
+    projection_kind: str = "hadamard"  # hadamard | gaussian (RanPAC's dense matrix; same accuracy, slower: README)
     repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: README)
     gamma: float = 1.0  # entropy blending (SAFE: 1 on CIFAR, 100 on ImageNet-A)
     fast_learner: bool = True  # off: the slow learner alone
@@ -101,6 +102,7 @@ class SafeConfig(MethodConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SafeConfig":
+        data = legacy_projection(data)
         legacy = {_LEGACY_SLOW[k]: v for k, v in data.items() if k in _LEGACY_SLOW}
         if legacy:
             data = {**{k: v for k, v in data.items() if k not in _LEGACY_SLOW}, "slow": {**data.get("slow", {}), **legacy}}
@@ -110,6 +112,7 @@ class SafeConfig(MethodConfig):
         return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
 
     def __post_init__(self) -> None:
+        check_projection(self.projection_kind)
         if self.fast not in FAST_MODULES:
             raise ValueError(f"fast must be one of {sorted(FAST_MODULES)}, got {self.fast!r}")
 
@@ -133,13 +136,16 @@ class Safe(ContinualMethod):
 
     def __init__(self, config: SafeConfig, embedding_dim: int) -> None:
         super().__init__(config, embedding_dim)
-        dim, size, seed = embedding_dim, config.projection, config.projection_seed
-        self.slow_head = AnalyticClassifier(dim, size, seed)
-        self.fast_head = AnalyticClassifier(dim, size, seed)
+        dim = embedding_dim
+        self.slow_head, self.fast_head = self._analytic(), self._analytic()
         self.fast = FAST_MODULES[config.fast](dim, config)
         self.slow_classifier = CosineClassifier(dim, 0, config.sigma_init)  # prototypes of the embedding
         self.fast_classifier = CosineClassifier(dim, 0, config.sigma_init)
         self.register_buffer("sessions", torch.tensor(0))
+
+    def _analytic(self, classes: int = 0) -> AnalyticClassifier:
+        cfg = self.config
+        return AnalyticClassifier(self.embedding_dim, cfg.projection, cfg.projection_seed, classes, cfg.projection_kind)
 
     @property
     def num_classes(self) -> int:
@@ -195,7 +201,7 @@ class Safe(ContinualMethod):
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.config.fast_learner:
             return {"slow": self.slow_head(features)}
-        # both heads share one projection (same dim, size, seed): one pass over it for both inputs
+        # both heads share one projection (same kind, dim, size, seed): one pass over it for both inputs
         n = len(features)
         expanded = self.slow_head.expand(torch.cat([self.fast(features), features]))
         return {"fast": self.fast_head.classify(expanded[:n]), "slow": self.slow_head.classify(expanded[n:])}
@@ -207,9 +213,8 @@ class Safe(ContinualMethod):
         return {"classes": self.num_classes}
 
     def build(self, structure: dict[str, Any]) -> None:
-        classes, dim, size = structure["classes"], self.embedding_dim, self.config.projection
-        for name in ("slow_head", "fast_head"):
-            setattr(self, name, AnalyticClassifier(dim, size, self.config.projection_seed, classes))
+        classes, dim = structure["classes"], self.embedding_dim
+        self.slow_head, self.fast_head = self._analytic(classes), self._analytic(classes)
         self.slow_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
         self.fast_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
 
