@@ -25,7 +25,7 @@ from torch import nn
 
 from edgecl.errors import EdgeclError
 
-RIDGES = tuple(10.0**k for k in range(-2, 9))
+RIDGES = tuple(10.0 ** (k / 2) for k in range(-4, 17))  # 1e-2 .. 1e8 in half decades (README)
 
 # numpy's legacy RandomState stream is frozen across versions, so the host and a device with another
 # numpy or torch regenerate the same projection from the seed instead of storing it.
