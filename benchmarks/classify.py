@@ -1,6 +1,7 @@
 """Classify cost on this machine's CPU, per image: the bare backbone in PyTorch eager and in
 onnxruntime, and the full classify path (backbone + heads) through each, at batch 1 (latency) and
-batch 32 (throughput), for bundles of 3 and 9 sessions (the heads grow with sessions). Each variant
+batch 32 (throughput), for bundles of 3 and 9 sessions (the heads grow with sessions), and of 3
+sessions with RanPAC's dense Gaussian projection instead of the Hadamard one. Each variant
 runs in a fresh process; processes are interleaved over rounds and the median is kept. Inputs are
 preprocessed Fashion-MNIST test images; decoding and preprocessing a file are timed on their own.
 Where a CUDA GPU is present, the bare backbone also runs through PyTorch on it (eager float32,
@@ -45,12 +46,20 @@ def edgecl(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def make_bundle(out: Path, sessions: list[list[int]]) -> Path:
-    bundle = out / f"bundle-{len(sessions)}-sessions"
+# name -> (sessions' classes, extra `edgecl train` settings)
+BUNDLES = {
+    "3 sessions": ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], []),
+    "3 sessions, Gaussian projection": ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], ["--set", "safe.projection_kind=gaussian"]),
+    "9 sessions": ([[0, 1]] + [[c] for c in range(2, 10)], []),
+}
+
+
+def make_bundle(out: Path, name: str, sessions: list[list[int]], settings: list[str]) -> Path:
+    bundle = out / f"bundle-{name.replace(',', '').replace(' ', '-').lower()}"
     shutil.rmtree(bundle, ignore_errors=True)
     for index, classes in enumerate(sessions):
         fashion_mnist.write_image_folders(out / f"s{len(sessions)}-{index}", "train", 60, classes, seed=index)
-    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow.epochs=1", "-q")
+    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow.epochs=1", *settings, "-q")
     edgecl("export", "--target", "cpu", "-b", str(bundle), "--images", str(out / f"s{len(sessions)}-0"))
     for index in range(1, len(sessions)):
         edgecl("learn", "--images", str(out / f"s{len(sessions)}-{index}"), "-b", str(bundle), "-q")
@@ -71,8 +80,8 @@ def run(out: Path) -> dict:
     results = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "left_out": left_out}
     for variant, why in left_out.items():
         print(f"{variant}: not run ({why})")
-    for sessions in ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], [[0, 1]] + [[c] for c in range(2, 10)]):
-        bundle = make_bundle(data, sessions)
+    for name, (sessions, settings) in BUNDLES.items():
+        bundle = make_bundle(data, name, sessions, settings)
         config = PreprocessConfig.from_dict(Bundle.open(bundle).manifest.preprocess)
         images = data / f"images-{len(sessions)}.npy"
         np.save(images, np.stack([preprocess(load_image(p), config) for p in files]))
@@ -89,15 +98,15 @@ def run(out: Path) -> dict:
                 "onnxruntime_path_over_bare_onnx": ms["onnxruntime"] / ms["onnx-backbone"],
                 "torch_path_over_onnxruntime_path": ms["torch"] / ms["onnxruntime"],
             }
-            print(f"{len(sessions)} sessions, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
+            print(f"{name}, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
                   f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); classify path onnxruntime {ms['onnxruntime']:.2f} "
                   f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx), torch {ms['torch']:.2f}")
             if len(ms) > len(VARIANTS):
-                print(f"{len(sessions)} sessions, batch {batch:2d} on {results['gpu']}: backbone " + ", ".join(
+                print(f"{name}, batch {batch:2d} on {results['gpu']}: backbone " + ", ".join(
                     f"{v.removesuffix('-backbone')} {ms[v]:.2f} ms/image ({ms['onnx-backbone'] / ms[v]:.1f}x onnx on the CPU)"
                     for v in GPU_VARIANTS if v in ms))
         decode_ms = median_seconds(lambda: [preprocess(load_image(p), config) for p in files], repeats=3) / len(files) * 1e3
         row["decode_preprocess_ms"] = decode_ms
-        print(f"{len(sessions)} sessions: decode + preprocess of a 28x28 PNG {decode_ms:.2f} ms/image")
-        results[f"sessions{len(sessions)}"] = row
+        print(f"{name}: decode + preprocess of a 28x28 PNG {decode_ms:.2f} ms/image")
+        results[name] = row
     return results
