@@ -55,8 +55,8 @@ class HadamardProjection:
     of d = 2^k outputs, x zero-padded to d goes through random signs, a Walsh-Hadamard transform / sqrt(d),
     a random permutation, Gaussian scales, a second transform, and row scales drawn so that the rows'
     lengths are distributed as those of a d-dimensional Gaussian vector. Each output is then, like a
-    Gaussian row's, a zero-mean variable of variance |x|^2, and accuracy stays within a tenth of a
-    point (README), but a block holds 4 d numbers instead of D x d and costs two transforms, each two
+    Gaussian row's, a zero-mean variable of variance |x|^2, and accuracy stays within 0.1 to 0.3
+    points (README), but a block holds 4 d numbers instead of D x d and costs two transforms, each two
     small matmuls (H_d = H_a kron H_b on x reshaped to a x b)."""
 
     def __init__(self, dim: int, size: int, seed: int) -> None:
