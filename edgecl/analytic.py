@@ -122,6 +122,11 @@ class AnalyticClassifier(nn.Module):
 
         self.register_load_state_dict_post_hook(lambda module, _: module._unpack())
 
+    @classmethod
+    def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> "AnalyticClassifier":
+        """From a method config's `projection` (M), `projection_seed` and `projection_kind`."""
+        return cls(dim, settings.projection, settings.projection_seed, num_classes, settings.projection_kind)
+
     @property
     def num_classes(self) -> int:
         return self.moment.shape[1]

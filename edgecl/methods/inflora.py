@@ -110,11 +110,7 @@ class InfLora(ContinualMethod):
         self.register_buffer("weight", torch.zeros(0, embedding_dim))
         self.register_buffer("bias", torch.zeros(0))
         if config.heads == "analytic":
-            self.analytic = self._analytic()
-
-    def _analytic(self, classes: int = 0) -> AnalyticClassifier:
-        cfg = self.config
-        return AnalyticClassifier(self.embedding_dim, cfg.projection, cfg.projection_seed, classes, cfg.projection_kind)
+            self.analytic = AnalyticClassifier.from_settings(embedding_dim, config)
 
     @property
     def num_classes(self) -> int:
@@ -148,6 +144,6 @@ class InfLora(ContinualMethod):
     def build(self, structure: dict[str, Any]) -> None:
         classes = structure["classes"]
         if self.config.heads == "analytic":
-            self.analytic = self._analytic(classes)
+            self.analytic = AnalyticClassifier.from_settings(self.embedding_dim, self.config, classes)
         else:
             self.weight, self.bias = torch.zeros(classes, self.embedding_dim), torch.zeros(classes)
