@@ -81,7 +81,7 @@ class HadamardProjection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n, width = len(x), self.signs.numel()
         z = self._transform(F.pad(x, (0, self.d - self.dim))[:, None, :] * self.signs)
-        z = z.reshape(n, width)[:, self.order].reshape(z.shape) * self.gauss
+        z = z.reshape(n, width).index_select(1, self.order).reshape(z.shape) * self.gauss
         return (self._transform(z) * self.rows).reshape(n, width)[:, : self.size]
 
 

@@ -4,6 +4,7 @@
     backbone.safetensors          the (merged) frozen backbone weights
     heads-<sha>.safetensors       the method's tensors; the name changes with the content
     backbone.onnx, engines/       once exported
+    heads.onnx                    once exported: the heads' inference for onnxruntime, their tensors as inputs
 
 Writes never leave a half-written bundle: new tensor files get new names, each file is written
 aside, fsynced and renamed, and the manifest, which names them, is replaced last. That rename is
@@ -40,6 +41,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 BACKBONE_FILE = "backbone.safetensors"
 ONNX_FILE = "backbone.onnx"
+HEADS_ONNX_FILE = "heads.onnx"  # the heads' inference, their tensors as inputs (edgecl/heads_onnx.py)
 INFLORA_MEMORY_FILE = "inflora_memory.safetensors"  # DualGPM bases, for later host sessions
 ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
@@ -285,6 +287,9 @@ def referenced(manifest: Manifest) -> set[str]:
         names.add(memory["file"])
     if manifest.export:
         names.add(manifest.export["file"])
+        heads_graph = manifest.export.get("heads") or {}
+        if "file" in heads_graph:
+            names.add(heads_graph["file"])
     for engine in manifest.engines.values():
         names.update(str(engine[k]) for k in ("file", "timing_cache") if k in engine)
     return names

@@ -242,14 +242,18 @@ def info(
     """Classes, sessions, backbone, sizes and the runtime a bundle runs on."""
     from edgecl.bundle import Bundle
     from edgecl.runtime.embedders import open_embedder
+    from edgecl.runtime.heads import open_heads
+    from edgecl.runtime.service import load_method
 
     b = Bundle.open(bundle)
     embedder = open_embedder(b, runtime)
+    heads = open_heads(b, load_method(b), embedder.runtime)
     m = b.manifest
     sizes = b.size_bytes()
     if json_out:
         print(json.dumps({"manifest": json.loads(m.to_json()), "files": sizes, "runtime": embedder.runtime,
-                          "runtime_reason": embedder.reason, "passed_over": embedder.passed_over}, indent=1))
+                          "runtime_reason": embedder.reason, "passed_over": embedder.passed_over,
+                          "heads_runtime": heads.runtime, "heads_reason": heads.reason}, indent=1))
         return
     out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(sizes.values()) / 1e6:.1f} MB)")
     out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  weights {m.backbone['weights_source']}")
@@ -266,6 +270,7 @@ def info(
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
     for reason in embedder.passed_over:
         out.print(f"           not {reason}", markup=False)
+    out.print(f"heads      {heads.runtime}: {heads.reason}", markup=False)
     if m.export:
         parity = m.export["parity"]
         out.print(f"export     {m.export['file']} for {m.export['target']} (opset {m.export['opset']}, parity {parity['max_abs_diff']:.1e} "
@@ -304,6 +309,11 @@ def export_command(
         f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
         f"(limit {PARITY_ATOL:g}), {report.seconds:.1f} s; the TensorRT engine is built on the target (`edgecl engine build`)"
     )
+    if report.heads.data is None:
+        err.print(f"warning: no heads.onnx, the heads will run in PyTorch on the device: {report.heads.error}", markup=False)
+    else:
+        out.print(f"exported heads.onnx ({len(report.heads.data) / 1e3:.0f} kB): max |PyTorch - onnxruntime| {report.heads.max_abs_diff:.1e} "
+                  f"on the probabilities, {report.heads.seconds:.1f} s")
 
 
 engine_app = typer.Typer(help="TensorRT engines, built on the target from backbone.onnx.", no_args_is_help=True)

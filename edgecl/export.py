@@ -19,10 +19,12 @@ from edgecl import __version__
 from edgecl import bundle as bundles
 from edgecl.embed import EmbedBatch
 from edgecl.errors import EdgeclError
+from edgecl.heads_onnx import HeadsExport, export_checked
 from edgecl.images import UnreadableImage, find_images, load_image
 from edgecl.preprocess import PreprocessConfig, preprocess
 from edgecl.profiles import load_target
 from edgecl.runtime.onnx import INPUT_NAME, OUTPUT_NAME, ort_embed_function, ort_session
+from edgecl.runtime.service import load_method
 
 OPSET = 18  # >= 17 keeps LayerNormalization one op
 PARITY_ATOL = 1e-4
@@ -86,6 +88,7 @@ class ExportReport:
     parity_images: int
     real_images: bool
     seconds: float
+    heads: HeadsExport
 
 
 def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np.ndarray, bool]:
@@ -104,7 +107,8 @@ def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np
 
 def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *, lock_timeout: float = 60.0) -> ExportReport:
     """Write backbone.onnx into the bundle for `target`, after the checker and a parity check
-    against PyTorch (on `images` when given, else on random inputs); old engines are dropped."""
+    against PyTorch (on `images` when given, else on random inputs), and heads.onnx, checked on those
+    inputs' embeddings (or left out, saying why); old engines are dropped."""
     start = time.perf_counter()
     profile = load_target(target)
     bundle = bundles.Bundle.open(bundle_path)
@@ -119,6 +123,8 @@ def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *
         if diff > PARITY_ATOL:
             raise EdgeclError(f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} (> {PARITY_ATOL:g}); not exported")
         data = onnx_path.read_bytes()
+    with torch.no_grad():
+        heads = export_checked(load_method(bundle), model(torch.from_numpy(inputs)))
     import onnx
 
     with bundles.update(bundle_path, lock_timeout) as change:
@@ -129,6 +135,8 @@ def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *
             "opset": OPSET, "target": profile.name, "profile": profile.to_dict(),
             "parity": {"max_abs_diff": diff, "images": len(inputs), "real_images": real},
             "exported": bundles.now(), "versions": {"edgecl": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+            "heads": ({**change.write_file(bundles.HEADS_ONNX_FILE, heads.data), "parity": {"max_abs_diff": heads.max_abs_diff}}
+                      if heads.data is not None else {"error": heads.error}),
         }
         change.manifest.engines = {}  # built from the previous ONNX, if any
-    return ExportReport(Path(bundle_path) / bundles.ONNX_FILE, len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start)
+    return ExportReport(Path(bundle_path) / bundles.ONNX_FILE, len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start, heads)

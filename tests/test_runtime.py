@@ -64,6 +64,10 @@ def test_onnxruntime_and_torch_classify_alike_and_learn_works(exported, base_ima
     assert max(abs(a.score - b.score) for a, b in zip(via_ort, via_torch)) < 1e-3
     result = learn(exported, new_images, runtime="onnxruntime", show_progress=False)
     assert result.runtime == "onnxruntime" and Bundle.open(exported).manifest.export is not None
+    paths = find_images([base_images, new_images])
+    via_torch, _ = Classifier(exported, "torch").classify(paths, show_progress=False)
+    via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)  # heads.onnx on the grown heads
+    assert [p.label for p in via_ort] == [p.label for p in via_torch]
 
 
 BOUNDARY = textwrap.dedent(
@@ -143,7 +147,9 @@ def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
     export_bundle(path, "cpu", [tmp_path / "train"])
     paths = [p for group in tests.values() for p in group]
     via_torch, _ = Classifier(path, "torch").classify(paths, show_progress=False)
-    via_ort, _ = Classifier(path, "onnxruntime").classify(paths, show_progress=False)
+    ort = Classifier(path, "onnxruntime")
+    assert ort.heads.runtime == "onnxruntime"  # edgecl's heads (TOSCA + SAFE) through heads.onnx
+    via_ort, _ = ort.classify(paths, show_progress=False)
     assert [p.label for p in via_ort] == [p.label for p in via_torch]
     correct = sum(p.label == p.path.split("/")[-2] for p in via_ort) / len(paths)
     assert correct > 0.6, correct  # real weights and real images: far above chance (1/6)

@@ -112,10 +112,14 @@ class ContinualMethod(nn.Module, ABC):
     def build(self, structure: dict[str, Any]) -> None:
         """Create empty modules shaped as `structure` says, ready for load_state_dict."""
 
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class probabilities: what `predict` returns and what the heads' ONNX graph computes."""
+        return torch.softmax(self.logits(features), dim=-1)
+
     @torch.inference_mode()
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         self.eval()
-        return torch.softmax(self.logits(features), dim=-1)
+        return self(features)
 
     def check_new_classes(self, targets: torch.Tensor) -> int:
         """The number of new classes; they must continue the numbering without gaps."""

@@ -13,13 +13,44 @@ OUTPUT_NAME = "embeddings"
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def ort_session(model: Path | bytes, providers: Sequence[str], provider_options: Sequence[dict] | None = None):
+_shared_pool: bool | None = None
+
+
+def _shares_one_pool() -> bool:
+    """Whether this process's sessions run on one CPU thread pool. The heads' graph then runs on the
+    backbone's warm threads: on a pool of its own it would contend with them for the same cores, and on
+    one thread it is slower (about 0.5 ms an image with 9 sessions, benchmarks/classify.py)."""
+    global _shared_pool
+    if _shared_pool is None:
+        try:
+            from onnxruntime.capi._pybind_state import set_global_thread_pool_sizes
+
+            set_global_thread_pool_sizes(0, 0)  # 0: onnxruntime's default sizes
+            _shared_pool = True
+        except Exception:  # noqa: BLE001 - an onnxruntime without it: a pool per session
+            _shared_pool = False
+    return _shared_pool
+
+
+def session_options(threads_if_alone: int = 0):
+    """Options for every session edgecl opens; `threads_if_alone` caps a session's own pool when the
+    process cannot share one (0: onnxruntime's default)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: providers that cannot start are reported by the caller
+    if _shares_one_pool():
+        options.use_per_session_threads = False
+    else:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads_if_alone
+    return options
+
+
+def ort_session(model: Path | bytes, providers: Sequence[str], provider_options: Sequence[dict] | None = None):
+    import onnxruntime
+
     source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=list(providers), provider_options=provider_options)
+    return onnxruntime.InferenceSession(source, session_options(), providers=list(providers), provider_options=provider_options)
 
 
 def ort_embed_function(session):

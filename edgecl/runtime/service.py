@@ -22,6 +22,7 @@ from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_c
 from edgecl.methods import ContinualMethod, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
+from edgecl.runtime.heads import Heads, open_heads
 
 @dataclass
 class LabeledEmbeddings:
@@ -131,19 +132,20 @@ class Prediction:
 class Classifier:
     """A bundle loaded once for classifying many images."""
 
-    def __init__(self, bundle_path: Path, runtime: str | None = None) -> None:
+    def __init__(self, bundle_path: Path, runtime: str | None = None, heads: str | None = None) -> None:
         self.bundle, self.method = bundles.open_consistent(bundle_path, load_method)
         self.classes = self.bundle.manifest.class_names
         self.preprocess = PreprocessConfig.from_dict(self.bundle.manifest.preprocess)
         self.embedder: Embedder = open_embedder(self.bundle, runtime)
         self.embedder.claim_threads()
+        self.heads: Heads = open_heads(self.bundle, self.method, self.embedder.runtime, heads)
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
-        return self.method.predict(features)
+        return self.heads.predict(features)
 
     def predict_arrays(self, images: np.ndarray) -> torch.Tensor:
         """Preprocessed float32 (N, 3, H, W) -> class probabilities (N, classes)."""
-        return self.method.predict(self.embedder(images))
+        return self.heads.predict(self.embedder(images))
 
     def classify(self, paths: Sequence[Path], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
         result = embed_paths(
