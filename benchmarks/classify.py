@@ -1,6 +1,7 @@
 """Classify cost on this machine's CPU, per image: the bare backbone in PyTorch eager and in
-onnxruntime, and the full classify path (backbone + heads) through each, at batch 1 (latency) and
-batch 32 (throughput), for bundles of 3 and 9 sessions (the heads grow with sessions), and of 3
+onnxruntime, and the full classify path (backbone + heads) through each (through onnxruntime both
+with the heads in heads.onnx and with them in PyTorch), at batch 1 (latency) and batch 32
+(throughput), for bundles of 3 and 9 sessions (the heads grow with sessions), and of 3
 sessions with RanPAC's dense Gaussian projection instead of the Hadamard one. Each variant
 runs in a fresh process; processes are interleaved over rounds and the median is kept. Inputs are
 preprocessed Fashion-MNIST test images; decoding and preprocessing a file are timed on their own.
@@ -26,7 +27,7 @@ from edgecl.bundle import Bundle
 from edgecl.images import load_image
 from edgecl.preprocess import PreprocessConfig, preprocess
 
-VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "torch")
+VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "onnxruntime-torch-heads", "torch")
 GPU_VARIANTS = ("torch-cuda-backbone", "torch-cuda-fp16-backbone", "torch-cuda-compile-backbone", "onnx-cuda-backbone")
 ROUNDS = 3
 
@@ -96,11 +97,13 @@ def run(out: Path) -> dict:
                 **{f"{v}_ms": m for v, m in ms.items()},
                 "onnx_speedup_over_torch_backbone": ms["torch-backbone"] / ms["onnx-backbone"],
                 "onnxruntime_path_over_bare_onnx": ms["onnxruntime"] / ms["onnx-backbone"],
+                "torch_heads_path_over_bare_onnx": ms["onnxruntime-torch-heads"] / ms["onnx-backbone"],
                 "torch_path_over_onnxruntime_path": ms["torch"] / ms["onnxruntime"],
             }
             print(f"{name}, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
                   f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); classify path onnxruntime {ms['onnxruntime']:.2f} "
-                  f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx), torch {ms['torch']:.2f}")
+                  f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx; heads in PyTorch {ms['onnxruntime-torch-heads']:.2f}, "
+                  f"{ms['onnxruntime-torch-heads'] / ms['onnx-backbone']:.2f}x), torch {ms['torch']:.2f}")
             if len(ms) > len(VARIANTS):
                 print(f"{name}, batch {batch:2d} on {results['gpu']}: backbone " + ", ".join(
                     f"{v.removesuffix('-backbone')} {ms[v]:.2f} ms/image ({ms['onnx-backbone'] / ms[v]:.1f}x onnx on the CPU)"

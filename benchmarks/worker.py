@@ -3,8 +3,9 @@
 Variants: the bare backbone (TORCH_BACKBONES, ORT_BACKBONES) in PyTorch eager or onnxruntime
 on the CPU, and, where a CUDA GPU is present, PyTorch eager in float32 and float16 autocast,
 torch.compile, and onnxruntime's CUDA provider; the full classify path (backbone + heads, as
-`edgecl classify` runs it; variant = runtime name) through onnxruntime or PyTorch (which uses the
-GPU when there is one).
+`edgecl classify` runs it; variant = runtime name) through onnxruntime (heads through heads.onnx)
+or PyTorch (which uses the GPU when there is one), and through onnxruntime with the heads in
+PyTorch.
 A process of its own per variant keeps thread pools of different runtimes from disturbing each
 other's timings."""
 
@@ -27,6 +28,7 @@ TORCH_BACKBONES = {
     "torch-cuda-compile-backbone": ("cuda", "compile"),
 }
 ORT_BACKBONES = {"onnx-backbone": "CPUExecutionProvider", "onnx-cuda-backbone": "CUDAExecutionProvider"}
+TORCH_HEADS = {"onnxruntime-torch-heads": "onnxruntime"}  # classify path with the heads in PyTorch
 
 
 def _torch_backbone(bundle: Path, device: str, mode: str):
@@ -62,7 +64,9 @@ def make(variant: str, bundle: Path):
         return _ort_backbone(bundle, ORT_BACKBONES[variant])
     from edgecl.runtime.service import Classifier
 
-    return Classifier(bundle, variant).predict_arrays
+    if variant in TORCH_HEADS:
+        return Classifier(bundle, TORCH_HEADS[variant], heads="torch").predict_arrays
+    return Classifier(bundle, variant, heads="onnxruntime" if variant != "torch" else None).predict_arrays
 
 
 def main() -> None:
