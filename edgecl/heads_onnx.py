@@ -17,12 +17,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgecl.methods import ContinualMethod
-from edgecl.runtime.heads import FEATURES, PROBABILITIES
+from edgecl.runtime.heads import FEATURES, PROBABILITIES, OrtHeads
 
 OPSET = 18
 PARITY_ATOL = 1e-5  # on probabilities
@@ -108,18 +107,12 @@ class HeadsExport:
 
 
 def export_checked(method: ContinualMethod, features: torch.Tensor) -> HeadsExport:
-    """export_heads, then onnxruntime against PyTorch on `features`; a failure is reported, not raised:
-    the heads then run in PyTorch, which is slower at batch 1 but never wrong."""
-    from edgecl.runtime.onnx import ort_session
-
+    """export_heads, then the graph as the device runs it (OrtHeads) against PyTorch on `features`; a
+    failure is reported, not raised: the heads then run in PyTorch, slower at batch 1 but never wrong."""
     start = time.perf_counter()
     try:
         data = export_heads(method)
-        session = ort_session(data, ["CPUExecutionProvider"])
-        inputs = {i.name for i in session.get_inputs()}
-        state = {k: v.numpy() for k, v in method.state_dict().items() if k in inputs}
-        got = session.run([PROBABILITIES], {FEATURES: features.numpy().astype(np.float32), **state})[0]
-        diff = float(np.abs(got - method.predict(features).numpy()).max())
+        diff = float((OrtHeads(data, method)(features) - method.predict(features)).abs().max())
     except Exception as err:  # noqa: BLE001 - any exporter failure leaves the heads in PyTorch
         return HeadsExport(None, None, f"the heads could not be exported ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
                            time.perf_counter() - start)
