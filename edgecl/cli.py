@@ -68,6 +68,8 @@ def check_device(device: str) -> str:
         raise EdgeclError(f"--device {device}: not a device ({error})") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise EdgeclError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise EdgeclError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

@@ -30,7 +30,12 @@ from edgecl.tuners import create_tuner, rebuild
 
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
-    s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    with torch.autocast(student.device.type, enabled=False):  # D x D sums of squares: float32, not bfloat16
+        return _transfer_loss(student.float(), teacher.float(), l_diag, l_rdn)
+
+
+def _transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
+    s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
     c = s.T @ t / s.shape[0]
     diagonal = torch.diagonal(c)
     on = (diagonal - 1).pow(2).sum()
@@ -77,7 +82,7 @@ def train_slow_learner(
     step, loss = train_on_images(loader, config.epochs, config.lr, config.min_lr, forward, optimizer.zero_grad, optimizer.step,
                                  device=device, description=f"slow learner ({config.tuner})", show_progress=show_progress)
     merged = tuner.merge(model).cpu().eval().requires_grad_(False)
-    stats = {"tuner": config.tuner, "epochs": config.epochs, "steps": step, "images": len(paths),
+    stats = {"tuner": config.tuner, "device": str(device), "epochs": config.epochs, "steps": step, "images": len(paths),
              "seconds": round(time.perf_counter() - start, 1), "final_loss": float(loss),
              "trainable_parameters": sum(p.numel() for p in params), "structure": tuner.structure()}
     return merged, stats
@@ -119,7 +124,7 @@ def tuned_backbone(
     from edgecl.embedding_cache import cache_key, identity_key, read_tensors_with_stats, write_tensors_with_stats
 
     key = identity_key({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
-                        "config": dataclasses.asdict(config), "seed": seed})
+                        "config": dataclasses.asdict(config), "seed": seed, "device": torch.device(device).type})
     file = Path(cache_dir) / f"{key}.safetensors"
     if file.is_file():
         state, stats = read_tensors_with_stats(file)

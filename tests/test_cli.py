@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import PLUMBING_BACKBONE, make_image_folder
 from edgecl.bundle import Bundle
-from edgecl.cli import app
+from edgecl.cli import app, check_device
+from edgecl.errors import EdgeclError
 from test_bundle import snapshot
 
 runner = CliRunner()
@@ -164,3 +165,13 @@ def test_classify_errors(bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(edgecl("classify", tmp_path / "empty", "--bundle", bundle), "no images")
     one_line_error(edgecl("classify", tmp_path, "--bundle", tmp_path / "none"), "no such bundle")
+
+
+def test_device_names_a_gpu_this_machine_has(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda:0") == "cuda:0" and check_device("cuda") == "cuda"
+    with pytest.raises(EdgeclError, match=r"--device cuda:1: this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        check_device("cuda:1")
+    with pytest.raises(EdgeclError, match="--device gpu: not a device"):
+        check_device("gpu")

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import torch
@@ -42,8 +43,9 @@ def test_default_runtime_is_onnxruntime_once_exported(bundle, base_images):
     export_bundle(bundle, "cpu", [base_images])
     embedder = open_embedder(Bundle.open(bundle))
     assert embedder.runtime == "onnxruntime" and "CPUExecutionProvider" in embedder.reason
-    if not tensorrt_present():
-        assert any(r.startswith("tensorrt: ") for r in embedder.passed_over)
+    assert "tensorrt: the bundle was exported for target cpu, which has no TensorRT settings" in embedder.passed_over
+    with pytest.raises(EdgeclError, match="--runtime tensorrt: not available: the bundle was exported for target cpu"):
+        open_embedder(Bundle.open(bundle), "tensorrt")
 
 
 def test_forced_runtime_that_cannot_serve_says_why(bundle):
@@ -103,6 +105,40 @@ def test_classify_and_learn_on_an_exported_bundle_import_no_host_code(exported, 
 def test_engine_key_names_gpu_tensorrt_precision_and_batch():
     assert engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) == "sm87-trt10.3.0-fp16-b1.1.8"
     assert engine_key((8, 9), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) != engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8})
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("TensorRT could not parse backbone.onnx: op X"), PermissionError("bundle is read-only")])
+def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(exported, monkeypatch, failure):
+    from edgecl.runtime import tensorrt as trt_runtime
+
+    def build_fails(bundle_path):
+        raise failure
+
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(trt_runtime, "current_key", lambda trt, profile: "sm87-trt10.3.0-fp16-b1.1.8")
+    monkeypatch.setattr(trt_runtime, "build_into_bundle", build_fails)
+    embedder = open_embedder(Bundle.open(exported))
+    assert embedder.runtime == "onnxruntime"
+    assert embedder.passed_over == [f"tensorrt: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}"]
+    with pytest.raises(EdgeclError, match=f"--runtime tensorrt: not available: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}"):
+        open_embedder(Bundle.open(exported), "tensorrt")
+
+
+def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images, monkeypatch):
+    from edgecl.runtime import tensorrt as trt_runtime
+
+    export_bundle(bundle, "cpu", [base_images])
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    with pytest.raises(EdgeclError, match="exported for target cpu, which has no TensorRT settings; export again with --target jetson"):
+        trt_runtime.build_into_bundle(bundle)
+
+
+def test_a_provider_that_fails_to_start_leaves_stdout_alone(exported, capfd):
+    from edgecl.runtime.onnx import ort_session
+
+    session = ort_session(Bundle.open(exported).path / "backbone.onnx", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert session.get_providers()[-1] == "CPUExecutionProvider"
+    assert capfd.readouterr().out == ""  # onnxruntime prints its TensorRT fallback; `--json` output must stay JSON
 
 
 def test_engine_build_without_tensorrt_is_a_clear_error(exported):

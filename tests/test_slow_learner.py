@@ -22,6 +22,14 @@ def test_transfer_loss_is_the_correlation_of_normalised_embeddings():
     on = sum((c[i, i] - 1) ** 2 for i in range(5))
     off = sum(c[i, j] ** 2 for i in range(5) for j in range(5) if i != j)
     torch.testing.assert_close(transfer_loss(s, t, 0.01, 10.0), 0.01 * on + 10.0 * off)
+
+
+def test_transfer_loss_stays_float32_under_mixed_precision():
+    s, t = torch.randn(48, 320, generator=torch.Generator().manual_seed(0)), torch.randn(48, 320)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what CUDA training runs under (bfloat16 autocast)
+        mixed = transfer_loss(s.bfloat16(), t.bfloat16(), 0.01, 10.0)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, transfer_loss(s.bfloat16().float(), t.bfloat16().float(), 0.01, 10.0), rtol=1e-6, atol=0)
     assert float(transfer_loss(s, t, 0.0, 0.0)) == 0.0
 
 

@@ -48,18 +48,23 @@ NOT_EXPORTED = "the bundle has no backbone.onnx (run `edgecl export --target NAM
 
 
 def _tensorrt(bundle: Bundle) -> Embedder:
+    export = bundle.manifest.export
+    if not export:
+        raise RuntimeUnavailable(NOT_EXPORTED)
+    if not trt_runtime.for_tensorrt(export["profile"]):
+        raise RuntimeUnavailable(f"the bundle was exported for target {export['profile']['name']}, which has no TensorRT settings")
     try:
         trt = trt_runtime.import_tensorrt()
     except trt_runtime.TensorRTUnavailable as err:
         raise RuntimeUnavailable(str(err)) from err
-    export = bundle.manifest.export
-    if not export:
-        raise RuntimeUnavailable(NOT_EXPORTED)
     key = trt_runtime.current_key(trt, export["profile"])
-    if key not in bundle.manifest.engines:
-        trt_runtime.build_into_bundle(bundle.path)
-        bundle = Bundle.open(bundle.path)
-    backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(bundle.manifest.engines[key]), export["profile"]["batch"]["max"])
+    try:
+        if key not in bundle.manifest.engines:
+            trt_runtime.build_into_bundle(bundle.path)
+            bundle = Bundle.open(bundle.path)
+        backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(bundle.manifest.engines[key]), export["profile"]["batch"]["max"])
+    except (trt_runtime.TensorRTUnavailable, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
+        raise RuntimeUnavailable(f"engine {key}: {err}") from err
     reason = f"TensorRT {trt.__version__} engine {key} on {torch.cuda.get_device_name()}"
     return Embedder("tensorrt", reason, backbone, export["profile"]["batch"]["opt"])
 
@@ -82,6 +87,7 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
     ]
     session = ort_session(bundle.read_bytes(export), providers, options)
     used = session.get_providers()
+    skipped += [f"{p}: failed to start (onnxruntime's message is on stderr)" for p in providers if p not in used]
     reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
     on_gpu = used[0] in GPU_PROVIDERS
     return Embedder("onnxruntime", reason, ort_embed_function(session), profile["batch"]["opt"] if on_gpu else CPU_BATCH_SIZE,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -50,7 +52,10 @@ def ort_session(model: Path | bytes, providers: Sequence[str], provider_options:
     import onnxruntime
 
     source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, session_options(), providers=list(providers), provider_options=provider_options)
+    # a provider that fails to start (onnxruntime-gpu lists TensorRT even without its libraries) makes
+    # onnxruntime print its fallback on stdout, which would corrupt `--json` output
+    with contextlib.redirect_stdout(sys.stderr):
+        return onnxruntime.InferenceSession(source, session_options(), providers=list(providers), provider_options=provider_options)
 
 
 def ort_embed_function(session):

@@ -39,6 +39,11 @@ def import_tensorrt():
     return tensorrt
 
 
+def for_tensorrt(profile: dict[str, Any]) -> bool:
+    """Whether an export profile targets TensorRT (the `cpu` profile has no workspace and no GPU provider)."""
+    return profile["workspace_mib"] > 0 and "TensorrtExecutionProvider" in profile["onnxruntime_providers"]
+
+
 def engine_key(compute_capability: tuple[int, int], trt_version: str, precision: str, batch: dict[str, int]) -> str:
     major, minor = compute_capability
     return f"sm{major}{minor}-trt{trt_version}-{precision}-b{batch['min']}.{batch['opt']}.{batch['max']}"
@@ -152,6 +157,9 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0) -> Engi
     except TensorRTUnavailable as err:
         raise EdgeclError(f"cannot build a TensorRT engine here: {err}") from err
     profile = export["profile"]
+    if not for_tensorrt(profile):
+        raise EdgeclError(f"{bundle_path}: exported for target {profile['name']}, which has no TensorRT settings; "
+                          "export again with --target jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda")
     key = current_key(trt, profile)
     others = [k for k in bundle.manifest.engines if k != key]
     print(
