@@ -189,3 +189,17 @@ def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
     assert [p.label for p in via_ort] == [p.label for p in via_torch]
     correct = sum(p.label == p.path.split("/")[-2] for p in via_ort) / len(paths)
     assert correct > 0.6, correct  # real weights and real images: far above chance (1/6)
+
+
+def test_onnxruntime_tensorrt_provider_gets_the_profile(tmp_path):
+    from edgecl.profiles import load_target
+    from edgecl.runtime.onnx import tensorrt_provider_options
+
+    options = tensorrt_provider_options(load_target("jetson").to_dict(), [3, 224, 224], tmp_path)
+    assert options["trt_fp16_enable"] == "True" and options["trt_layer_norm_fp32_fallback"] == "True"
+    assert options["trt_max_workspace_size"] == str(1024 << 20)
+    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) == (
+        "images:1x3x224x224", "images:1x3x224x224", "images:8x3x224x224")
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
+    x86 = tensorrt_provider_options(load_target("x86-cuda").to_dict(), [3, 256, 256], tmp_path)
+    assert x86["trt_profile_max_shapes"] == f"images:{load_target('x86-cuda').batch.max}x3x256x256"

@@ -18,7 +18,7 @@ from edgecl.embed import CPU_BATCH_SIZE
 from edgecl.embedding_cache import cache_root
 from edgecl.errors import EdgeclError
 from edgecl.runtime import tensorrt as trt_runtime
-from edgecl.runtime.onnx import GPU_PROVIDERS, ort_embed_function, ort_session, usable_providers
+from edgecl.runtime.onnx import GPU_PROVIDERS, ort_embed_function, ort_session, tensorrt_provider_options, usable_providers
 
 
 @dataclass
@@ -80,11 +80,8 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
     profile = export["profile"]
     providers, skipped = usable_providers(profile["onnxruntime_providers"], torch.cuda.is_available())
     trt_cache = cache_root() / "ort-tensorrt" / export["sha256"][:16]
-    options = [
-        {"trt_fp16_enable": str(profile["precision"] == "fp16"), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache)}
-        if p == "TensorrtExecutionProvider" else {}
-        for p in providers
-    ]
+    input_size = bundle.manifest.preprocess["input_size"]
+    options = [tensorrt_provider_options(profile, input_size, trt_cache) if p == "TensorrtExecutionProvider" else {} for p in providers]
     session = ort_session(bundle.read_bytes(export), providers, options)
     used = session.get_providers()
     skipped += [f"{p}: failed to start (onnxruntime's message is on stderr)" for p in providers if p not in used]

@@ -58,6 +58,22 @@ def ort_session(model: Path | bytes, providers: Sequence[str], provider_options:
         return onnxruntime.InferenceSession(source, session_options(), providers=list(providers), provider_options=provider_options)
 
 
+def tensorrt_provider_options(profile: dict, input_size: Sequence[int], cache: Path) -> dict[str, str]:
+    """onnxruntime's TensorRT provider set up as `edgecl engine build` sets up TensorRT: the profile's
+    precision, workspace, fp32 LayerNorm and batch range (without a range it rebuilds its engine
+    whenever a batch size outside those seen arrives), engines and timing cache kept in `cache`."""
+    batch = profile["batch"]
+    shape = {k: f"{INPUT_NAME}:{batch[k]}x{'x'.join(str(n) for n in input_size)}" for k in ("min", "opt", "max")}
+    return {
+        "trt_fp16_enable": str(profile["precision"] == "fp16"),
+        "trt_layer_norm_fp32_fallback": str("LayerNormalization" in profile["fp32_layers"]),
+        "trt_max_workspace_size": str(int(profile["workspace_mib"]) << 20),
+        "trt_profile_min_shapes": shape["min"], "trt_profile_opt_shapes": shape["opt"], "trt_profile_max_shapes": shape["max"],
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+    }
+
+
 def ort_embed_function(session):
     def embed(images: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0])
