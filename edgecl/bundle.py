@@ -313,8 +313,11 @@ def check_creatable(path: Path, force: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise EdgeclError(f"{path}: exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not force:
-        raise EdgeclError(f"{path}: already exists; pass --force to replace it")
+    if path.exists() and any(path.iterdir()):
+        if not (path / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
+            raise EdgeclError(f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another --out")
+        if not force:
+            raise EdgeclError(f"{path}: already exists; pass --force to replace it")
 
 
 def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False) -> Bundle:

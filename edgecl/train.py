@@ -40,6 +40,7 @@ def train(
     classes = scan_class_folders(data)
     config = method_config(method, epochs=epochs, settings=settings)
     model, spec = create_backbone(backbone, weights, random_init=random_init)
+    learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
     preprocess = preprocess_config(model)
     backbone_info = spec.to_dict()
     paths, labels = paths_and_labels(classes)
@@ -64,7 +65,6 @@ def train(
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
     embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
     embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
-    learner = method_class(method)(config, spec.embedding_dim)
     session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
     manifest = Manifest(

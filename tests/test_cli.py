@@ -107,7 +107,12 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", tmp_path / "noimages", "--out", tmp_path / "o", *common), "cat: no images")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "already exists; pass --force")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "taken: exists and is not an edgecl bundle")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", "--force", *common), "taken: exists and is not an edgecl bundle")
+    assert (tmp_path / "taken" / "file").read_text() == "x"  # --force replaces bundles only
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text("{}")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "old", *common), "already exists; pass --force")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting")

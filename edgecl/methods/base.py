@@ -9,6 +9,7 @@ is the JSON that rebuilds empty modules of the right shapes before loading them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -19,8 +20,22 @@ from torch import nn
 from edgecl.errors import EdgeclError
 
 
+# settings that must be above zero; every other number must be zero or more (and finite)
+_POSITIVE = frozenset({"batch_size", "head_batch_size", "projection", "bottleneck", "fast_bottleneck", "rank", "lr", "head_lr",
+                       "sigma_init", "analytic_scale", "sessions"})
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
+    def __post_init__(self) -> None:
+        for name, kind in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if kind not in (int, float) or isinstance(value, bool):
+                continue
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name in _POSITIVE and value == 0):
+                bound = "above 0" if name in _POSITIVE else "0 or more"
+                raise EdgeclError(f"{type(self).__name__}.{name}={value!r}: must be a number {bound}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -53,22 +68,28 @@ class MethodConfig:
                 changes[head] = value
         return dataclasses.replace(self, **changes)
 
-    def setting(self, key: str, text: str) -> "MethodConfig":
+    def setting(self, key: str, text: str, _group: str = "") -> "MethodConfig":
         """--set key=value: the value parsed as the field's type."""
-        hints, target = typing.get_type_hints(type(self)), self
+        hints, name = typing.get_type_hints(type(self)), _group + key
         head, _, rest = key.partition(".")
         if head not in hints:
-            raise EdgeclError(f"--set {key}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
-        if rest:
-            if not _is_config(hints[head]):
-                raise EdgeclError(f"--set {key}: {head} is not a group of settings")
-            return dataclasses.replace(target, **{head: getattr(self, head).setting(rest, text)})
+            raise EdgeclError(f"--set {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
         kind = hints[head]
+        if rest:
+            if not _is_config(kind):
+                raise EdgeclError(f"--set {name}: {_group}{head} is not a group of settings")
+            return dataclasses.replace(self, **{head: getattr(self, head).setting(rest, text, f"{_group}{head}.")})
+        if _is_config(kind):
+            known = ", ".join(f"{_group}{head}.{field}" for field in typing.get_type_hints(kind))
+            raise EdgeclError(f"--set {name}={text}: {name} is a group of settings; set one of them ({known})")
         try:
-            value = (text.lower() in ("1", "true", "yes", "on")) if kind is bool else kind(text)
+            value = _parse_bool(text) if kind is bool else kind(text)
         except (TypeError, ValueError) as err:
-            raise EdgeclError(f"--set {key}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
-        return dataclasses.replace(target, **{head: value})
+            raise EdgeclError(f"--set {name}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
+        try:
+            return dataclasses.replace(self, **{head: value})
+        except EdgeclError as err:
+            raise EdgeclError(f"--set {name}={text}: {err}") from None
 
     def slow_learner(self) -> Any:
         """The in-backbone slow learner to train on the host's first session, or None."""
@@ -136,6 +157,13 @@ METHODS: dict[str, type[ContinualMethod]] = {}
 def register_method(cls: type[ContinualMethod]) -> type[ContinualMethod]:
     METHODS[cls.name] = cls
     return cls
+
+
+def _parse_bool(text: str) -> bool:
+    words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+    if text.lower() not in words:
+        raise ValueError(text)
+    return words[text.lower()]
 
 
 def method_class(name: str) -> type[ContinualMethod]:

@@ -52,6 +52,7 @@ class InfLoraBackboneConfig(MethodConfig):
         return SubspaceMemory(self.energy_power, self.design, self.max_leak)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from edgecl.subspace import DESIGNS
         from edgecl.tuners.lora import LAYER_SETS
 
@@ -87,6 +88,7 @@ class InfLoraConfig(MethodConfig):
         return super().from_dict(legacy_projection(data))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_projection(self.projection_kind)
         if self.heads not in HEADS:
             raise EdgeclError(f"heads={self.heads}: must be one of {', '.join(HEADS)}")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecl.analytic import AnalyticClassifier, check_projection, legacy_projection
+from edgecl.errors import EdgeclError
 from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.training import SGDSchedule, train_minibatches
@@ -112,9 +113,10 @@ class SafeConfig(MethodConfig):
         return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_projection(self.projection_kind)
         if self.fast not in FAST_MODULES:
-            raise ValueError(f"fast must be one of {sorted(FAST_MODULES)}, got {self.fast!r}")
+            raise EdgeclError(f"fast={self.fast}: must be one of {', '.join(sorted(FAST_MODULES))}")
 
     def slow_learner(self) -> SlowLearnerConfig | None:
         return self.slow if self.slow.enabled else None
