@@ -24,8 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)  # class names and paths are printed as given: bolt[m6] stays bolt[m6]
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 BundleOption = Annotated[
     Path,
@@ -81,10 +81,10 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except EdgeclError as error:
-            err.print(f"error: {error}", markup=False)
+            err.print(f"error: {error}")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("interrupted; the bundle is unchanged", markup=False)
+            err.print("interrupted; the bundle is unchanged")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -96,7 +96,7 @@ def _listed(reasons: list[str]) -> str:
 
 def warn_skipped(skipped: list[str]) -> None:
     if skipped:
-        err.print(f"warning: skipped {len(skipped)} unreadable image(s): {_listed(skipped)}", markup=False)
+        err.print(f"warning: skipped {len(skipped)} unreadable image(s): {_listed(skipped)}")
 
 
 def version_callback(value: bool) -> None:
@@ -157,7 +157,7 @@ def learn(
     label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
     bundle: BundleOption = Path("edgecl-bundle"),
     runtime: RuntimeOption = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another learner.")] = 60.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another learner.")] = 60.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -184,7 +184,7 @@ def adapt(
     label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
     bundle: BundleOption = Path("edgecl-bundle"),
     device: DeviceOption = "cpu",
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 60.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 60.0,
     quiet: QuietOption = False,
 ) -> None:
     """Host: a new session that also adapts the backbone (InfLoRA bundles), then learns the heads.
@@ -271,8 +271,8 @@ def info(
     out.print(f"method     {m.method['name']}  {m.method['config']}")
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
     for reason in embedder.passed_over:
-        out.print(f"           not {reason}", markup=False)
-    out.print(f"heads      {heads.runtime}: {heads.reason}", markup=False)
+        out.print(f"           not {reason}")
+    out.print(f"heads      {heads.runtime}: {heads.reason}")
     if m.export:
         parity = m.export["parity"]
         out.print(f"export     {m.export['file']} for {m.export['target']} (opset {m.export['opset']}, parity {parity['max_abs_diff']:.1e} "
@@ -298,21 +298,22 @@ def export_command(
     target: Annotated[str, typer.Option("--target", "-t", help=_targets_help())],
     bundle: BundleOption = Path("edgecl-bundle"),
     images: Annotated[Optional[list[Path]], typer.Option("--images", help="Real images (files or folders) for the parity check.")] = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 60.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 60.0,
 ) -> None:
     """Host: the bundle's backbone -> backbone.onnx for a target, checked against PyTorch."""
     from edgecl.export import PARITY_ATOL, export_bundle
 
     report = export_bundle(bundle, target, images or [], lock_timeout=lock_timeout)
     if not report.real_images:
-        err.print("warning: parity checked on random inputs; pass --images DIR to check on real images", markup=False)
+        fix = "none of the --images could be read" if images else "pass --images DIR to check on real images"
+        err.print(f"warning: parity checked on random inputs; {fix}")
     out.print(
         f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target}: max |PyTorch - onnxruntime| "
         f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
         f"(limit {PARITY_ATOL:g}), {report.seconds:.1f} s; the TensorRT engine is built on the target (`edgecl engine build`)"
     )
     if report.heads.data is None:
-        err.print(f"warning: no heads.onnx, the heads will run in PyTorch on the device: {report.heads.error}", markup=False)
+        err.print(f"warning: no heads.onnx, the heads will run in PyTorch on the device: {report.heads.error}")
     else:
         out.print(f"exported heads.onnx ({len(report.heads.data) / 1e3:.0f} kB): max |PyTorch - onnxruntime| {report.heads.max_abs_diff:.1e} "
                   f"on the probabilities, {report.heads.seconds:.1f} s")
@@ -326,7 +327,7 @@ app.add_typer(engine_app, name="engine")
 @user_errors
 def engine_build(
     bundle: BundleOption = Path("edgecl-bundle"),
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another writer.")] = 600.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 600.0,
 ) -> None:
     """Device: build and store the engine for this GPU and TensorRT version."""
     from edgecl.runtime.tensorrt import build_into_bundle
@@ -351,7 +352,7 @@ def watch(
     from edgecl.runtime.watch import watch_folder
 
     count = watch_folder(bundle, folder, log, runtime=runtime, interval=interval, done=done, top_k=top_k, once=once)
-    err.print(f"classified {count} image(s) into {log}", markup=False)
+    err.print(f"classified {count} image(s) into {log}")
 
 
 @app.command("eval")
@@ -387,6 +388,8 @@ def eval_command(
         from edgecl.plot import require_matplotlib
 
         require_matplotlib(plot)
+    if json_file is not None and not json_file.parent.is_dir():  # checked now: an evaluation can take hours
+        raise EdgeclError(f"--json {json_file}: folder {json_file.parent} does not exist")
     report = evaluate(
         data, init, increment, methods, seed=seed, train_list=train_list, test_list=test_list,
         exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init,
@@ -437,9 +440,9 @@ def methods(
 
     for method in [name] if name else sorted(METHODS):
         cls = method_class(method)
-        out.print(f"{method}: {cls.summary}", markup=False)
+        out.print(f"{method}: {cls.summary}")
         for key, value in _flatten(method_config(method).to_dict()):
-            out.print(f"  {key} = {json.dumps(value)}", markup=False)
+            out.print(f"  {key} = {json.dumps(value)}")
 
 
 def _flatten(config: dict, prefix: str = ""):

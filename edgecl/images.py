@@ -52,6 +52,13 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def check_class_name(name: str, source: str) -> str:
+    """Class names are printed as tab-separated columns and compared as given: no blank names, no tabs or line breaks."""
+    if not name.strip() or any(ch in name for ch in "\t\n\r"):
+        raise EdgeclError(f"{source}: {name!r} is not a usable class name (empty, or holds a tab or a line break)")
+    return name
+
+
 def scan_class_folders(root: Path) -> list[ClassFolder]:
     """`root/<class>/<image>`: one ClassFolder per subfolder, sorted by class name."""
     root = require_folder(root)
@@ -63,7 +70,7 @@ def scan_class_folders(root: Path) -> list[ClassFolder]:
         images = list_images(folder)
         if not images:
             raise EdgeclError(f"{folder}: no images ({_EXTENSIONS_TEXT})")
-        classes.append(ClassFolder(folder.name, tuple(images)))
+        classes.append(ClassFolder(check_class_name(folder.name, str(folder)), tuple(images)))
     return classes
 
 
@@ -77,7 +84,7 @@ def scan_new_classes(folder: Path, label: str | None = None) -> list[ClassFolder
             f"{folder}: holds both images and class folders; give one class's images or only class folders"
         )
     if images:
-        name = label if label is not None else folder.resolve().name
+        name = check_class_name(label, "--label") if label is not None else check_class_name(folder.resolve().name, str(folder))
         return [ClassFolder(name, tuple(images))]
     if not subfolders:
         raise EdgeclError(f"{folder}: no images ({_EXTENSIONS_TEXT})")

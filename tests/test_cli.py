@@ -59,14 +59,14 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     assert "created" in result.output and "3 classes" in result.output and "method edgecl" in result.output
     backbone = Bundle.open(out).manifest.backbone
     assert backbone["slow_learner"]["tuner"] == "ssf" and backbone["slow_learner"]["epochs"] == 1 and backbone["tuner"] is None
-    result = edgecl("learn", "--images", new_images / "yellow", "--bundle", out, "-q")
+    result = edgecl("learn", "--images", new_images / "yellow", "--label", "yellow[m6]", "--bundle", out, "-q")
     assert result.exit_code == 0, result.stderr
-    assert "learned yellow as session 1" in result.output
+    assert "learned yellow[m6] as session 1" in result.output  # printed as given, not read as console markup
     result = edgecl("learn", "--images", new_images / "grey", "--label", "silver", "--bundle", out, "-q", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.output)["classes"] == ["silver"]
     m = Bundle.open(out).manifest
-    assert [(c.name, c.session) for c in m.classes] == [("blue", 0), ("green", 0), ("red", 0), ("yellow", 1), ("silver", 2)]
+    assert [(c.name, c.session) for c in m.classes] == [("blue", 0), ("green", 0), ("red", 0), ("yellow[m6]", 1), ("silver", 2)]
 
     images = sorted((base_images / "red").iterdir())[:2]
     result = edgecl("classify", *images, "--bundle", out, "-q")

@@ -45,3 +45,5 @@ def test_eval_errors(data, tmp_path):
     one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl,magic", *quick()), "unknown method")
     one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl", *quick("--plot", tmp_path / "no" / "x.png")),
                    "--plot", "does not exist")
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl", *quick("--json", tmp_path / "no" / "r.json")),
+                   "--json", "does not exist")

@@ -1,5 +1,6 @@
 """The device services end to end (random-init backbones: plumbing, not accuracy)."""
 
+import json
 import shutil
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from conftest import QUICK_EDGECL
 from edgecl.bundle import Bundle
+from edgecl.errors import EdgeclError
 from edgecl.images import find_images
 from edgecl.runtime.service import Classifier, learn, load_method, session_generator
 from edgecl.train import train
@@ -63,3 +65,22 @@ def test_other_methods_run_through_the_same_services(tmp_path, base_images, new_
     assert Bundle.open(path).manifest.method["name"] == method
     predictions, _ = Classifier(path).classify(find_images([new_images]), show_progress=False)
     assert len(predictions) == 12
+
+
+def test_a_class_list_that_disagrees_with_the_heads_is_refused(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["classes"] = manifest["classes"][1:]  # as a hand edit would: every later label would shift
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeclError, match=r"manifest.json: lists 2 classes but the heads have 3; the bundle is damaged"):
+        Classifier(bundle, "torch")
+
+
+def test_class_names_that_would_break_the_output_are_refused(bundle, new_images, tmp_path):
+    for label in ("", "  ", "a\tb", "a\nb"):
+        with pytest.raises(EdgeclError, match="--label: .* is not a usable class name"):
+            learn(bundle, new_images / "yellow", label=label, show_progress=False)
+    with pytest.raises(EdgeclError, match="class 'red' already exists .*; rename its folder"):
+        shutil.copytree(new_images / "yellow", tmp_path / "two" / "red")
+        shutil.copytree(new_images / "grey", tmp_path / "two" / "grey")
+        learn(bundle, tmp_path / "two", show_progress=False)
+    assert len(Bundle.open(bundle).manifest.sessions) == 1

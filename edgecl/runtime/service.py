@@ -52,7 +52,11 @@ def embed_classes(
 
 def load_method(bundle: Bundle) -> ContinualMethod:
     m = bundle.manifest
-    return restore_method(m.method["name"], m.backbone["embedding_dim"], m.method["config"], m.heads["structure"], bundle.heads())
+    method = restore_method(m.method["name"], m.backbone["embedding_dim"], m.method["config"], m.heads["structure"], bundle.heads())
+    if method.num_classes != len(m.classes):  # a hand-edited class list would shift or drop labels
+        raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: lists {len(m.classes)} classes but the heads have {method.num_classes}; "
+                          "the bundle is damaged")
+    return method
 
 
 def run_session(
@@ -74,10 +78,8 @@ def check_new_names(classes: Sequence[ClassFolder], manifest: Manifest) -> None:
     known = {c.name: c.session for c in manifest.classes}
     for folder in classes:
         if folder.name in known:
-            raise EdgeclError(
-                f"class {folder.name!r} already exists (learned in session {known[folder.name]}); "
-                "use --label to give the new class another name"
-            )
+            fix = "use --label to give the new class another name" if len(classes) == 1 else "rename its folder"
+            raise EdgeclError(f"class {folder.name!r} already exists (learned in session {known[folder.name]}); {fix}")
 
 
 @dataclass
