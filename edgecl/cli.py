@@ -343,7 +343,7 @@ def watch(
     log: Annotated[Path, typer.Option("--log", help="JSON-lines file to append predictions to.")],
     bundle: BundleOption = Path("edgecl-bundle"),
     runtime: RuntimeOption = None,
-    done: Annotated[Optional[Path], typer.Option("--done", help="Move classified images here (default: leave them).")] = None,
+    done: Annotated[Optional[Path], typer.Option("--done", help="Move classified images here, never overwriting (default: leave them); unreadable ones stay.")] = None,
     interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also log the K best labels.")] = 1,
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit.")] = False,

@@ -17,11 +17,36 @@ def test_once_classifies_what_is_there_and_moves_it(bundle, base_images, tmp_pat
     (inbox / "broken.png").write_bytes(b"\x89PNG not really")
     assert watch_folder(bundle, inbox, log, done=done, once=True, top_k=2) == 6
     lines = read_log(log)
-    assert len(lines) == 7 and sum("error" in line for line in lines) == 1
+    assert len(lines) == 7
+    (error,) = [line for line in lines if "error" in line]
+    assert error["path"] == str(inbox / "broken.png") and "broken.png" in error["error"]
     record = next(line for line in lines if "label" in line)
     assert set(record) >= {"time", "path", "label", "score", "top_k", "runtime"} and len(record["top_k"]) == 2
-    assert sorted(p.name for p in done.iterdir()) == sorted([*(p.name for p in (base_images / "red").iterdir()), "broken.png"])
-    assert list(inbox.iterdir()) == []
+    assert sorted(p.name for p in done.iterdir()) == sorted(p.name for p in (base_images / "red").iterdir())
+    assert [p.name for p in inbox.iterdir()] == ["broken.png"]  # stays, to be read again once it changes
+
+
+def test_a_rewritten_file_is_classified_again_and_done_never_overwrites(bundle, base_images, tmp_path):
+    inbox, done, log = tmp_path / "inbox", tmp_path / "done", tmp_path / "predictions.jsonl"
+    inbox.mkdir()
+    stop, counts = threading.Event(), []
+    service = threading.Thread(target=lambda: counts.append(watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set)))
+    service.start()
+    try:
+        deadline = time.time() + 60
+        for number, colour in enumerate(("red", "green", "blue"), 1):  # a camera rewriting latest.png
+            shutil.copy(base_images / colour / "img_001.png", inbox / "latest.png")
+            while len(read_log(log) if log.exists() else []) < number and time.time() < deadline:
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        service.join(60)
+    assert [line["label"] for line in read_log(log)] == ["red", "green", "blue"] and counts == [3]
+
+    for colour in ("red", "green"):  # with --done, two frames of the same name both survive
+        shutil.copy(base_images / colour / "img_001.png", inbox / "latest.png")
+        assert watch_folder(bundle, inbox, log, done=done, once=True) == 1
+    assert sorted(p.name for p in done.iterdir()) == ["latest-1.png", "latest.png"]
 
 
 def test_a_pass_with_only_an_unreadable_image_logs_it_and_goes_on(bundle, base_images, tmp_path):
@@ -33,7 +58,7 @@ def test_a_pass_with_only_an_unreadable_image_logs_it_and_goes_on(bundle, base_i
     assert "truncated.jpg" in line["error"]
     shutil.copy(base_images / "red" / "img_000.png", inbox / "next.png")
     assert watch_folder(bundle, inbox, log, once=True) == 1
-    assert [line["path"].rsplit("/", 1)[-1] for line in read_log(log) if "path" in line] == ["next.png"]
+    assert [line["path"].rsplit("/", 1)[-1] for line in read_log(log) if "label" in line] == ["next.png"]
 
 
 def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_images, tmp_path):

@@ -1,5 +1,8 @@
 """`edgecl watch`: classify images dropped into a folder (by a camera pipeline, scp, ...) and append
-one JSON line per image to a log. The bundle is reloaded when a `learn` changes it."""
+one JSON line per image to a log. The bundle is reloaded when a `learn` changes it.
+
+A file is classified again whenever it changes (a camera that rewrites latest.jpg); an unreadable
+one is logged once and stays where it is until it changes (a frame that was still being written)."""
 
 from __future__ import annotations
 
@@ -9,17 +12,32 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from edgecl import bundle as bundles
 from edgecl.bundle import MANIFEST
 from edgecl.images import is_image_file, require_folder
 from edgecl.runtime.service import Classifier
 
 
-def _settled(path: Path, settle: float, now: float) -> bool:
-    """Written completely, as far as we can tell: untouched for `settle` seconds."""
+def _version(path: Path) -> tuple[int, int] | None:
     try:
-        return now - path.stat().st_mtime >= settle
+        stat = path.stat()
     except FileNotFoundError:
-        return False
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _settled(version: tuple[int, int], settle: float, now: float) -> bool:
+    """Written completely, as far as we can tell: untouched for `settle` seconds."""
+    return now - version[0] / 1e9 >= settle
+
+
+def _free_path(folder: Path, name: str) -> Path:
+    """folder/name, or folder/stem-1.ext, -2, ... when that is taken: `--done` never overwrites."""
+    target, stem, suffix, n = folder / name, Path(name).stem, Path(name).suffix, 0
+    while target.exists():
+        n += 1
+        target = folder / f"{stem}-{n}{suffix}"
+    return target
 
 
 def watch_folder(
@@ -42,27 +60,33 @@ def watch_folder(
     log.parent.mkdir(parents=True, exist_ok=True)
     manifest = Path(bundle_path) / MANIFEST
     classifier, version = Classifier(bundle_path, runtime), manifest.stat().st_mtime_ns
-    seen: set[Path] = set()
+    seen: dict[Path, tuple[int, int]] = {}  # what each file was when last read
     count = 0
     while not should_stop():
         if manifest.stat().st_mtime_ns != version:
             classifier, version = Classifier(bundle_path, runtime), manifest.stat().st_mtime_ns
         now = time.time()
-        ready = [p for p in sorted(folder.iterdir()) if p not in seen and is_image_file(p) and (once or _settled(p, settle, now))]
+        current = {p: _version(p) for p in sorted(folder.iterdir()) if is_image_file(p)}
+        seen = {p: v for p, v in seen.items() if p in current}
+        ready = [p for p, v in current.items() if v is not None and seen.get(p) != v and (once or _settled(v, settle, now))]
         if ready:
             predictions, skipped = classifier.classify(ready, top_k=top_k, show_progress=False)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            stamp = bundles.now()
             lines = [{"time": stamp, "path": p.path, "label": p.label, "score": p.score, "top_k": p.top_k,
                       "runtime": classifier.embedder.runtime, "classes": len(classifier.classes)} for p in predictions]
-            lines += [{"time": stamp, "error": reason} for reason in skipped]
+            classified = {p.path for p in predictions}
+            for path in ready:
+                if str(path) not in classified:
+                    reason = next((r for r in skipped if r.startswith(f"{path}:")), f"{path}: unreadable")
+                    lines.append({"time": stamp, "path": str(path), "error": reason})
             with open(log, "a") as handle:
                 handle.writelines(json.dumps(line) + "\n" for line in lines)
             count += len(predictions)
             for path in ready:
-                if done is not None and path.exists():
-                    shutil.move(str(path), done / path.name)
+                if done is not None and str(path) in classified and path.exists():
+                    shutil.move(str(path), _free_path(done, path.name))
                 else:
-                    seen.add(path)
+                    seen[path] = current[path]
         if once:
             break
         time.sleep(interval)
