@@ -33,7 +33,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from edgecl import __version__
-from edgecl.errors import EdgeclError
+from edgecl.errors import DamagedFile, EdgeclError
 
 FORMAT = "edgecl-bundle"
 FORMAT_VERSION = 1
@@ -174,9 +174,9 @@ class Bundle:
         try:
             data = file.read_bytes()
         except FileNotFoundError as err:
-            raise EdgeclError(f"{file}: missing; the bundle is damaged") from err
+            raise DamagedFile(f"{file}: missing; the bundle is damaged") from err
         if sha256_bytes(data) != entry["sha256"]:
-            raise EdgeclError(f"{file}: checksum mismatch; the bundle is damaged")
+            raise DamagedFile(f"{file}: checksum mismatch; the bundle is damaged")
         return data
 
     def read_tensors(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -3,3 +3,7 @@
 
 class EdgeclError(Exception):
     """A problem with the user's input (a file, a folder, a flag), not a bug in edgecl."""
+
+
+class DamagedFile(EdgeclError):
+    """A bundle file is missing or does not match its checksum."""

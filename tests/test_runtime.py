@@ -203,3 +203,19 @@ def test_onnxruntime_tensorrt_provider_gets_the_profile(tmp_path):
     assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
     x86 = tensorrt_provider_options(load_target("x86-cuda").to_dict(), [3, 256, 256], tmp_path)
     assert x86["trt_profile_max_shapes"] == f"images:{load_target('x86-cuda').batch.max}x3x256x256"
+
+
+def test_a_damaged_export_passes_the_work_to_pytorch_and_says_why(exported, base_images):
+    (exported / "backbone.onnx").write_bytes(b"not the exported graph")
+    (exported / "heads.onnx").unlink()
+    damaged = "backbone.onnx: checksum mismatch; the bundle is damaged; run `edgecl export` on the host again"
+    embedder = open_embedder(Bundle.open(exported))
+    assert embedder.runtime == "torch" and any(r.startswith("onnxruntime: ") and r.endswith(damaged) for r in embedder.passed_over)
+    with pytest.raises(EdgeclError, match="--runtime onnxruntime: not available: .*" + damaged.replace("`", ".")):
+        open_embedder(Bundle.open(exported), "onnxruntime")
+    classifier = Classifier(exported)
+    assert classifier.embedder.runtime == "torch" and classifier.heads.runtime == "torch"
+    from edgecl.runtime.heads import open_heads
+
+    heads = open_heads(Bundle.open(exported), classifier.method, "onnxruntime")
+    assert heads.runtime == "torch" and "heads.onnx: missing; the bundle is damaged; run `edgecl export` on the host again" in heads.reason

@@ -16,7 +16,7 @@ import torch
 from edgecl.bundle import Bundle
 from edgecl.embed import CPU_BATCH_SIZE
 from edgecl.embedding_cache import cache_root
-from edgecl.errors import EdgeclError
+from edgecl.errors import DamagedFile, EdgeclError
 from edgecl.runtime import tensorrt as trt_runtime
 from edgecl.runtime.onnx import GPU_PROVIDERS, ort_embed_function, ort_session, tensorrt_provider_options, usable_providers
 
@@ -45,6 +45,7 @@ class RuntimeUnavailable(Exception):
 
 
 NOT_EXPORTED = "the bundle has no backbone.onnx (run `edgecl export --target NAME` on the host)"
+EXPORT_AGAIN = "run `edgecl export` on the host again"
 
 
 def _tensorrt(bundle: Bundle) -> Embedder:
@@ -63,7 +64,7 @@ def _tensorrt(bundle: Bundle) -> Embedder:
             trt_runtime.build_into_bundle(bundle.path)
             bundle = Bundle.open(bundle.path)
         backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(bundle.manifest.engines[key]), export["profile"]["batch"]["max"])
-    except (trt_runtime.TensorRTUnavailable, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
+    except (trt_runtime.TensorRTUnavailable, DamagedFile, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
         raise RuntimeUnavailable(f"engine {key}: {err}") from err
     reason = f"TensorRT {trt.__version__} engine {key} on {torch.cuda.get_device_name()}"
     return Embedder("tensorrt", reason, backbone, export["profile"]["batch"]["opt"])
@@ -82,7 +83,11 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
     trt_cache = cache_root() / "ort-tensorrt" / export["sha256"][:16]
     input_size = bundle.manifest.preprocess["input_size"]
     options = [tensorrt_provider_options(profile, input_size, trt_cache) if p == "TensorrtExecutionProvider" else {} for p in providers]
-    session = ort_session(bundle.read_bytes(export), providers, options)
+    try:
+        model = bundle.read_bytes(export)
+    except DamagedFile as err:
+        raise RuntimeUnavailable(f"{err}; {EXPORT_AGAIN}") from err
+    session = ort_session(model, providers, options)
     used = session.get_providers()
     skipped += [f"{p}: failed to start (onnxruntime's message is on stderr)" for p in providers if p not in used]
     reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from edgecl.bundle import Bundle
-from edgecl.errors import EdgeclError
+from edgecl.errors import DamagedFile, EdgeclError
 from edgecl.methods import ContinualMethod
+from edgecl.runtime.embedders import EXPORT_AGAIN
 from edgecl.runtime.onnx import session_options
 
 FEATURES = "features"
@@ -87,7 +88,11 @@ def open_heads(bundle: Bundle, method: ContinualMethod, backbone_runtime: str, r
     try:
         if "file" not in entry:
             raise HeadsUnavailable(entry.get("error", "the bundle has no heads.onnx (run `edgecl export` on the host)"))
-        predict = OrtHeads(bundle.read_bytes(entry), method)
+        try:
+            graph = bundle.read_bytes(entry)
+        except DamagedFile as err:
+            raise HeadsUnavailable(f"{err}; {EXPORT_AGAIN}") from err
+        predict = OrtHeads(graph, method)
         return Heads("onnxruntime", "heads.onnx on the CPU, the bundle's head tensors bound as inputs", predict)
     except HeadsUnavailable as err:
         if runtime == "onnxruntime":
