@@ -33,7 +33,7 @@ BundleOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 RuntimeOption = Annotated[
-    Optional[str], typer.Option("--runtime", help="Force the backbone runtime (default: the best available).")
+    Optional[str], typer.Option("--runtime", help="Force the backbone runtime: tensorrt, onnxruntime or torch (default: the best available).")
 ]
 BackboneOption = Annotated[str, typer.Option("--backbone", help="Any timm model name.")]
 WeightsOption = Annotated[
@@ -71,6 +71,14 @@ def check_device(device: str) -> str:
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise EdgeclError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _print_table(table: Table) -> None:
+    Console(highlight=False, markup=False, width=max(out.width, 1000)).print(table)  # the table's own width, never cut at 80 columns
 
 
 def user_errors(command: Callable) -> Callable:
@@ -262,13 +270,13 @@ def info(
     slow = m.backbone.get("slow_learner")
     if slow:
         kept = "merged into the weights" if not m.backbone.get("tuner") else f"{m.backbone['tuner']['name']} adapters kept in the graph"
-        out.print(f"           slow learner {slow['tuner']}: {slow['epochs']} epochs on {slow['images']} images, "
+        out.print(f"           slow learner {slow['tuner']}: {_count(slow['epochs'], 'epoch')} on {slow['images']} images, "
                   f"{slow['seconds']:.0f} s on {slow.get('device', 'cpu')}, {kept}")
     adapted = m.backbone.get("inflora")
     if adapted:
-        out.print(f"           inflora: {adapted['epochs']} epochs on {adapted['images']} images, {adapted['seconds']:.0f} s on "
+        out.print(f"           inflora: {_count(adapted['epochs'], 'epoch')} on {adapted['images']} images, {adapted['seconds']:.0f} s on "
                   f"{adapted.get('device', 'cpu')}, merged into the weights; {adapted['protected_fraction']:.0%} of the adapted input space in memory")
-    out.print(f"method     {m.method['name']}  {m.method['config']}")
+    out.print(f"method     {m.method['name']}  {_settings_changed(m.method['name'], m.method['config'])}")
     out.print(f"runtime    {embedder.runtime}: {embedder.reason}")
     for reason in embedder.passed_over:
         out.print(f"           not {reason}")
@@ -282,7 +290,7 @@ def info(
     table = Table("session", "classes", "images", "heads s", "created")
     for s in m.sessions:
         table.add_row(str(s.index), ", ".join(s.classes), str(s.images), f"{s.stats.get('seconds', 0):.2f}", s.created)
-    out.print(table)
+    _print_table(table)
     out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()))
 
 
@@ -361,7 +369,7 @@ def eval_command(
     data: Annotated[Path, typer.Argument(help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
     init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
     increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
-    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,safe,simplecil,inflora (`edgecl methods` lists them).")] = "edgecl",
+    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,tosca-paper,safe,simplecil,inflora (`edgecl methods` lists them).")] = "edgecl",
     seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
     train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
     test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
@@ -408,17 +416,17 @@ def eval_command(
         table.add_row(r.method, *(f"{a:.3f}" for a in r.accuracy_per_session), f"{r.A_last:.3f}", f"{r.A_avg:.3f}", f"{r.forgetting:.3f}")
     for name, value in report.joint.items():
         table.add_row(f"joint {name}", *([""] * p["sessions"]), f"{value:.3f}", "", "", style="dim")
-    Console(highlight=False, width=max(out.width, 1000)).print(table)  # the table's own width, never truncated
+    _print_table(table)
     for name, stats in report.backbones.items():
         if "sessions" in stats:
             runs = stats["sessions"]
             used = [str(r["directions"]) for r in runs if "directions" in r]  # absent from sessions cached by older versions
             directions = f", low-rank directions {' / '.join(used)} of {runs[0]['direction_slots']}" if len(used) == len(runs) else ""
-            out.print(f"{name}: backbone adapted in {len(runs)} sessions, {runs[0]['epochs']} epochs each, "
+            out.print(f"{name}: backbone adapted in {len(runs)} sessions, {_count(runs[0]['epochs'], 'epoch')} each, "
                       f"{sum(r['seconds'] for r in runs):.0f} s{directions}, {runs[-1]['protected_fraction']:.0%} of the adapted "
                       f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}")
             continue
-        out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {stats['epochs']} epochs, "
+        out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {_count(stats['epochs'], 'epoch')}, "
                   f"{stats['seconds']:.0f} s{' (cached)' if stats.get('cached') else ''}")
     if plot is not None:
         from edgecl.plot import plot_sessions
@@ -445,6 +453,14 @@ def methods(
             out.print(f"  {key} = {json.dumps(value)}")
 
 
+def _settings_changed(name: str, config: dict) -> str:
+    from edgecl.methods import method_config
+
+    defaults = dict(_flatten(method_config(name).to_dict()))
+    changed = [f"{key}={json.dumps(value)}" for key, value in _flatten(config) if key not in defaults or defaults[key] != value]
+    return f"settings other than the defaults: {', '.join(changed)}" if changed else "default settings"
+
+
 def _flatten(config: dict, prefix: str = ""):
     for key, value in config.items():
         if isinstance(value, dict):
@@ -457,8 +473,8 @@ def _flatten(config: dict, prefix: str = ""):
 @user_errors
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes images and its bundle.")] = Path("edgecl-demo"),
-    train_per_class: Annotated[int, typer.Option("--train-per-class", min=1)] = 300,
-    test_per_class: Annotated[int, typer.Option("--test-per-class", min=1)] = 100,
+    train_per_class: Annotated[int, typer.Option("--train-per-class", min=1, help="Fashion-MNIST training images per class.")] = 300,
+    test_per_class: Annotated[int, typer.Option("--test-per-class", min=1, help="Fashion-MNIST test images per class.")] = 100,
     slow_epochs: Annotated[Optional[int], typer.Option("--slow-epochs", min=0, help="Epochs of the slow learner (default: 20 on a GPU, 1 on a CPU; 0: off).")] = None,
     quiet: QuietOption = False,
 ) -> None:

@@ -86,7 +86,8 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
 
     result = edgecl("info", "--bundle", out)
     assert result.exit_code == 0, result.stderr
-    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch", "slow learner ssf", "merged into the weights"):
+    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch", "slow learner ssf: 1 epoch on", "merged into the weights",
+                 "settings other than the defaults: ", "tosca.min_steps=0", "safe.slow.epochs=1", "safe.projection=256"):
         assert text in result.output
     info = json.loads(edgecl("info", "--bundle", out, "--json").output)
     assert info["runtime"] == "torch" and len(info["manifest"]["sessions"]) == 3
