@@ -156,3 +156,15 @@ def test_bundles_written_with_the_flat_slow_learner_settings_still_load():
     config = method_config("edgecl", {"safe": {"slow_epochs": 3, "slow_tuner": "adaptformer", "slow_rdn": 10.0, "gamma": 2.0}})
     assert config.safe.slow == SlowLearnerConfig(tuner="adaptformer", epochs=3, l_rdn=10.0) and config.safe.gamma == 2.0
     assert method_config("safe", {"slow_epochs": 0}).slow_learner() is None
+
+
+def test_edgecl_scores_are_the_blend_at_its_temperature_and_old_bundles_keep_theirs():
+    method = learn_sessions(fast("edgecl"))
+    features, _ = clustered(7, 4, seed=5)
+    logits = method.logits(features)
+    torch.testing.assert_close(method.predict(features), torch.softmax(logits / 3.0, dim=-1))
+    assert torch.equal(method.predict(features).argmax(1), logits.argmax(1))
+    stored = {k: v for k, v in method.config.to_dict().items() if k != "temperature"}  # written before the setting
+    old = restore_method("edgecl", DIM, stored, method.structure(), method.state_dict())
+    assert old.config.temperature == 1.0
+    torch.testing.assert_close(old.predict(features), torch.softmax(logits, dim=-1))

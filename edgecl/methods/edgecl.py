@@ -6,7 +6,8 @@ LuCA module, a fast-learner update, analytic updates. Inference blends, per samp
 module, the fast and the slow analytic predictions by entropy (SAFE's rule, softmax(-gamma * H)).
 The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA's are sigma-scaled
 cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
-the entropies are compared, or TOSCA's sharper logits would win every sample.
+the entropies are compared, or TOSCA's sharper logits would win every sample. The scores are the
+blend's softmax at `temperature`, so that they rank and mean something rather than read 1.0000.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -31,6 +32,11 @@ class EdgeclConfig(MethodConfig):
     use_slow: bool = True
     analytic_scale: float = 80.0
     gamma: float = 1.0
+    temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: README)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EdgeclConfig":
+        return super().from_dict({"temperature": 1.0, **data})  # bundles written before the setting keep their scores
 
     def slow_learner(self):
         return self.safe.slow_learner()
@@ -73,6 +79,9 @@ class Edgecl(ContinualMethod):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(features) / self.config.temperature, dim=-1)
 
     def structure(self) -> dict[str, Any]:
         return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}
