@@ -121,7 +121,7 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     learned = edgecl("learn", "--bundle", bundle, "--images", new, "-q")
     assert learned.exit_code == 0, learned.stderr
     info = edgecl("info", "--bundle", bundle)
-    assert "inflora: 1 epochs on 24 images" in info.output and "inflora_memory.safetensors" in info.output  # kept by learn
+    assert "inflora: 1 epoch on 24 images" in info.output and "inflora_memory.safetensors" in info.output  # kept by learn
     before = json.loads((bundle / "manifest.json").read_text())["backbone"]
     more = make_image_folder(tmp_path / "more", ["red", "blue"], count=5, seed=90)
     (more / "red").rename(more / "crimson")
