@@ -31,16 +31,12 @@ from edgecl.tuners import create_tuner, rebuild
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
     with torch.autocast(student.device.type, enabled=False):  # D x D sums of squares: float32, not bfloat16
-        return _transfer_loss(student.float(), teacher.float(), l_diag, l_rdn)
-
-
-def _transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
-    s, t = F.normalize(student, dim=-1), F.normalize(teacher, dim=-1)
-    c = s.T @ t / s.shape[0]
-    diagonal = torch.diagonal(c)
-    on = (diagonal - 1).pow(2).sum()
-    off = c.pow(2).sum() - diagonal.pow(2).sum()
-    return l_diag * on + l_rdn * off
+        s, t = F.normalize(student.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+        c = s.T @ t / s.shape[0]
+        diagonal = torch.diagonal(c)
+        on = (diagonal - 1).pow(2).sum()
+        off = c.pow(2).sum() - diagonal.pow(2).sum()
+        return l_diag * on + l_rdn * off
 
 
 def train_slow_learner(

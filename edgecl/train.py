@@ -50,7 +50,7 @@ def train(
 
         model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
         backbone_info["tuner"] = stats.pop("structure")
-        backbone_info["slow_learner"] = {**stats, "device": device}
+        backbone_info["slow_learner"] = stats
     extra_files: dict[str, bytes] = {}
     adapted = config.session_backbone()
     if adapted is not None:

@@ -59,6 +59,7 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     assert "created" in result.output and "3 classes" in result.output and "method edgecl" in result.output
     backbone = Bundle.open(out).manifest.backbone
     assert backbone["slow_learner"]["tuner"] == "ssf" and backbone["slow_learner"]["epochs"] == 1 and backbone["tuner"] is None
+    assert backbone["slow_learner"]["device"] == "cpu"
     result = edgecl("learn", "--images", new_images / "yellow", "--label", "yellow[m6]", "--bundle", out, "-q")
     assert result.exit_code == 0, result.stderr
     assert "learned yellow[m6] as session 1" in result.output  # printed as given, not read as console markup
