@@ -174,7 +174,9 @@ class AnalyticClassifier(nn.Module):
 
     def solve(self, ridge: float) -> torch.Tensor:
         eye = torch.eye(self.size, dtype=torch.float64)
-        return torch.linalg.solve(self.gram + ridge * eye, self.moment).float()
+        # contiguous, as a reloaded W is: a column-major W takes other matmul kernels, and the scores
+        # of a bundle just learned would differ from the same bundle reloaded in the last bits
+        return torch.linalg.solve(self.gram + ridge * eye, self.moment).float().contiguous()
 
     def classify(self, expanded: torch.Tensor) -> torch.Tensor:
         """Logits from features already through `expand` (which classifiers sharing a projection

@@ -110,6 +110,12 @@ def class_means(features: torch.Tensor, targets: torch.Tensor, num_classes: int)
     return sums / counts[:, None]
 
 
+def power_normalize(features: torch.Tensor, power: float) -> torch.Tensor:
+    """sign(f) |f|^power per channel (power 1: unchanged). A CNN's pooled features are non-negative and
+    heavy-tailed; their square root spreads the many small channels against the few large ones."""
+    return features if power == 1 else features.sign() * features.abs().pow(power)
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of softmax(logits) over the last axis."""
     log_p = torch.log_softmax(logits, dim=-1)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from edgecl.heads import CosineClassifier, LuCA, LuCAStack, class_means, entropy
+from edgecl.heads import CosineClassifier, LuCA, LuCAStack, class_means, entropy, power_normalize
 
 
 def test_luca_has_the_paper_parameter_count_for_768_and_48():
@@ -59,6 +59,12 @@ def test_class_means_and_entropy():
     torch.testing.assert_close(class_means(features, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0, 0], [0, 2.0]]))
     assert torch.isclose(entropy(torch.zeros(1, 4))[0], torch.tensor(math.log(4)))
     assert entropy(torch.tensor([[100.0, 0, 0]]))[0] < 1e-6
+
+
+def test_power_normalize_keeps_signs_and_zeros():
+    features = torch.tensor([[4.0, -9.0, 0.0, 0.25]])
+    assert torch.equal(power_normalize(features, 0.5), torch.tensor([[2.0, -3.0, 0.0, 0.5]]))
+    assert power_normalize(features, 1.0) is features
 
 
 def test_all_modules_at_once_equal_each_module_alone():

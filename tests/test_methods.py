@@ -164,7 +164,27 @@ def test_edgecl_scores_are_the_blend_at_its_temperature_and_old_bundles_keep_the
     logits = method.logits(features)
     torch.testing.assert_close(method.predict(features), torch.softmax(logits / 3.0, dim=-1))
     assert torch.equal(method.predict(features).argmax(1), logits.argmax(1))
-    stored = {k: v for k, v in method.config.to_dict().items() if k != "temperature"}  # written before the setting
+    # written before the settings: the scores at temperature 1, the heads on the embedding as it is
+    stored = {k: v for k, v in method.config.to_dict().items() if k not in ("temperature", "feature_power")}
     old = restore_method("edgecl", DIM, stored, method.structure(), method.state_dict())
-    assert old.config.temperature == 1.0
-    torch.testing.assert_close(old.predict(features), torch.softmax(logits, dim=-1))
+    assert (old.config.temperature, old.config.feature_power) == (1.0, 1.0)
+    raw = create_method("edgecl", DIM, method.config.to_dict(), feature_power=1.0, temperature=1.0)
+    raw.build(method.structure())
+    raw.load_state_dict(method.state_dict())
+    torch.testing.assert_close(old.predict(features), raw.predict(features), rtol=0, atol=0)
+
+
+def test_edgecl_heads_learn_and_classify_the_power_normalised_embedding():
+    def sessions(method, transform):
+        g = torch.Generator().manual_seed(0)
+        for offset, count in ((0, 3), (3, 2)):
+            features, targets = clustered(count, 20, offset, seed=offset)
+            method.learn(transform(features), targets, g, show_progress=False)
+        return method
+
+    settings = dict(epochs=3, min_steps=60, projection=256)
+    powered = sessions(create_method("edgecl", DIM, **settings, feature_power=0.5), lambda f: f)
+    by_hand = sessions(create_method("edgecl", DIM, **settings, feature_power=1.0), lambda f: f.sign() * f.abs().sqrt())
+    features, _ = clustered(5, 4, seed=5)
+    torch.testing.assert_close(powered.logits(features), by_hand.logits(features.sign() * features.abs().sqrt()))
+    assert not torch.allclose(powered.logits(features), by_hand.logits(features))

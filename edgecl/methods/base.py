@@ -22,7 +22,7 @@ from edgecl.errors import EdgeclError
 
 # settings that must be above zero; every other number must be zero or more (and finite)
 _POSITIVE = frozenset({"batch_size", "head_batch_size", "projection", "bottleneck", "fast_bottleneck", "rank", "lr", "head_lr",
-                       "sigma_init", "analytic_scale", "sessions", "temperature"})
+                       "sigma_init", "analytic_scale", "sessions", "temperature", "feature_power"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,8 @@ The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA
 cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
 the entropies are compared, or TOSCA's sharper logits would win every sample. The scores are the
 blend's softmax at `temperature`, so that they rank and mean something rather than read 1.0000.
+Every head sees the embedding power-normalised (`feature_power`, measured: README), which the
+published TOSCA and SAFE do not do.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from edgecl.heads import power_normalize
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.methods.safe import Safe, SafeConfig, blend
 from edgecl.methods.tosca import Tosca, ToscaConfig
@@ -33,10 +36,12 @@ class EdgeclConfig(MethodConfig):
     analytic_scale: float = 80.0
     gamma: float = 1.0
     temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: README)
+    feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: README)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EdgeclConfig":
-        return super().from_dict({"temperature": 1.0, **data})  # bundles written before the setting keep their scores
+        # bundles written before these settings keep their scores and their heads' inputs
+        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, **data})
 
     def slow_learner(self):
         return self.safe.slow_learner()
@@ -62,6 +67,7 @@ class Edgecl(ContinualMethod):
 
     def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
         stats = {}
+        features = power_normalize(features, self.config.feature_power)
         if self.config.use_tosca:
             stats.update({f"tosca_{k}": v for k, v in self.tosca.learn(features, targets, generator, show_progress=show_progress).items()})
         stats.update({f"safe_{k}": v for k, v in self.safe.learn(features, targets, generator, show_progress=show_progress).items()})
@@ -69,6 +75,7 @@ class Edgecl(ContinualMethod):
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         members = {}
+        features = power_normalize(features, self.config.feature_power)
         if self.config.use_tosca:
             members["tosca"] = self.tosca.logits(features)
         analytic = self.safe.member_logits(features)
