@@ -1,6 +1,6 @@
 """The analytic classifier on the device: what adding one class of 50 embeddings costs (the solve
-with the first session's lambda, edgecl's default, and with lambda picked again on the class's
-80/20 split, as RanPAC does; no gradient steps) and what its statistics weigh in the
+with the first session's lambda, edgecl's default, and with lambda picked again by cross-validation
+on the class's images, as RanPAC picks it every session; no gradient steps) and what its statistics weigh in the
 bundle, for several projection sizes M, on 1280-d embeddings (EfficientNet-Lite0) of 10 known
 classes. The embeddings are Gaussian clusters: the cost depends on the shapes, not the values."""
 

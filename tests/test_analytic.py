@@ -125,6 +125,28 @@ def test_ridge_is_picked_on_held_out_samples():
     assert np.isfinite(head.weight.numpy()).all()
 
 
+def test_cross_validation_errors_equal_refits_without_each_fold():
+    first, second, _ = sessions()
+    head = AnalyticClassifier(DIM, SIZE, seed=0)
+    head.add(*first)  # an earlier session, always in the fit
+    x, y, total = second
+    h = head.expand(x).double()
+    onehot = torch.nn.functional.one_hot(y, total).double()
+    head.moment = torch.cat([head.moment, torch.zeros(SIZE, total - head.num_classes, dtype=torch.float64)], dim=1)
+    ridges, folds, limit = (1e-1, 1e1, 1e3), 3, len(h) - 5  # the last 5 samples are never held out
+    expected = []
+    for ridge in ridges:
+        error = 0.0
+        for f in range(folds):
+            held = (torch.arange(len(h)) % folds == f) & (torch.arange(len(h)) < limit)
+            fit = ~held
+            gram = head.gram + h[fit].T @ h[fit] + ridge * torch.eye(SIZE, dtype=torch.float64)
+            weight = torch.linalg.solve(gram, head.moment + h[fit].T @ onehot[fit])
+            error += float(((h[held] @ weight - onehot[held]) ** 2).sum())
+        expected.append(error)
+    np.testing.assert_allclose(head.cross_validation_errors(h, onehot, ridges, folds, limit), expected, rtol=1e-6)
+
+
 def test_the_first_sessions_ridge_is_kept_unless_repicked():
     first, second, third = sessions()
     head = AnalyticClassifier(DIM, SIZE, seed=0)
