@@ -178,16 +178,14 @@ class AnalyticClassifier(nn.Module):
         values, vectors = torch.linalg.eigh(self.gram + h.T @ h)
         projected = vectors.T @ (self.moment + h.T @ y)
         h, y = h[:held_out], y[:held_out]
-        rotated = h @ vectors
-        fold_of = torch.arange(len(h)) % min(folds, len(h))
+        rotated, folds = h @ vectors, min(folds, len(h))
         errors = []
         for ridge in ridges:
             scaled = rotated / (values + ridge)
             residual, error = y - scaled @ projected, 0.0
-            for f in fold_of.unique():
-                rows = fold_of == f
-                hat = scaled[rows] @ rotated[rows].T
-                held, info = torch.linalg.solve_ex(torch.eye(len(hat), dtype=hat.dtype) - hat, residual[rows])
+            for f in range(folds):  # fold f: every folds-th sample from f
+                hat = scaled[f::folds] @ rotated[f::folds].T
+                held, info = torch.linalg.solve_ex(torch.eye(len(hat), dtype=hat.dtype) - hat, residual[f::folds])
                 error += float((held**2).sum()) if not info else math.inf
             errors.append(error)
         return errors
