@@ -27,6 +27,7 @@ from torch import nn
 
 from edgecl.errors import EdgeclError
 
+PROJECTION = 4096  # M of SAFE's and edgecl's analytic classifiers and of the joint bound (measured: README)
 RIDGES = tuple(10.0 ** (k / 2) for k in range(-4, 17))  # 1e-2 .. 1e8 in half decades (README)
 FOLDS = 5  # of the ridge's cross-validation: one 80/20 split's pick swung between 3e3 and 1e5 (README)
 HELD_OUT = 2000  # samples at most are held out in turn (the rest always fit), which bounds the pick's cost
@@ -113,18 +114,20 @@ def legacy_projection(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class AnalyticClassifier(nn.Module):
-    def __init__(self, dim: int, size: int = 2048, seed: int = 0, num_classes: int = 0, kind: str = "hadamard") -> None:
+    def __init__(self, dim: int, size: int = PROJECTION, seed: int = 0, num_classes: int = 0, kind: str = "hadamard") -> None:
         super().__init__()
         self.dim, self.size, self.seed, self.kind = dim, size, seed, kind
         self.projection = random_projection(kind, dim, size, seed)
-        # G lives in float64; the bundle keeps its upper triangle in float32 (8.4 MB at M=2048, not 34)
-        self.register_buffer("gram", torch.zeros(size, size, dtype=torch.float64), persistent=False)
+        # G is kept as the bundle keeps it, its upper triangle in float32 (33.6 MB at M=4096, not 134), and
+        # unpacked to float64 only while a session is added: classifying never reads it, and a session
+        # learned in this process gives what it gives after a save and reload
         self.register_buffer("gram_packed", torch.zeros(size * (size + 1) // 2))
+        self._gram: torch.Tensor | None = None
         self.register_buffer("moment", torch.zeros(size, num_classes, dtype=torch.float64))  # Q
         self.register_buffer("weight", torch.zeros(size, num_classes))  # W, the current solution
         self.register_buffer("ridge", torch.tensor(0.0, dtype=torch.float64))
 
-        self.register_load_state_dict_post_hook(lambda module, _: module._unpack())
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_gram", None))
 
     @classmethod
     def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> "AnalyticClassifier":
@@ -135,14 +138,19 @@ class AnalyticClassifier(nn.Module):
     def num_classes(self) -> int:
         return self.moment.shape[1]
 
-    def _upper(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.triu_indices(self.size, self.size))
+    def _upper(self) -> torch.Tensor:
+        """G's upper triangle as a mask, row by row (M^2 bytes; its indices would take 8 M^2)."""
+        return torch.ones(self.size, self.size, dtype=torch.bool).triu()
 
-    def _unpack(self) -> None:
-        rows, cols = self._upper()
-        gram = torch.zeros(self.size, self.size, dtype=torch.float64)
-        gram[rows, cols] = self.gram_packed.double()
-        self.gram = gram + gram.triu(1).T
+    @property
+    def gram(self) -> torch.Tensor:
+        if self._gram is None:
+            upper, values = self._upper(), self.gram_packed.double()
+            gram = torch.zeros(self.size, self.size, dtype=torch.float64)
+            gram[upper] = values
+            gram.T[upper] = values
+            self._gram = gram
+        return self._gram
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.projection(features))
@@ -156,10 +164,10 @@ class AnalyticClassifier(nn.Module):
         self.moment = torch.cat([self.moment, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
         if repick or float(self.ridge) == 0:
             self.ridge = torch.tensor(self.select_ridge(h, y, ridges), dtype=torch.float64)
-        self.gram += h.T @ h
+        gram, self._gram = self.gram.addmm_(h.T, h), None
         self.moment += h.T @ y
-        self.gram_packed = self.gram[self._upper()].float()
-        self.weight = self.solve(float(self.ridge))
+        self.gram_packed = gram[self._upper()].float()
+        self.weight = self.solve(float(self.ridge), gram)
         return float(self.ridge)
 
     def select_ridge(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], folds: int = FOLDS) -> float:
@@ -175,10 +183,9 @@ class AnalyticClassifier(nn.Module):
         """Held-out squared error per candidate lambda. No refits: with the fit on everything,
         A = G + lambda I and P_f = H_f A^-1 H_f^T, fold f's held-out residuals are
         (I - P_f)^-1 (Y_f - H_f W), so one eigendecomposition of G serves every candidate and fold."""
-        values, vectors = torch.linalg.eigh(self.gram + h.T @ h)
-        projected = vectors.T @ (self.moment + h.T @ y)
-        h, y = h[:held_out], y[:held_out]
-        rotated, folds = h @ vectors, min(folds, len(h))
+        values, rotated, projected = self._spectrum(h, y)
+        rotated, y = rotated[:held_out], y[:held_out]
+        folds = min(folds, len(y))
         errors = []
         for ridge in ridges:
             scaled = rotated / (values + ridge)
@@ -190,11 +197,27 @@ class AnalyticClassifier(nn.Module):
             errors.append(error)
         return errors
 
-    def solve(self, ridge: float) -> torch.Tensor:
-        eye = torch.eye(self.size, dtype=torch.float64)
+    def _spectrum(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eigenvalues of G + H^T H, H and G's targets in its eigenvectors V). A first session with fewer
+        samples than M (G = 0) takes them from the n x n kernel H H^T = U S U^T instead, since
+        H V = U S^1/2 there (benchmarks/analytic.py: the first session)."""
+        if len(h) < self.size and not self.gram_packed.any():
+            values, u = torch.linalg.eigh(h @ h.T)
+            root = values.clamp(min=0).sqrt()
+            return values.clamp(min=0), u * root, root[:, None] * (u.T @ y)
+        values, vectors = torch.linalg.eigh(self.gram + h.T @ h)
+        return values, h @ vectors, vectors.T @ (self.moment + h.T @ y)
+
+    def solve(self, ridge: float, spent_gram: torch.Tensor | None = None) -> torch.Tensor:
+        """W for this lambda; G + lambda I is formed in `spent_gram` if given (G, no longer needed: an
+        M x M copy less, 134 MB at M = 4096)."""
+        system = spent_gram if spent_gram is not None else self.gram.clone()
+        system.diagonal().add_(ridge)
+        factor, info = torch.linalg.cholesky_ex(system)  # positive definite: a quarter faster than LU
+        solution = torch.cholesky_solve(self.moment, factor) if not info else torch.linalg.solve(system, self.moment)
         # contiguous, as a reloaded W is: a column-major W takes other matmul kernels, and the scores
         # of a bundle just learned would differ from the same bundle reloaded in the last bits
-        return torch.linalg.solve(self.gram + ridge * eye, self.moment).float().contiguous()
+        return solution.float().contiguous()
 
     def classify(self, expanded: torch.Tensor) -> torch.Tensor:
         """Logits from features already through `expand` (which classifiers sharing a projection

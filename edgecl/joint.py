@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecl.analytic import AnalyticClassifier
+from edgecl.analytic import PROJECTION, AnalyticClassifier
 from edgecl.heads import class_means
 
 
@@ -30,7 +30,7 @@ def logistic_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, decay: fl
     return probe
 
 
-def joint_bounds(train, test, *, seed: int = 0, projection: int = 2048, show_progress: bool = True) -> dict[str, float]:
+def joint_bounds(train, test, *, seed: int = 0, projection: int = PROJECTION, show_progress: bool = True) -> dict[str, float]:
     """Test accuracy of NCM, a logistic probe (L2 picked on a held-out 20%) and the analytic
     classifier (M=`projection`, lambda picked likewise), each trained on all classes at once."""
     x, y = train.features.float(), torch.from_numpy(train.labels)

@@ -51,12 +51,17 @@ def test_the_stored_state_rebuilds_the_same_statistics():
     assert "gram" not in state and "projection" not in state  # regenerated / unpacked, not stored twice
     restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=5)
     restored.load_state_dict(state)
-    torch.testing.assert_close(restored.gram, head.gram, rtol=1e-6, atol=1e-3)
-    # the next session learned on the device after a reload still gives the joint solution
+    h = torch.cat([head.expand(x) for x, _, _ in parts[:2]]).double()
+    torch.testing.assert_close(restored.gram, h.T @ h, rtol=1e-6, atol=1e-3)
+    assert torch.equal(restored.gram, restored.gram.T)
+    # the next session learned on the device after a reload gives the joint solution, and to the bit
+    # what it gives without the reload
     x, y, total = parts[2]
     restored.add(x, y, total)
+    head.add(x, y, total)
     expected = joint_solution(parts, SIZE, 3, float(restored.ridge))
     assert relative_error(restored.weight, expected) < 1e-4
+    assert torch.equal(restored.weight, head.weight)
 
 
 def dense(projection, dim):
@@ -125,10 +130,14 @@ def test_ridge_is_picked_on_held_out_samples():
     assert np.isfinite(head.weight.numpy()).all()
 
 
-def test_cross_validation_errors_equal_refits_without_each_fold():
+@pytest.mark.parametrize("earlier", [True, False], ids=["after-a-session", "first-session"])
+def test_cross_validation_errors_equal_refits_without_each_fold(earlier):
+    """After a session through G's eigenvectors; in a first session of fewer samples than M through
+    the samples' kernel."""
     first, second, _ = sessions()
     head = AnalyticClassifier(DIM, SIZE, seed=0)
-    head.add(*first)  # an earlier session, always in the fit
+    if earlier:
+        head.add(*first)  # always in the fit
     x, y, total = second
     h = head.expand(x).double()
     onehot = torch.nn.functional.one_hot(y, total).double()

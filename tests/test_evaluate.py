@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from edgecl.analytic import PROJECTION
 from conftest import PLUMBING_BACKBONE, QUICK_EDGECL, make_image_folder
 from test_cli import edgecl, one_line_error
 
@@ -34,7 +35,7 @@ def test_methods_side_by_side_with_joint_bounds_and_plot(data, tmp_path):
     report = json.loads(report_file.read_text())
     assert [r["method"] for r in report["results"]] == ["edgecl", "simplecil", "safe"]
     assert all(len(r["accuracy_per_session"]) == 3 for r in report["results"])
-    assert set(report["joint"]) == {"ncm", "probe", "analytic_2048"}
+    assert set(report["joint"]) == {"ncm", "probe", f"analytic_{PROJECTION}"}
     assert set(report["backbones"]) == {"edgecl", "safe"} and report["backbones"]["edgecl"]["images"] == 24
     assert report["protocol"]["configs"]["edgecl"]["safe"]["slow"]["epochs"] == 1  # --set reached the nested config
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -78,7 +78,7 @@ class InfLoraConfig(MethodConfig):
     head_batch_size: int = 48
     head_lr: float = 0.05
     head_min_steps: int = 400
-    projection: int = 2048  # M of the analytic head
+    projection: int = 2048  # M of the analytic head (its figures in README were measured at 2048)
     projection_seed: int = 0
     projection_kind: str = "hadamard"  # as SafeConfig's
     repick_ridge: bool = False  # as SafeConfig's

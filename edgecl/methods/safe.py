@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecl.analytic import AnalyticClassifier, check_projection, legacy_projection
+from edgecl.analytic import PROJECTION, AnalyticClassifier, check_projection, legacy_projection
 from edgecl.errors import EdgeclError
 from edgecl.heads import CosineClassifier, LuCA, class_means, entropy
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
@@ -81,7 +81,7 @@ _LEGACY_SLOW = {"slow_tuner": "tuner", "slow_epochs": "epochs", "slow_batch_size
 
 @dataclass(frozen=True)
 class SafeConfig(MethodConfig):
-    projection: int = 2048  # M of the analytic classifiers (measured: README)
+    projection: int = PROJECTION  # M of the analytic classifiers
     projection_seed: int = 0
     projection_kind: str = "hadamard"  # hadamard | gaussian (RanPAC's dense matrix: 0.1-0.3 points more, 0.6-0.9 ms slower per image: README)
     repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: README)
