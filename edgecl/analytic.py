@@ -203,8 +203,9 @@ class AnalyticClassifier(nn.Module):
         H V = U S^1/2 there (benchmarks/analytic.py: the first session)."""
         if len(h) < self.size and not self.gram_packed.any():
             values, u = torch.linalg.eigh(h @ h.T)
-            root = values.clamp(min=0).sqrt()
-            return values.clamp(min=0), u * root, root[:, None] * (u.T @ y)
+            values = values.clamp(min=0)  # rounding leaves the kernel's zero eigenvalues slightly negative
+            root = values.sqrt()
+            return values, u * root, root[:, None] * (u.T @ y)
         values, vectors = torch.linalg.eigh(self.gram + h.T @ h)
         return values, h @ vectors, vectors.T @ (self.moment + h.T @ y)
 
