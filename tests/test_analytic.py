@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl.analytic import PROJECTIONS, AnalyticClassifier, HadamardProjection, hadamard, random_projection
+from edgecl.analytic import PROJECTIONS, AnalyticClassifier, HadamardProjection, hadamard, pack_upper, random_projection, unpack_upper
 from edgecl.errors import EdgeclError
 from edgecl.methods import create_method, method_config, restore_method
 
@@ -40,6 +40,16 @@ def test_sessions_one_by_one_give_the_joint_ridge_solution(kind):
     assert head.num_classes == 7
     expected = joint_solution(parts, SIZE, 3, float(head.ridge), kind)
     assert relative_error(head.weight, expected) < 1e-4
+
+
+@pytest.mark.parametrize("size,block", [(1, 4), (7, 3), (8, 4), (9, 512)])
+def test_a_packed_triangle_unpacks_to_its_symmetric_matrix(size, block):
+    a = torch.randn(size, size, dtype=torch.float64)
+    symmetric = (a + a.T).float().double()  # what float32 storage can hold exactly
+    packed = pack_upper(symmetric)
+    assert packed.dtype == torch.float32 and len(packed) == size * (size + 1) // 2
+    assert torch.equal(packed, symmetric[torch.ones(size, size, dtype=torch.bool).triu()].float())  # row by row
+    assert torch.equal(unpack_upper(packed, size, block), symmetric)
 
 
 def test_the_stored_state_rebuilds_the_same_statistics():
