@@ -137,7 +137,7 @@ def unpack_upper(packed: torch.Tensor, size: int, block: int = 512) -> torch.Ten
     rows, values = matrix.numpy(), packed.numpy()
     for i in range(size):
         rows[i, i:] = values[starts[i] : starts[i + 1]]
-    for b in range(0, size, block):  # mirrored a block of rows at a time, for the cache
+    for b in range(0, size, block):  # mirror a block of rows at a time, for the cache
         e = min(b + block, size)
         matrix[b:e, :b] = matrix[:b, b:e].T
         diagonal = matrix[b:e, b:e]
