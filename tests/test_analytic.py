@@ -52,6 +52,20 @@ def test_a_packed_triangle_unpacks_to_its_symmetric_matrix(size, block):
     assert torch.equal(unpack_upper(packed, size, block), symmetric)
 
 
+def test_a_system_cholesky_cannot_factor_is_solved_by_lu_on_g_formed_again():
+    x, y, total = sessions()[0]
+    head = AnalyticClassifier(DIM, SIZE, seed=3)
+    head.add(x, y, total)  # 90 samples: G has rank 90 of 300, so lambda = -1 leaves it indefinite
+    gram = head.gram.clone()
+    expected = torch.linalg.solve(gram - torch.eye(SIZE, dtype=torch.float64), head.moment).float()
+    torch.testing.assert_close(head.solve(-1.0), expected)
+    assert torch.equal(head.gram, gram)  # solved on a copy
+    restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=total)
+    restored.load_state_dict(head.state_dict())
+    spent = unpack_upper(restored.gram_packed, SIZE)
+    torch.testing.assert_close(restored.solve(-1.0, spent), expected)  # G itself overwritten by the failed factorization
+
+
 def test_the_stored_state_rebuilds_the_same_statistics():
     parts = sessions()
     head = AnalyticClassifier(DIM, SIZE, seed=3)
