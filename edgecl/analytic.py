@@ -243,7 +243,7 @@ class AnalyticClassifier(nn.Module):
         factor, info = system.mT, torch.empty((), dtype=torch.int32)
         torch.linalg.cholesky_ex(factor, out=(factor, info))
         if info:  # not positive definite in floating point (a tiny ridge): LU on G + lambda I formed again
-            system = self._gram.clone() if self._gram is not None else unpack_upper(self.gram_packed, self.size)
+            system = unpack_upper(self.gram_packed, self.size)  # what `gram` holds whenever it holds G
             system.diagonal().add_(ridge)
             solution = torch.linalg.solve(system, self.moment)
         else:  # two triangular solves: cholesky_solve copies the factor first, at 4x their time
