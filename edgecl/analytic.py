@@ -7,11 +7,12 @@ ReLU, and ridge regression onto one-hot labels, solved in closed form.
 
 Because G and Q are sums over samples, learning session by session gives exactly the ridge
 solution on all data seen so far: adding classes is a rank update and a solve, with no gradient
-steps. lambda is picked by 5-fold cross-validation on the first session's data (2000 samples held
-out at most), with one eigendecomposition for all candidates and folds, and kept after it. RanPAC
-picks it again every session, on an 80/20 split (`repick` here, by the same cross-validation),
-which on a device costs an M x M eigendecomposition per classifier and `learn` and measured no
-better (README).
+steps. What is kept of G is the Cholesky factor of G + lambda I, which a session of k samples
+updates in O(k M^2) (`cholesky_update`). lambda is picked by 5-fold cross-validation on the first
+session's data (2000 samples held out at most), with one eigendecomposition for all candidates and
+folds, and kept after it. RanPAC picks it again every session, on an 80/20 split (`repick` here,
+by the same cross-validation), which on a device costs an M x M eigendecomposition per classifier
+and `learn` and measured no better (README).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _row_starts(size: int) -> list[int]:
 
 
 def pack_upper(matrix: torch.Tensor) -> torch.Tensor:
-    """A symmetric matrix's upper triangle, row by row, as float32."""
+    """A square matrix's upper triangle, row by row, as float32."""
     size = len(matrix)
     packed, starts = torch.empty(size * (size + 1) // 2), _row_starts(size)
     out, rows = packed.numpy(), matrix.numpy()
@@ -131,13 +132,13 @@ def pack_upper(matrix: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-def unpack_upper(packed: torch.Tensor, size: int, block: int = 512) -> torch.Tensor:
-    """The float64 symmetric matrix whose upper triangle `pack_upper` wrote."""
-    matrix, starts = torch.empty(size, size, dtype=torch.float64), _row_starts(size)
+def unpack_upper(packed: torch.Tensor, size: int, block: int = 512, symmetric: bool = True) -> torch.Tensor:
+    """The float64 matrix whose upper triangle `pack_upper` wrote: symmetric, or upper triangular."""
+    matrix, starts = (torch.empty if symmetric else torch.zeros)(size, size, dtype=torch.float64), _row_starts(size)
     rows, values = matrix.numpy(), packed.numpy()
     for i in range(size):
         rows[i, i:] = values[starts[i] : starts[i + 1]]
-    for b in range(0, size, block):  # mirror a block of rows at a time, for the cache
+    for b in range(0, size if symmetric else 0, block):  # mirror a block of rows at a time, for the cache
         e = min(b + block, size)
         matrix[b:e, :b] = matrix[:b, b:e].T
         diagonal = matrix[b:e, b:e]
@@ -145,21 +146,94 @@ def unpack_upper(packed: torch.Tensor, size: int, block: int = 512) -> torch.Ten
     return matrix
 
 
+def cholesky_factor(system: torch.Tensor) -> torch.Tensor:
+    """The upper R with R^T R = system (symmetric positive definite), computed in the system's own memory."""
+    # symmetric, so its transpose is the column-major layout LAPACK factors in place (a row-major input
+    # is first copied: 134 MB at M = 4096); torch zeroes the other triangle
+    lower, info = system.mT, torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(lower, out=(lower, info))
+    if info:
+        raise EdgeclError(f"analytic classifier: G + lambda I is not positive definite in float64 (leading minor {int(info)}); pick a larger ridge")
+    return system
+
+
+def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
+    """Upper R with R^T R = A becomes, in place, the factor of A + rows^T rows: k rows cost about
+    2 k M^2 flops, where accumulating G and factoring it again cost 2 k M^2 + M^3 / 3 (at M = 4096 here:
+    50 rows 0.12 s against 0.55, 1,000 rows the same time, 3,000 rows 3.5 s against 2.0: LAPACK's ormqr
+    runs slower than the matmul that accumulates G). Block by block of columns, a QR of the block's
+    triangle stacked on the rows' block zeroes those rows; its Q^T then carries the rest of the rows
+    on (the stacked Householder update of LAPACK's tpqrt, on torch's QR)."""
+    size, explicit = len(factor), len(rows) <= 128
+    block = 128 if explicit else 256
+    if not len(rows):
+        return
+    for start in range(0, size, block):
+        end = min(start + block, size)
+        width = end - start
+        stacked = torch.cat([factor[start:end, start:end].triu(), rows[:, :width]])
+        if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
+            q, r = torch.linalg.qr(stacked, mode="complete")
+            factor[start:end, start:end] = r[:width]
+        else:
+            reflectors, tau = torch.geqrf(stacked)
+            factor[start:end, start:end] = reflectors[:width].triu()
+        if end < size:
+            rest = torch.cat([factor[start:end, end:], rows[:, width:]])
+            rest = q.mT @ rest if explicit else torch.ormqr(reflectors, tau, rest, left=True, transpose=True)
+            factor[start:end, end:] = rest[:width]
+            rows = rest[width:]
+    factor.mul_(factor.diagonal().sign()[:, None])  # a positive diagonal, as Cholesky's (R^T R is unchanged)
+
+
+def solve_factored(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """(R^T R)^-1 rhs by two triangular solves (cholesky_solve copies the factor first, at 4x their time)."""
+    return torch.linalg.solve_triangular(factor, torch.linalg.solve_triangular(factor.mT, rhs, upper=False), upper=True)
+
+
 class AnalyticClassifier(nn.Module):
     def __init__(self, dim: int, size: int = PROJECTION, seed: int = 0, num_classes: int = 0, kind: str = "hadamard") -> None:
         super().__init__()
         self.dim, self.size, self.seed, self.kind = dim, size, seed, kind
         self.projection = random_projection(kind, dim, size, seed)
-        # G is kept as the bundle keeps it, its upper triangle in float32 (33.6 MB at M=4096, not 134), and
-        # unpacked to float64 only while a session is added: classifying never reads it, and a session
-        # learned in this process gives what it gives after a save and reload
-        self.register_buffer("gram_packed", torch.zeros(size * (size + 1) // 2))
-        self._gram: torch.Tensor | None = None
+        # Not G but the Cholesky factor R of G + lambda I is kept (lambda is kept after the first session),
+        # as the bundle keeps it: its upper triangle in float32 (33.6 MB at M = 4096, not 134), unpacked to
+        # float64 only while a session is added, so a session learned in this process gives what it gives
+        # after a save and reload. A session then updates R in O(k M^2) instead of factoring in O(M^3).
+        self.register_buffer("factor_packed", torch.zeros(size * (size + 1) // 2))
         self.register_buffer("moment", torch.zeros(size, num_classes, dtype=torch.float64))  # Q
         self.register_buffer("weight", torch.zeros(size, num_classes))  # W, the current solution
-        self.register_buffer("ridge", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("ridge", torch.tensor(0.0, dtype=torch.float64))  # 0: nothing learned yet
+        self._legacy_gram: torch.Tensor | None = None
 
-        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_gram", None))
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # bundles written before the factor was kept stored G's upper triangle as gram_packed; it is
+        # factored when a session is added, so classifying such a bundle costs nothing more
+        legacy = state_dict.pop(prefix + "gram_packed", None)
+        self._legacy_gram = None
+        if legacy is not None and prefix + "factor_packed" not in state_dict:
+            if len(legacy) == len(self.factor_packed) and float(state_dict.get(prefix + "ridge", 0.0)) > 0:
+                self._legacy_gram, legacy = legacy, torch.zeros_like(legacy)
+            state_dict[prefix + "factor_packed"] = legacy
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._legacy_gram is not None:  # still unfactored: saved as it came
+            del destination[prefix + "factor_packed"]
+            destination[prefix + "gram_packed"] = self._legacy_gram
+
+    def _factor_legacy_gram(self) -> None:
+        if self._legacy_gram is None:
+            return
+        system = unpack_upper(self._legacy_gram, self.size)
+        system.diagonal().add_(float(self.ridge))
+        try:
+            factor = cholesky_factor(system)
+        except EdgeclError:  # G rounded to float32 is indefinite by about 1e-7 |G|, more than a small lambda
+            values, vectors = torch.linalg.eigh(unpack_upper(self._legacy_gram, self.size))
+            factor = cholesky_factor((vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T)  # nearest PSD G
+        self.factor_packed, self._legacy_gram = pack_upper(factor), None
 
     @classmethod
     def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> "AnalyticClassifier":
@@ -171,10 +245,22 @@ class AnalyticClassifier(nn.Module):
         return self.moment.shape[1]
 
     @property
+    def learned(self) -> bool:
+        return float(self.ridge) > 0
+
+    @property
+    def factor(self) -> torch.Tensor:
+        """R, upper triangular in float64, with R^T R = G + lambda I."""
+        self._factor_legacy_gram()
+        return unpack_upper(self.factor_packed, self.size, symmetric=False)
+
+    @property
     def gram(self) -> torch.Tensor:
-        if self._gram is None:
-            self._gram = unpack_upper(self.gram_packed, self.size)
-        return self._gram
+        """G = R^T R - lambda I (2 M^3 flops: for picking lambda again, never for an add)."""
+        factor = self.factor
+        gram = factor.T @ factor
+        gram.diagonal().sub_(float(self.ridge))
+        return gram
 
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.projection(features))
@@ -186,28 +272,38 @@ class AnalyticClassifier(nn.Module):
         h = self.expand(features).double()
         y = torch.nn.functional.one_hot(targets, num_classes).double()
         self.moment = torch.cat([self.moment, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
-        if repick or float(self.ridge) == 0:
-            self.ridge = torch.tensor(self.select_ridge(h, y, ridges), dtype=torch.float64)
-        gram, self._gram = self.gram.addmm_(h.T, h), None
+        gram = self.gram if self.learned and repick else None
+        ridge = self.select_ridge(h, y, ridges, gram) if repick or not self.learned else float(self.ridge)
+        if self.learned and ridge == float(self.ridge):
+            factor = self.factor
+            cholesky_update(factor, h)
+        else:  # a first session, or a new lambda: G + H^T H + lambda I factored afresh
+            system = gram if gram is not None else torch.zeros(self.size, self.size, dtype=torch.float64)
+            system.addmm_(h.T, h).diagonal().add_(ridge)
+            factor = cholesky_factor(system)
+        self.ridge = torch.tensor(ridge, dtype=torch.float64)
         self.moment += h.T @ y
-        self.gram_packed = pack_upper(gram)
-        self.weight = self.solve(float(self.ridge), gram)
-        return float(self.ridge)
+        self.factor_packed = pack_upper(factor)
+        self.weight = self.solve(factor)
+        return ridge
 
-    def select_ridge(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], folds: int = FOLDS) -> float:
+    def select_ridge(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], gram: torch.Tensor | None = None,
+                     folds: int = FOLDS) -> float:
         """The lambda with the least squared error over `folds`-fold cross-validation on this session's
-        first HELD_OUT samples (earlier sessions and later samples always in the fit; folds are every
-        k-th sample, so the caller shuffles)."""
+        first HELD_OUT samples (earlier sessions, whose G is `gram`, and later samples always in the fit;
+        folds are every k-th sample, so the caller shuffles)."""
         if min(folds, len(h)) < 2:
-            return float(self.ridge) if float(self.ridge) > 0 else ridges[len(ridges) // 2]
-        return ridges[int(np.argmin(self.cross_validation_errors(h, y, ridges, folds)))]
+            return float(self.ridge) if self.learned else ridges[len(ridges) // 2]
+        return ridges[int(np.argmin(self.cross_validation_errors(h, y, ridges, folds, gram=gram)))]
 
     def cross_validation_errors(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], folds: int = FOLDS,
-                                held_out: int = HELD_OUT) -> list[float]:
+                                held_out: int = HELD_OUT, gram: torch.Tensor | None = None) -> list[float]:
         """Held-out squared error per candidate lambda. No refits: with the fit on everything,
         A = G + lambda I and P_f = H_f A^-1 H_f^T, fold f's held-out residuals are
         (I - P_f)^-1 (Y_f - H_f W), so one eigendecomposition of G serves every candidate and fold."""
-        values, rotated, projected = self._spectrum(h, y)
+        if gram is None and self.learned:
+            gram = self.gram
+        values, rotated, projected = self._spectrum(h, y, gram)
         rotated, y = rotated[:held_out], y[:held_out]
         folds = min(folds, len(y))
         errors = []
@@ -221,33 +317,21 @@ class AnalyticClassifier(nn.Module):
             errors.append(error)
         return errors
 
-    def _spectrum(self, h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(eigenvalues of G + H^T H, H and G's targets in its eigenvectors V). A first session with fewer
-        samples than M (G = 0) takes them from the n x n kernel H H^T = U S U^T instead, since
-        H V = U S^1/2 there (benchmarks/analytic.py: the first session)."""
-        if len(h) < self.size and not self.gram_packed.any():
+    def _spectrum(self, h: torch.Tensor, y: torch.Tensor, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(eigenvalues of G + H^T H, H and G's targets in its eigenvectors V); G = 0 where `gram` is None.
+        A first session with fewer samples than M takes them from the n x n kernel H H^T = U S U^T
+        instead, since H V = U S^1/2 there (benchmarks/analytic.py: the first session)."""
+        if gram is None and len(h) < self.size:
             values, u = torch.linalg.eigh(h @ h.T)
             values = values.clamp(min=0)  # rounding leaves the kernel's zero eigenvalues slightly negative
             root = values.sqrt()
             return values, u * root, root[:, None] * (u.T @ y)
-        values, vectors = torch.linalg.eigh(self.gram + h.T @ h)
+        values, vectors = torch.linalg.eigh(h.T @ h if gram is None else gram + h.T @ h)
         return values, h @ vectors, vectors.T @ (self.moment + h.T @ y)
 
-    def solve(self, ridge: float, spent_gram: torch.Tensor | None = None) -> torch.Tensor:
-        """W for this lambda; G + lambda I is formed and factored in `spent_gram` if given (G, no longer
-        needed: two M x M copies less, 134 MB each at M = 4096)."""
-        system = spent_gram if spent_gram is not None else self.gram.clone()
-        system.diagonal().add_(ridge)
-        # G + lambda I is symmetric, so its transpose is the column-major layout LAPACK factors in place
-        # (a row-major input is first copied); positive definite: Cholesky, a quarter faster than LU
-        factor, info = system.mT, torch.empty((), dtype=torch.int32)
-        torch.linalg.cholesky_ex(factor, out=(factor, info))
-        if info:  # not positive definite in floating point (a tiny ridge): LU on G + lambda I formed again
-            system = unpack_upper(self.gram_packed, self.size)  # what `gram` holds whenever it holds G
-            system.diagonal().add_(ridge)
-            solution = torch.linalg.solve(system, self.moment)
-        else:  # two triangular solves: cholesky_solve copies the factor first, at 4x their time
-            solution = torch.linalg.solve_triangular(factor.mT, torch.linalg.solve_triangular(factor, self.moment, upper=False), upper=True)
+    def solve(self, factor: torch.Tensor | None = None) -> torch.Tensor:
+        """W from R (the stored one unless given)."""
+        solution = solve_factored(self.factor if factor is None else factor, self.moment)
         # contiguous, as a reloaded W is: a column-major W takes other matmul kernels, and the scores
         # of a bundle just learned would differ from the same bundle reloaded in the last bits
         return solution.float().contiguous()

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl.analytic import PROJECTIONS, AnalyticClassifier, HadamardProjection, hadamard, pack_upper, random_projection, unpack_upper
+from edgecl.analytic import (
+    PROJECTIONS, RIDGES, AnalyticClassifier, HadamardProjection, cholesky_factor, cholesky_update, hadamard, pack_upper, random_projection,
+    unpack_upper,
+)
 from edgecl.errors import EdgeclError
 from edgecl.methods import create_method, method_config, restore_method
 
@@ -52,18 +55,27 @@ def test_a_packed_triangle_unpacks_to_its_symmetric_matrix(size, block):
     assert torch.equal(unpack_upper(packed, size, block), symmetric)
 
 
-def test_a_system_cholesky_cannot_factor_is_solved_by_lu_on_g_formed_again():
+@pytest.mark.parametrize("rows", [1, 7, 128, 129, 400])  # Q formed (at most 128 rows) or applied by ormqr
+def test_a_cholesky_update_gives_the_factor_of_the_updated_system(rows):
+    g = torch.Generator().manual_seed(rows)
+    a = torch.randn(SIZE + 50, SIZE, generator=g, dtype=torch.float64)
+    system = a.T @ a + torch.eye(SIZE, dtype=torch.float64)
+    factor = torch.linalg.cholesky(system).mT.contiguous()
+    new = torch.randn(rows, SIZE, generator=g, dtype=torch.float64)
+    cholesky_update(factor, new)
+    expected = torch.linalg.cholesky(system + new.T @ new).mT
+    torch.testing.assert_close(factor, expected, rtol=0, atol=1e-10 * float(expected.abs().max()))
+    assert torch.equal(factor, factor.triu()) and bool((factor.diagonal() > 0).all())
+
+
+def test_a_system_that_is_not_positive_definite_is_a_clear_error():
     x, y, total = sessions()[0]
     head = AnalyticClassifier(DIM, SIZE, seed=3)
-    head.add(x, y, total)  # 90 samples: G has rank 90 of 300, so lambda = -1 leaves it indefinite
-    gram = head.gram.clone()
-    expected = torch.linalg.solve(gram - torch.eye(SIZE, dtype=torch.float64), head.moment).float()
-    torch.testing.assert_close(head.solve(-1.0), expected)
-    assert torch.equal(head.gram, gram)  # solved on a copy
-    restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=total)
-    restored.load_state_dict(head.state_dict())
-    spent = unpack_upper(restored.gram_packed, SIZE)
-    torch.testing.assert_close(restored.solve(-1.0, spent), expected)  # G itself overwritten by the failed factorization
+    head.add(x, y, total)  # 90 samples: G has rank 90 of 300, so G - I is indefinite
+    system = head.gram
+    system.diagonal().sub_(1.0)
+    with pytest.raises(EdgeclError, match="not positive definite.*larger ridge"):
+        cholesky_factor(system)
 
 
 def test_the_stored_state_rebuilds_the_same_statistics():
@@ -72,12 +84,11 @@ def test_the_stored_state_rebuilds_the_same_statistics():
     for x, y, total in parts[:2]:
         head.add(x, y, total)
     state = head.state_dict()
-    assert "gram" not in state and "projection" not in state  # regenerated / unpacked, not stored twice
+    assert set(state) == {"factor_packed", "moment", "weight", "ridge"}  # G's factor once, the projection regenerated
     restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=5)
     restored.load_state_dict(state)
     h = torch.cat([head.expand(x) for x, _, _ in parts[:2]]).double()
     torch.testing.assert_close(restored.gram, h.T @ h, rtol=1e-6, atol=1e-3)
-    assert torch.equal(restored.gram, restored.gram.T)
     # the next session learned on the device after a reload gives the joint solution, and to the bit
     # what it gives without the reload
     x, y, total = parts[2]
@@ -86,6 +97,63 @@ def test_the_stored_state_rebuilds_the_same_statistics():
     expected = joint_solution(parts, SIZE, 3, float(restored.ridge))
     assert relative_error(restored.weight, expected) < 1e-4
     assert torch.equal(restored.weight, head.weight)
+
+
+def test_the_kept_factor_loses_less_to_float32_than_keeping_g_would():
+    """With a small lambda the float32 rounding of what is kept between sessions decides W's error."""
+    parts, ridge = sessions(), 1e-2
+    head = AnalyticClassifier(DIM, SIZE, seed=3)
+    kept = torch.zeros(SIZE, SIZE, dtype=torch.float64)
+    for x, y, total in parts:
+        head.add(x, y, total, ridges=(ridge,))
+        h = head.expand(x).double()
+        gram = kept + h.T @ h  # as edgecl did before: G kept in float32 between sessions, W from the sum
+        kept = unpack_upper(pack_upper(gram), SIZE)
+    system = gram + ridge * torch.eye(SIZE, dtype=torch.float64)
+    exact = joint_solution(parts, SIZE, 3, ridge)
+    assert 2 * relative_error(head.weight, exact) < relative_error(torch.linalg.solve(system, head.moment), exact)
+
+
+def legacy_state(head, gram):
+    """The state as bundles wrote it before the factor was kept: G's upper triangle as gram_packed."""
+    state = {**head.state_dict(), "gram_packed": pack_upper(gram)}
+    del state["factor_packed"]
+    return state
+
+
+@pytest.mark.parametrize("ridges", [RIDGES, (1e-3,)], ids=["picked", "tiny"])
+def test_a_state_that_kept_g_is_factored_when_a_session_is_added(ridges):
+    parts = sessions()
+    head = AnalyticClassifier(DIM, SIZE, seed=3)
+    for x, y, total in parts[:2]:
+        head.add(x, y, total, ridges=ridges)
+    h = torch.cat([head.expand(x) for x, _, _ in parts[:2]]).double()
+    ridge = float(head.ridge)
+    kept = unpack_upper(pack_upper(h.T @ h), SIZE) + ridge * torch.eye(SIZE, dtype=torch.float64)  # G in float32, as kept
+    assert bool(torch.linalg.eigvalsh(kept)[0] < 0) == (ridges != RIDGES)  # tiny: indefinite, Cholesky cannot factor it
+    restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=5)
+    restored.load_state_dict(legacy_state(head, h.T @ h))
+    assert torch.equal(restored.weight, head.weight)  # classifying reads W as stored
+    assert set(restored.state_dict()) == {"gram_packed", "moment", "weight", "ridge"}  # nothing factored yet
+    exact = joint_solution(parts[:2], SIZE, 3, ridge)
+    if ridges == RIDGES:
+        assert relative_error(restored.solve(), exact) < 1e-4
+    else:  # the nearest positive semi-definite G: no further from the ridge solution than LU on the kept G was
+        assert relative_error(restored.solve(), exact) < relative_error(torch.linalg.solve(kept, restored.moment), exact)
+    assert "factor_packed" in restored.state_dict()
+    x, y, total = parts[2]
+    restored.add(x, y, total)
+    assert restored.learned and bool(torch.isfinite(restored.weight).all())
+    if ridges == RIDGES:
+        assert relative_error(restored.weight, joint_solution(parts, SIZE, 3, ridge)) < 1e-4
+
+
+def test_a_state_that_kept_g_before_any_session_loads_as_empty():
+    empty = AnalyticClassifier(DIM, SIZE, seed=3).state_dict()
+    empty["gram_packed"] = empty.pop("factor_packed")
+    fresh = AnalyticClassifier(DIM, SIZE, seed=3)
+    fresh.load_state_dict(empty)
+    assert not fresh.learned and not fresh.factor_packed.any() and "factor_packed" in fresh.state_dict()
 
 
 def dense(projection, dim):
