@@ -18,6 +18,7 @@ and `learn` and measured no better (README).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -157,27 +158,40 @@ def cholesky_factor(system: torch.Tensor) -> torch.Tensor:
     return system
 
 
+@contextmanager
+def _one_thread():
+    """Small LAPACK factorizations run on one thread: as fast on an idle CPU, and on a busy one their
+    many short parallel regions wait on descheduled threads (two learners at once here: 0.7 to 1.2 s
+    for a 50-row update at M = 4096, against 1.1 to 2.4 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     """Upper R with R^T R = A becomes, in place, the factor of A + rows^T rows: k rows cost about
     2 k M^2 flops, where accumulating G and factoring it again cost 2 k M^2 + M^3 / 3 (at M = 4096 here:
-    50 rows 0.12 s against 0.55, 1,000 rows the same time, 3,000 rows 3.5 s against 2.0: LAPACK's ormqr
+    50 rows 0.12 s against 0.55, 1,000 rows the same time, 3,000 rows 3.3 s against 1.9: LAPACK's ormqr
     runs slower than the matmul that accumulates G). Block by block of columns, a QR of the block's
     triangle stacked on the rows' block zeroes those rows; its Q^T then carries the rest of the rows
     on (the stacked Householder update of LAPACK's tpqrt, on torch's QR)."""
     size, explicit = len(factor), len(rows) <= 128
-    block = 128 if explicit else 256
+    block = 128 if explicit else 256 if len(rows) <= 1024 else 512
     if not len(rows):
         return
     for start in range(0, size, block):
         end = min(start + block, size)
         width = end - start
         stacked = torch.cat([factor[start:end, start:end].triu(), rows[:, :width]])
-        if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
-            q, r = torch.linalg.qr(stacked, mode="complete")
-            factor[start:end, start:end] = r[:width]
-        else:
-            reflectors, tau = torch.geqrf(stacked)
-            factor[start:end, start:end] = reflectors[:width].triu()
+        with _one_thread():
+            if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
+                q, r = torch.linalg.qr(stacked, mode="complete")
+            else:
+                reflectors, tau = torch.geqrf(stacked)
+        factor[start:end, start:end] = r[:width] if explicit else reflectors[:width].triu()
         if end < size:
             rest = torch.cat([factor[start:end, end:], rows[:, width:]])
             rest = q.mT @ rest if explicit else torch.ormqr(reflectors, tau, rest, left=True, transpose=True)
@@ -192,53 +206,65 @@ def solve_factored(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 class AnalyticClassifier(nn.Module):
-    def __init__(self, dim: int, size: int = PROJECTION, seed: int = 0, num_classes: int = 0, kind: str = "hadamard") -> None:
+    def __init__(self, dim: int, size: int = PROJECTION, seed: int = 0, num_classes: int = 0, kind: str = "hadamard",
+                 repick: bool = False) -> None:
         super().__init__()
-        self.dim, self.size, self.seed, self.kind = dim, size, seed, kind
+        self.dim, self.size, self.seed, self.kind, self.repick = dim, size, seed, kind, repick
         self.projection = random_projection(kind, dim, size, seed)
-        # Not G but the Cholesky factor R of G + lambda I is kept (lambda is kept after the first session),
-        # as the bundle keeps it: its upper triangle in float32 (33.6 MB at M = 4096, not 134), unpacked to
-        # float64 only while a session is added, so a session learned in this process gives what it gives
-        # after a save and reload. A session then updates R in O(k M^2) instead of factoring in O(M^3).
-        self.register_buffer("factor_packed", torch.zeros(size * (size + 1) // 2))
+        # What is kept of G between sessions, as the bundle keeps it: an upper triangle in float32 (33.6 MB
+        # at M = 4096, not 134), unpacked to float64 only while a session is added, so a session learned in
+        # this process gives what it gives after a save and reload. With lambda kept after the first
+        # session it is the Cholesky factor R of G + lambda I, which a session updates in O(k M^2); with
+        # lambda picked every session (`repick`) it is G, since R in float32 fixes G to about 1e-7 lambda only.
+        self.register_buffer(self._kept, torch.zeros(size * (size + 1) // 2))
         self.register_buffer("moment", torch.zeros(size, num_classes, dtype=torch.float64))  # Q
         self.register_buffer("weight", torch.zeros(size, num_classes))  # W, the current solution
         self.register_buffer("ridge", torch.tensor(0.0, dtype=torch.float64))  # 0: nothing learned yet
-        self._legacy_gram: torch.Tensor | None = None
+        self._holds_gram = False  # factor_packed holds G still, as loaded from a bundle that kept G
+
+    @property
+    def _kept(self) -> str:
+        return "gram_packed" if self.repick else "factor_packed"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # bundles written before the factor was kept stored G's upper triangle as gram_packed; it is
-        # factored when a session is added, so classifying such a bundle costs nothing more
-        legacy = state_dict.pop(prefix + "gram_packed", None)
-        self._legacy_gram = None
-        if legacy is not None and prefix + "factor_packed" not in state_dict:
-            if len(legacy) == len(self.factor_packed) and float(state_dict.get(prefix + "ridge", 0.0)) > 0:
-                self._legacy_gram, legacy = legacy, torch.zeros_like(legacy)
-            state_dict[prefix + "factor_packed"] = legacy
+        kept, other = prefix + self._kept, prefix + ("factor_packed" if self.repick else "gram_packed")
+        holds_gram = self._holds_gram and kept not in state_dict and other not in state_dict  # a partial load keeps it
+        if other in state_dict and kept not in state_dict:
+            triangle = state_dict.pop(other)
+            if self.repick and len(triangle) == len(getattr(self, self._kept)):  # a factor where G is kept
+                factor = unpack_upper(triangle, self.size, symmetric=False)
+                gram = factor.T @ factor
+                gram.diagonal().sub_(float(state_dict.get(prefix + "ridge", 0.0)))
+                triangle = pack_upper(gram)
+            # bundles written before the factor was kept: G, factored at the next add (nothing learned: G = 0)
+            holds_gram = not self.repick and float(state_dict.get(prefix + "ridge", 0.0)) > 0
+            state_dict[kept] = triangle
+        self._holds_gram = holds_gram
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._legacy_gram is not None:  # still unfactored: saved as it came
-            del destination[prefix + "factor_packed"]
-            destination[prefix + "gram_packed"] = self._legacy_gram
+        if self._holds_gram:  # not factored yet: saved as it came
+            destination[prefix + "gram_packed"] = destination.pop(prefix + "factor_packed")
 
-    def _factor_legacy_gram(self) -> None:
-        if self._legacy_gram is None:
+    def _factor_held_gram(self) -> None:
+        if not self._holds_gram:
             return
-        system = unpack_upper(self._legacy_gram, self.size)
-        system.diagonal().add_(float(self.ridge))
-        try:
-            factor = cholesky_factor(system)
-        except EdgeclError:  # G rounded to float32 is indefinite by about 1e-7 |G|, more than a small lambda
-            values, vectors = torch.linalg.eigh(unpack_upper(self._legacy_gram, self.size))
-            factor = cholesky_factor((vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T)  # nearest PSD G
-        self.factor_packed, self._legacy_gram = pack_upper(factor), None
+        if self.learned:
+            system = unpack_upper(self.factor_packed, self.size)
+            system.diagonal().add_(float(self.ridge))
+            try:
+                factor = cholesky_factor(system)
+            except EdgeclError:  # G rounded to float32 is indefinite by about 1e-7 |G|, more than a small lambda
+                values, vectors = torch.linalg.eigh(unpack_upper(self.factor_packed, self.size))
+                factor = cholesky_factor((vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T)  # nearest PSD G
+            self.factor_packed = pack_upper(factor)
+        self._holds_gram = False
 
     @classmethod
     def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> "AnalyticClassifier":
-        """From a method config's `projection` (M), `projection_seed` and `projection_kind`."""
-        return cls(dim, settings.projection, settings.projection_seed, num_classes, settings.projection_kind)
+        """From a method config's `projection` (M), `projection_seed`, `projection_kind` and `repick_ridge`."""
+        return cls(dim, settings.projection, settings.projection_seed, num_classes, settings.projection_kind, settings.repick_ridge)
 
     @property
     def num_classes(self) -> int:
@@ -249,43 +275,69 @@ class AnalyticClassifier(nn.Module):
         return float(self.ridge) > 0
 
     @property
-    def factor(self) -> torch.Tensor:
-        """R, upper triangular in float64, with R^T R = G + lambda I."""
-        self._factor_legacy_gram()
-        return unpack_upper(self.factor_packed, self.size, symmetric=False)
-
-    @property
     def gram(self) -> torch.Tensor:
-        """G = R^T R - lambda I (2 M^3 flops: for picking lambda again, never for an add)."""
+        """G, float64 (where the factor is kept: R^T R - lambda I, 2 M^3 flops)."""
+        if self.repick:
+            return unpack_upper(self.gram_packed, self.size)
         factor = self.factor
         gram = factor.T @ factor
         gram.diagonal().sub_(float(self.ridge))
         return gram
 
+    @property
+    def factor(self) -> torch.Tensor:
+        """R, upper triangular in float64, with R^T R = G + lambda I."""
+        if self.repick:
+            system = self.gram
+            system.diagonal().add_(float(self.ridge))
+            return cholesky_factor(system)
+        self._factor_held_gram()
+        return unpack_upper(self.factor_packed, self.size, symmetric=False)
+
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.projection(features))
 
-    def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES,
-            repick: bool = False) -> float:
-        """Accumulate one session (targets in [0, num_classes)), pick lambda if none was picked yet (or
-        `repick`), solve; returns lambda."""
+    def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES) -> float:
+        """Accumulate one session (targets in [0, num_classes)), pick lambda in the first session (every
+        session if `repick`), solve; returns lambda. If it fails, nothing has changed."""
+        if not min(ridges) > 0:
+            raise EdgeclError(f"ridge candidates must be positive (got {min(ridges):g})")
         h = self.expand(features).double()
         y = torch.nn.functional.one_hot(targets, num_classes).double()
-        self.moment = torch.cat([self.moment, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
-        gram = self.gram if self.learned and repick else None
-        ridge = self.select_ridge(h, y, ridges, gram) if repick or not self.learned else float(self.ridge)
-        if self.learned and ridge == float(self.ridge):
+        previous = self.moment
+        self.moment = torch.cat([previous, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
+        moment = self.moment + h.T @ y
+        try:
+            ridge, kept, weight = self._fit(h, y, ridges, moment)
+        except BaseException:
+            self.moment = previous
+            raise
+        self.moment = moment
+        self.ridge = torch.tensor(ridge, dtype=torch.float64)
+        setattr(self, self._kept, kept)
+        self.weight = weight
+        return ridge
+
+    def _fit(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], moment: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """(lambda, the packed triangle to keep, W) with this session's H added; `moment` is Q with its Y."""
+        if self.learned and not self.repick:
             factor = self.factor
             cholesky_update(factor, h)
-        else:  # a first session, or a new lambda: G + H^T H + lambda I factored afresh
-            system = gram if gram is not None else torch.zeros(self.size, self.size, dtype=torch.float64)
-            system.addmm_(h.T, h).diagonal().add_(ridge)
+            return float(self.ridge), pack_upper(factor), self.solve(factor, moment)
+        gram = self.gram if self.learned else None
+        ridge = self.select_ridge(h, y, ridges, gram)
+        system = (gram if gram is not None else torch.zeros(self.size, self.size, dtype=torch.float64)).addmm_(h.T, h)
+        gram_kept = pack_upper(system) if self.repick else None
+        system.diagonal().add_(ridge)
+        try:
             factor = cholesky_factor(system)
-        self.ridge = torch.tensor(ridge, dtype=torch.float64)
-        self.moment += h.T @ y
-        self.factor_packed = pack_upper(factor)
-        self.weight = self.solve(factor)
-        return ridge
+        except EdgeclError:
+            if gram_kept is None:
+                raise
+            system = unpack_upper(gram_kept, self.size)  # G rounded to float32 and a small lambda: LU solves it
+            system.diagonal().add_(ridge)
+            return ridge, gram_kept, torch.linalg.solve(system, moment).float().contiguous()
+        return ridge, gram_kept if self.repick else pack_upper(factor), self.solve(factor, moment)
 
     def select_ridge(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], gram: torch.Tensor | None = None,
                      folds: int = FOLDS) -> float:
@@ -329,9 +381,9 @@ class AnalyticClassifier(nn.Module):
         values, vectors = torch.linalg.eigh(h.T @ h if gram is None else gram + h.T @ h)
         return values, h @ vectors, vectors.T @ (self.moment + h.T @ y)
 
-    def solve(self, factor: torch.Tensor | None = None) -> torch.Tensor:
-        """W from R (the stored one unless given)."""
-        solution = solve_factored(self.factor if factor is None else factor, self.moment)
+    def solve(self, factor: torch.Tensor | None = None, moment: torch.Tensor | None = None) -> torch.Tensor:
+        """W from R and Q (the kept ones unless given)."""
+        solution = solve_factored(self.factor if factor is None else factor, self.moment if moment is None else moment)
         # contiguous, as a reloaded W is: a column-major W takes other matmul kernels, and the scores
         # of a bundle just learned would differ from the same bundle reloaded in the last bits
         return solution.float().contiguous()

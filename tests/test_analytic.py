@@ -8,6 +8,7 @@ from edgecl.analytic import (
     PROJECTIONS, RIDGES, AnalyticClassifier, HadamardProjection, cholesky_factor, cholesky_update, hadamard, pack_upper, random_projection,
     unpack_upper,
 )
+from edgecl import analytic
 from edgecl.errors import EdgeclError
 from edgecl.methods import create_method, method_config, restore_method
 
@@ -135,6 +136,8 @@ def test_a_state_that_kept_g_is_factored_when_a_session_is_added(ridges):
     restored.load_state_dict(legacy_state(head, h.T @ h))
     assert torch.equal(restored.weight, head.weight)  # classifying reads W as stored
     assert set(restored.state_dict()) == {"gram_packed", "moment", "weight", "ridge"}  # nothing factored yet
+    restored.load_state_dict({"weight": head.weight}, strict=False)  # a partial load leaves G as it was
+    assert "gram_packed" in restored.state_dict()
     exact = joint_solution(parts[:2], SIZE, 3, ridge)
     if ridges == RIDGES:
         assert relative_error(restored.solve(), exact) < 1e-4
@@ -253,7 +256,42 @@ def test_the_first_sessions_ridge_is_kept_unless_repicked():
     head = AnalyticClassifier(DIM, SIZE, seed=0)
     picked = head.add(*first, ridges=(1e-1, 1e1))
     assert head.add(*second, ridges=(1e3, 1e5)) == picked  # the later candidates are not even looked at
-    assert head.add(*third, ridges=(1e3, 1e5), repick=True) in (1e3, 1e5)
+    repicking = AnalyticClassifier(DIM, SIZE, seed=0, repick=True)
+    repicking.add(*first, ridges=(1e-1, 1e1))
+    assert repicking.add(*third, ridges=(1e3, 1e5)) in (1e3, 1e5)
+
+
+def test_picking_lambda_every_session_keeps_g_and_gives_the_joint_solution_for_a_much_smaller_lambda():
+    """The factor of G + lambda I in float32 fixes G only to about 1e-7 lambda: no base for a far smaller one."""
+    parts = sessions()
+    head = AnalyticClassifier(DIM, SIZE, seed=3, repick=True)
+    head.add(*parts[0], ridges=(1e6,))
+    head.add(*parts[1], ridges=(1.0,))
+    assert set(head.state_dict()) == {"gram_packed", "moment", "weight", "ridge"}
+    assert relative_error(head.weight, joint_solution(parts[:2], SIZE, 3, 1.0)) < 1e-2
+    restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=5, repick=True)
+    restored.load_state_dict(head.state_dict())
+    restored.add(*parts[2], ridges=(10.0,))
+    head.add(*parts[2], ridges=(10.0,))
+    assert torch.equal(restored.weight, head.weight)
+
+
+def test_a_failed_add_changes_nothing_and_ridges_must_be_positive(monkeypatch):
+    parts = sessions()
+    head = AnalyticClassifier(DIM, SIZE, seed=3)
+    head.add(*parts[0])
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+
+    def fail(*_):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(analytic, "cholesky_update", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        head.add(*parts[1])
+    with pytest.raises(EdgeclError, match="ridge candidates must be positive .got 0."):
+        AnalyticClassifier(DIM, SIZE, seed=3).add(*parts[0], ridges=(0.0, 1.0))
+    after = head.state_dict()
+    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
 
 
 def test_prediction_of_a_sample_does_not_depend_on_its_batch():

@@ -123,7 +123,7 @@ class InfLora(ContinualMethod):
         new = self.check_new_classes(targets)
         if self.config.heads == "analytic":
             order = torch.randperm(len(targets), generator=generator)
-            return {"ridge": self.analytic.add(features[order], targets[order], old + new, repick=self.config.repick_ridge)}
+            return {"ridge": self.analytic.add(features[order], targets[order], old + new)}
         head = nn.Linear(self.embedding_dim, new)
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # convex: no random start needed, and none to reproduce
         local = targets - old

@@ -164,9 +164,8 @@ class Safe(ContinualMethod):
             if old and self.config.fast_learner:
                 self.fast_classifier.weight[old:] = class_means(fast_features, local, new)
         order = torch.randperm(len(targets), generator=generator)  # the ridge's cross-validation folds
-        repick = self.config.repick_ridge
-        stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new, repick=repick)
-        stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new, repick=repick)
+        stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new)
+        stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new)
         self.sessions += 1
         return stats
 
