@@ -200,6 +200,13 @@ def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     factor.mul_(factor.diagonal().sign()[:, None])  # a positive diagonal, as Cholesky's (R^T R is unchanged)
 
 
+def gram_of_factor(factor: torch.Tensor, ridge: float) -> torch.Tensor:
+    """G = R^T R - lambda I from the upper factor of G + lambda I (2 M^3 flops)."""
+    gram = factor.T @ factor
+    gram.diagonal().sub_(ridge)
+    return gram
+
+
 def solve_factored(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """(R^T R)^-1 rhs by two triangular solves (cholesky_solve copies the factor first, at 4x their time)."""
     return torch.linalg.solve_triangular(factor, torch.linalg.solve_triangular(factor.mT, rhs, upper=False), upper=True)
@@ -233,9 +240,7 @@ class AnalyticClassifier(nn.Module):
             triangle = state_dict.pop(other)
             if self.repick and len(triangle) == len(getattr(self, self._kept)):  # a factor where G is kept
                 factor = unpack_upper(triangle, self.size, symmetric=False)
-                gram = factor.T @ factor
-                gram.diagonal().sub_(float(state_dict.get(prefix + "ridge", 0.0)))
-                triangle = pack_upper(gram)
+                triangle = pack_upper(gram_of_factor(factor, float(state_dict.get(prefix + "ridge", 0.0))))
             # bundles written before the factor was kept: G, factored at the next add (nothing learned: G = 0)
             holds_gram = not self.repick and float(state_dict.get(prefix + "ridge", 0.0)) > 0
             state_dict[kept] = triangle
@@ -279,10 +284,7 @@ class AnalyticClassifier(nn.Module):
         """G, float64 (where the factor is kept: R^T R - lambda I, 2 M^3 flops)."""
         if self.repick:
             return unpack_upper(self.gram_packed, self.size)
-        factor = self.factor
-        gram = factor.T @ factor
-        gram.diagonal().sub_(float(self.ridge))
-        return gram
+        return gram_of_factor(self.factor, float(self.ridge))
 
     @property
     def factor(self) -> torch.Tensor:
