@@ -1,8 +1,9 @@
 """`edgecl watch`: classify images dropped into a folder (by a camera pipeline, scp, ...) and append
 one JSON line per image to a log. The bundle is reloaded when a `learn` changes it.
 
-A file is classified again whenever it changes (a camera that rewrites latest.jpg); an unreadable
-one is logged once and stays where it is until it changes (a frame that was still being written)."""
+A file is classified again whenever it changes (a camera that rewrites latest.jpg). An unreadable
+one is logged once it has failed and then stayed unchanged for a pass, so a frame caught while still
+being written is simply read again; it stays where it is until it changes."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def watch_folder(
     manifest = Path(bundle_path) / MANIFEST
     classifier, version = Classifier(bundle_path, runtime), manifest.stat().st_mtime_ns
     seen: dict[Path, tuple[int, int]] = {}  # what each file was when last read
+    failed: dict[Path, tuple[tuple[int, int], str]] = {}  # unreadable last pass, not logged yet
     count = 0
     while not should_stop():
         if manifest.stat().st_mtime_ns != version:
@@ -68,25 +70,34 @@ def watch_folder(
         now = time.time()
         current = {p: _version(p) for p in sorted(folder.iterdir()) if is_image_file(p)}
         seen = {p: v for p, v in seen.items() if p in current}
+        unreadable = {p: reason for p, (v, reason) in failed.items() if current.get(p) == v}
+        seen.update((p, current[p]) for p in unreadable)
+        failed = {}
         ready = [p for p, v in current.items() if v is not None and seen.get(p) != v and (once or _settled(v, settle, now))]
+        lines, classified = [], set()
+        stamp = bundles.now()
         if ready:
             predictions, skipped = classifier.classify(ready, top_k=top_k, show_progress=False)
-            stamp = bundles.now()
             lines = [{"time": stamp, "path": p.path, "label": p.label, "score": p.score, "top_k": p.top_k,
                       "runtime": classifier.embedder.runtime, "classes": len(classifier.classes)} for p in predictions]
             classified = {p.path for p in predictions}
+            count += len(predictions)
             for path in ready:
                 if str(path) not in classified:
                     reason = next((r for r in skipped if r.startswith(f"{path}:")), f"{path}: unreadable")
-                    lines.append({"time": stamp, "path": str(path), "error": reason})
+                    if once:
+                        unreadable[path] = reason
+                    else:
+                        failed[path] = current[path], reason
+        lines += [{"time": stamp, "path": str(path), "error": reason} for path, reason in unreadable.items()]
+        if lines:
             with open(log, "a") as handle:
                 handle.writelines(json.dumps(line) + "\n" for line in lines)
-            count += len(predictions)
-            for path in ready:
-                if done is not None and str(path) in classified and path.exists():
-                    shutil.move(str(path), _free_path(done, path.name))
-                else:
-                    seen[path] = current[path]
+        for path in (p for p in ready if str(p) in classified):
+            if done is not None and path.exists():
+                shutil.move(str(path), _free_path(done, path.name))
+            else:
+                seen[path] = current[path]
         if once:
             break
         time.sleep(interval)
