@@ -18,7 +18,6 @@ and `learn` and measured no better (README).
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecl.errors import EdgeclError
+from edgecl.threads import torch_threads
 
 PROJECTION = 4096  # M of SAFE's and edgecl's analytic classifiers and of the joint bound (measured: README)
 RIDGES = tuple(10.0 ** (k / 2) for k in range(-4, 17))  # 1e-2 .. 1e8 in half decades (README)
@@ -158,19 +158,6 @@ def cholesky_factor(system: torch.Tensor) -> torch.Tensor:
     return system
 
 
-@contextmanager
-def _one_thread():
-    """Small LAPACK factorizations run on one thread: as fast on an idle CPU, and on a busy one their
-    many short parallel regions wait on descheduled threads (two learners at once here: 0.7 to 1.2 s
-    for a 50-row update at M = 4096, against 1.1 to 2.4 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     """Upper R with R^T R = A becomes, in place, the factor of A + rows^T rows: k rows cost about
     2 k M^2 flops, where accumulating G and factoring it again cost 2 k M^2 + M^3 / 3 (at M = 4096 here:
@@ -186,7 +173,8 @@ def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
         end = min(start + block, size)
         width = end - start
         stacked = torch.cat([factor[start:end, start:end].triu(), rows[:, :width]])
-        with _one_thread():
+        # one thread: as fast on an idle CPU; with two learners at once, 50 rows took 0.7-1.2 s, not 1.1-2.4
+        with torch_threads(1):
             if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
                 q, r = torch.linalg.qr(stacked, mode="complete")
             else:

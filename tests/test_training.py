@@ -43,3 +43,25 @@ def test_schedule_is_cosine_to_min_lr_and_loss_goes_down():
     assert seen == [4, 4] * 40
     assert final < 1e-2 and torch.allclose(w, target, atol=0.1)
     assert math.isclose(schedule.epochs_for(8), 40)
+
+
+def test_heads_train_on_one_thread_and_the_count_comes_back_even_after_an_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        w = torch.nn.Parameter(torch.zeros(2))
+        threads = []
+
+        def loss(batch):
+            threads.append(torch.get_num_threads())
+            if len(threads) == 3:
+                raise RuntimeError("a loss that fails halfway")
+            return w.pow(2).sum()
+
+        train_minibatches([w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False)
+        assert threads == [1, 1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="fails halfway"):
+            train_minibatches([w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
