@@ -75,8 +75,8 @@ def train_minibatches(
     total = max(epochs * math.ceil(num_samples / schedule.batch_size), 1)
     mean_loss = float("nan")
     step = 0
-    # Heads' ops are small. On 2 cores, one thread ran a 50-image session's SGD in 3.9 s against 4.2 s
-    # on two; with one busy process beside it, 3.7 s against 15.9 (benchmarks/learn_cost.py).
+    # Heads' ops are small: on one thread, edgecl's learn heads took 5.3 s instead of 18.5 beside a
+    # process holding one of two cores, and the same within noise on an idle CPU (benchmarks/learn_cost.py).
     with torch_threads(1), progress_bar(description, epochs, enabled=show_progress, unit="epochs") as advance:
         for _ in range(epochs):
             order = torch.randperm(num_samples, generator=generator)
