@@ -158,6 +158,12 @@ def cholesky_factor(system: torch.Tensor) -> torch.Tensor:
     return system
 
 
+def factor_of_gram(gram: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The upper R with R^T R = G + lambda I, formed and factored in G's own memory."""
+    gram.diagonal().add_(ridge)
+    return cholesky_factor(gram)
+
+
 def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     """Upper R with R^T R = A becomes, in place, the factor of A + rows^T rows: k rows cost about
     2 k M^2 flops, where accumulating G and factoring it again cost 2 k M^2 + M^3 / 3 (at M = 4096 here:
@@ -244,10 +250,8 @@ class AnalyticClassifier(nn.Module):
         if not self._holds_gram:
             return
         if self.learned:
-            system = unpack_upper(self.factor_packed, self.size)
-            system.diagonal().add_(float(self.ridge))
             try:
-                factor = cholesky_factor(system)
+                factor = factor_of_gram(unpack_upper(self.factor_packed, self.size), float(self.ridge))
             except EdgeclError:  # G rounded to float32 is indefinite by about 1e-7 |G|, more than a small lambda
                 values, vectors = torch.linalg.eigh(unpack_upper(self.factor_packed, self.size))
                 factor = cholesky_factor((vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T)  # nearest PSD G
@@ -278,9 +282,7 @@ class AnalyticClassifier(nn.Module):
     def factor(self) -> torch.Tensor:
         """R, upper triangular in float64, with R^T R = G + lambda I."""
         if self.repick:
-            system = self.gram
-            system.diagonal().add_(float(self.ridge))
-            return cholesky_factor(system)
+            return factor_of_gram(self.gram, float(self.ridge))
         self._factor_held_gram()
         return unpack_upper(self.factor_packed, self.size, symmetric=False)
 
@@ -318,9 +320,8 @@ class AnalyticClassifier(nn.Module):
         ridge = self.select_ridge(h, y, ridges, gram)
         system = (gram if gram is not None else torch.zeros(self.size, self.size, dtype=torch.float64)).addmm_(h.T, h)
         gram_kept = pack_upper(system) if self.repick else None
-        system.diagonal().add_(ridge)
         try:
-            factor = cholesky_factor(system)
+            factor = factor_of_gram(system, ridge)
         except EdgeclError:
             if gram_kept is None:
                 raise
