@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 import torch
@@ -252,19 +252,25 @@ class BundleUpdate:
         return entry
 
     def write_file(self, name: str, data: bytes) -> dict[str, str]:
-        """A file under the bundle, relative name (may be in engines/); visible once committed."""
+        """A file under the bundle, relative name (may be in engines/); visible once committed.
+        Where the current manifest names `name` for other bytes, the new file is `<stem>-<sha16><suffix>`
+        instead: readers use the live file until the commit, and a failed update must leave it whole."""
+        digest = sha256_bytes(data)
+        if name in referenced(self.bundle.manifest) and _file_digest(self.bundle.path / name) != digest:
+            name = PurePosixPath(name).with_stem(f"{PurePosixPath(name).stem}-{digest[:16]}").as_posix()
         target = self.bundle.path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, data)
         self.written.append(target)
-        return {"file": name, "sha256": sha256_bytes(data)}
+        return {"file": name, "sha256": digest}
 
     def commit(self) -> None:
         self.manifest.updated = now()
         write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
         keep = referenced(self.manifest)
-        stems = (HEADS_STEM, "backbone", "inflora_memory")  # content-named files a crashed writer may have left
-        candidates = [*(f for stem in stems for f in self.bundle.path.glob(f"{stem}-*.safetensors")), *self.bundle.path.glob(f"{ENGINES_DIR}/*"),
+        # content-named files a crashed writer may have left
+        patterns = [f"{stem}-*.safetensors" for stem in (HEADS_STEM, "backbone", "inflora_memory")] + ["backbone-*.onnx", "heads-*.onnx", f"{ENGINES_DIR}/*"]
+        candidates = [*(f for pattern in patterns for f in self.bundle.path.glob(pattern)),
                       *(self.bundle.path / name for name in referenced(self.bundle.manifest))]
         for stale in candidates:
             if stale.relative_to(self.bundle.path).as_posix() not in keep:
@@ -277,6 +283,13 @@ class BundleUpdate:
         for path in self.written:
             if path.relative_to(self.bundle.path).as_posix() not in keep:
                 path.unlink(missing_ok=True)
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return sha256_bytes(path.read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 def referenced(manifest: Manifest) -> set[str]:

@@ -139,4 +139,4 @@ def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *
                       if heads.data is not None else {"error": heads.error}),
         }
         change.manifest.engines = {}  # built from the previous ONNX, if any
-    return ExportReport(Path(bundle_path) / bundles.ONNX_FILE, len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start, heads)
+    return ExportReport(Path(bundle_path) / change.manifest.export["file"], len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start, heads)

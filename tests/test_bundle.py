@@ -119,6 +119,26 @@ def test_killed_learner_leaves_the_previous_bundle_intact(bundle, new_images, ba
     assert sorted(p.name for p in bundle.glob("heads-*")) == [m.heads["file"]]
 
 
+def test_a_file_the_manifest_names_is_never_overwritten_before_the_commit(bundle):
+    with bundles.update(bundle) as change:
+        change.manifest.export = change.write_file(bundles.ONNX_FILE, b"first export")
+    assert (bundle / "backbone.onnx").read_bytes() == b"first export"
+    with pytest.raises(KeyboardInterrupt), bundles.update(bundle) as change:
+        entry = change.write_file(bundles.ONNX_FILE, b"second export, another toolchain")
+        assert entry["file"] == f"backbone-{entry['sha256'][:16]}.onnx"
+        raise KeyboardInterrupt  # killed before the commit
+    b = Bundle.open(bundle)
+    assert b.read_bytes(b.manifest.export) == b"first export"
+    assert not list(bundle.glob("backbone-*.onnx"))
+    with bundles.update(bundle) as change:
+        change.manifest.export = change.write_file(bundles.ONNX_FILE, b"second export, another toolchain")
+    b = Bundle.open(bundle)
+    assert b.read_bytes(b.manifest.export) == b"second export, another toolchain"
+    assert not (bundle / "backbone.onnx").exists()  # the old file goes with the commit
+    with bundles.update(bundle) as change:  # same bytes again: the same file, nothing renamed
+        assert change.write_file(b.manifest.export["file"], b"second export, another toolchain") == b.manifest.export
+
+
 def test_second_learner_times_out_with_a_clear_message(bundle, new_images):
     before = snapshot(bundle)
     holding = threading.Event()
