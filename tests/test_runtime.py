@@ -1,16 +1,19 @@
 """The device runtime: choosing the backbone's engine, the import boundary, TensorRT where present."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import QUICK_EDGECL, requires_fashion_mnist
 from edgecl import fashion_mnist
+from edgecl import bundle as bundles
 from edgecl.bundle import Bundle
 from edgecl.errors import EdgeclError
 from edgecl.export import export_bundle
@@ -107,11 +110,13 @@ def test_engine_key_names_gpu_tensorrt_precision_and_batch():
     assert engine_key((8, 9), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) != engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8})
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("TensorRT could not parse backbone.onnx: op X"), PermissionError("bundle is read-only")])
+@pytest.mark.parametrize("failure", [RuntimeError("TensorRT could not parse backbone.onnx: op X"), PermissionError("bundle is read-only"),
+                                     EdgeclError("another edgecl process (pid 7) is updating this bundle; gave up after 30s")])
 def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(exported, monkeypatch, failure):
     from edgecl.runtime import tensorrt as trt_runtime
 
-    def build_fails(bundle_path):
+    def build_fails(bundle_path, **options):
+        assert options["keep_existing"] and options["lock_timeout"] < 60  # on first use: never minutes behind a lock
         raise failure
 
     monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
@@ -120,8 +125,32 @@ def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(expor
     embedder = open_embedder(Bundle.open(exported))
     assert embedder.runtime == "onnxruntime"
     assert embedder.passed_over == [f"tensorrt: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}"]
-    with pytest.raises(EdgeclError, match=f"--runtime tensorrt: not available: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}"):
+    with pytest.raises(EdgeclError, match=re.escape(f"--runtime tensorrt: not available: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}")):
         open_embedder(Bundle.open(exported), "tensorrt")
+
+
+def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported, monkeypatch):
+    from edgecl.runtime import tensorrt as trt_runtime
+
+    key = "sm87-trt10.3.0-fp16-b1.1.8"
+
+    def build_while_another_process_commits(onnx_model, profile, input_size, timing_cache):
+        with bundles.update(exported) as change:
+            change.manifest.engines[key] = change.write_file(f"engines/{key}.engine", b"the other process's engine")
+        return trt_runtime.BuiltEngine(b"this process's engine", b"timing cache", 0)
+
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(trt_runtime, "current_key", lambda trt, profile: key)
+    monkeypatch.setattr(trt_runtime, "build_engine", build_while_another_process_commits)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Orin (fake)")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 7))
+    kept = trt_runtime.build_into_bundle(exported, keep_existing=True)
+    assert Bundle.open(exported).read_bytes(kept.entry) == b"the other process's engine"
+    # `engine build` replaces it, under another name: a reader may be loading the live one
+    rebuilt = trt_runtime.build_into_bundle(exported)
+    b = Bundle.open(exported)
+    assert b.read_bytes(b.manifest.engines[key]) == b"this process's engine" and rebuilt.entry["file"] != kept.entry["file"]
+    assert sorted(p.name for p in (exported / "engines").iterdir()) == sorted(Path(rebuilt.entry[k]).name for k in ("file", "timing_cache"))
 
 
 def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images, monkeypatch):

@@ -44,6 +44,7 @@ class RuntimeUnavailable(Exception):
     """This runtime cannot serve this bundle here; the message says why."""
 
 
+FIRST_USE_LOCK_TIMEOUT = 30.0  # a learn holds the lock for seconds; past that, onnxruntime serves this process
 NOT_EXPORTED = "the bundle has no backbone.onnx (run `edgecl export --target NAME` on the host)"
 EXPORT_AGAIN = "run `edgecl export` on the host again"
 
@@ -60,11 +61,10 @@ def _tensorrt(bundle: Bundle) -> Embedder:
         raise RuntimeUnavailable(str(err)) from err
     key = trt_runtime.current_key(trt, export["profile"])
     try:
-        if key not in bundle.manifest.engines:
-            trt_runtime.build_into_bundle(bundle.path)
-            bundle = Bundle.open(bundle.path)
-        backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(bundle.manifest.engines[key]), export["profile"]["batch"]["max"])
-    except (trt_runtime.TensorRTUnavailable, DamagedFile, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
+        engine = bundle.manifest.engines.get(key) or trt_runtime.build_into_bundle(
+            bundle.path, lock_timeout=FIRST_USE_LOCK_TIMEOUT, keep_existing=True).entry
+        backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(engine), export["profile"]["batch"]["max"])
+    except (EdgeclError, trt_runtime.TensorRTUnavailable, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
         raise RuntimeUnavailable(f"engine {key}: {err}") from err
     reason = f"TensorRT {trt.__version__} engine {key} on {torch.cuda.get_device_name()}"
     return Embedder("tensorrt", reason, backbone, export["profile"]["batch"]["opt"])

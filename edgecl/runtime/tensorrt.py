@@ -144,9 +144,11 @@ class EngineReport:
     seconds: float
 
 
-def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0) -> EngineReport:
+def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0, keep_existing: bool = False) -> EngineReport:
     """Build the engine for this GPU + TensorRT from the bundle's backbone.onnx and store it there
-    (with its timing cache), under the bundle's lock; engines for other GPUs stay but are not used."""
+    (with its timing cache), under the bundle's lock; engines for other GPUs stay but are not used.
+    With keep_existing (a build on first use), an engine for this key already there, or committed by
+    another process while this one built, is kept instead."""
     start = time.perf_counter()
     bundle = Bundle.open(bundle_path)
     export = bundle.manifest.export
@@ -161,6 +163,8 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0) -> Engi
         raise EdgeclError(f"{bundle_path}: exported for target {profile['name']}, which has no TensorRT settings; "
                           "export again with --target jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda")
     key = current_key(trt, profile)
+    if keep_existing and key in bundle.manifest.engines:
+        return EngineReport(key, bundle.manifest.engines[key], time.perf_counter() - start)
     others = [k for k in bundle.manifest.engines if k != key]
     print(
         f"building TensorRT engine {key} on {torch.cuda.get_device_name()}"
@@ -174,6 +178,8 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0) -> Engi
     with bundles.update(bundle_path, lock_timeout) as change:
         if (change.manifest.export or {}).get("sha256") != export["sha256"]:
             raise EdgeclError(f"{bundle_path}: backbone.onnx changed while the engine was building; build again")
+        if keep_existing and key in change.manifest.engines:
+            return EngineReport(key, change.manifest.engines[key], time.perf_counter() - start)
         engine = change.write_file(f"{bundles.ENGINES_DIR}/{key}.engine", built.engine)
         timing = change.write_file(f"{bundles.ENGINES_DIR}/{key}.timing-cache", built.timing_cache)
         change.manifest.engines[key] = {
