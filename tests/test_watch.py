@@ -5,7 +5,11 @@ import threading
 import time
 from pathlib import Path
 
-from edgecl.runtime.service import learn
+import pytest
+
+from edgecl.errors import EdgeclError
+from edgecl.runtime import watch
+from edgecl.runtime.service import Classifier, learn
 from edgecl.runtime.watch import watch_folder
 
 
@@ -122,3 +126,33 @@ def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["a.png", "b.png"]
     assert lines[1]["classes"] == 5  # reloaded after the learn
     assert counts == [2]
+
+
+def test_a_learn_committed_while_the_service_loads_the_bundle_is_picked_up(bundle, base_images, new_images, tmp_path, monkeypatch):
+    inbox, log = tmp_path / "inbox", tmp_path / "predictions.jsonl"
+    shutil.copytree(base_images / "red", inbox)
+    loaded = []
+
+    def load_then_a_learn_commits(path, runtime):
+        classifier = Classifier(path, runtime)
+        if not loaded:
+            learn(bundle, new_images, show_progress=False)
+        loaded.append(len(classifier.classes))
+        return classifier
+
+    monkeypatch.setattr(watch, "Classifier", load_then_a_learn_commits)
+    passes = iter([False, True])
+    watch_folder(bundle, inbox, log, interval=0, settle=0, should_stop=lambda: next(passes))
+    assert loaded == [3, 5]
+    assert {line["classes"] for line in labelled(log)} == {5}
+
+
+def test_log_and_done_paths_are_checked_before_anything_is_classified(bundle, base_images, tmp_path):
+    inbox = tmp_path / "inbox"
+    shutil.copytree(base_images / "red", inbox)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(EdgeclError, match=r"^--log .*: is a folder"):
+        watch_folder(bundle, inbox, tmp_path, once=True)
+    with pytest.raises(EdgeclError, match=r"^--done .*a-file: exists and is not a folder"):
+        watch_folder(bundle, inbox, tmp_path / "log.jsonl", done=tmp_path / "a-file", once=True)
+    assert len(list(inbox.iterdir())) == 6 and not (tmp_path / "log.jsonl").exists()

@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgecl import bundle as bundles
 from edgecl.bundle import MANIFEST
+from edgecl.errors import EdgeclError
 from edgecl.images import is_image_file, require_folder
 from edgecl.runtime.service import Classifier
 
@@ -56,17 +57,24 @@ def watch_folder(
 ) -> int:
     """Poll `folder`; returns the number of images classified when stopped (or after one pass with once)."""
     folder = require_folder(folder)
+    if log.is_dir():
+        raise EdgeclError(f"--log {log}: is a folder; give the file to append to")
+    if done is not None and done.exists() and not done.is_dir():
+        raise EdgeclError(f"--done {done}: exists and is not a folder")
     if done is not None:
         done.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     manifest = Path(bundle_path) / MANIFEST
-    classifier, version = Classifier(bundle_path, runtime), manifest.stat().st_mtime_ns
+    # The manifest's version is read before the bundle: a learn committing during the load is seen next pass.
+    version = _version(manifest)
+    classifier = Classifier(bundle_path, runtime)
     seen: dict[Path, tuple[int, int]] = {}  # what each file was when last read
     failed: dict[Path, tuple[tuple[int, int], str]] = {}  # unreadable last pass, not logged yet
     count = 0
     while not should_stop():
-        if manifest.stat().st_mtime_ns != version:
-            classifier, version = Classifier(bundle_path, runtime), manifest.stat().st_mtime_ns
+        latest = _version(manifest)
+        if latest is not None and latest != version:  # None: `train --force` is swapping the bundle in
+            version, classifier = latest, Classifier(bundle_path, runtime)
         now = time.time()
         current = {p: _version(p) for p in sorted(folder.iterdir()) if is_image_file(p)}
         seen = {p: v for p, v in seen.items() if p in current}
