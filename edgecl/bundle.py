@@ -164,6 +164,9 @@ class Bundle:
     def open(cls, path: Path) -> "Bundle":
         path = Path(path)
         if not path.exists():
+            retired = sorted(path.parent.glob(_retired(path, "*").name))
+            if retired:
+                raise EdgeclError(f"{path}: no such bundle; a `train --force` was stopped while replacing it: the previous bundle is {retired[-1]}")
             raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass --bundle)")
         if not (path / MANIFEST).is_file():
             raise EdgeclError(f"{path}: not an edgecl bundle (no {MANIFEST})")
@@ -222,7 +225,10 @@ def locked(path: Path, timeout: float) -> Iterator[None]:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _same_file(fd, lock_file):
+                    break
+                os.close(fd)  # `train --force` replaced the bundle while we waited: lock the new one
+                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise EdgeclError(
@@ -235,6 +241,13 @@ def locked(path: Path, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 class BundleUpdate:
@@ -322,6 +335,11 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
         change.commit()
 
 
+def _retired(path: Path, pid: int | str) -> Path:
+    """Where `train --force` moves the old bundle while it swaps the new one in."""
+    return path.parent / f".{path.name}.old-{pid}"
+
+
 def check_creatable(path: Path, force: bool) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -333,7 +351,7 @@ def check_creatable(path: Path, force: bool) -> None:
             raise EdgeclError(f"{path}: already exists; pass --force to replace it")
 
 
-def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False) -> Bundle:
+def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False, lock_timeout: float = 60.0) -> Bundle:
     """Write a new bundle beside `path`, then rename it into place (replacing an old one with force)."""
     path = Path(path)
     check_creatable(path, force)
@@ -346,9 +364,10 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
             write_atomic(staging / name, data)
         write_atomic(staging / MANIFEST, manifest.to_json().encode())
         if path.exists():
-            retired = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, retired)
-            os.replace(staging, path)
+            retired = _retired(path, os.getpid())
+            with locked(path, lock_timeout):  # a learn on the old bundle commits before, or waits and lands in the new one
+                os.replace(path, retired)
+                os.replace(staging, path)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)

@@ -134,6 +134,7 @@ def train(
     device: DeviceOption = "cpu",
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (recorded in the bundle).")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="With --force: seconds to wait for a learn on the old bundle.")] = 60.0,
     quiet: QuietOption = False,
 ) -> None:
     """Host: create a bundle from a folder of class folders (session 0).
@@ -146,7 +147,7 @@ def train(
     bundle, skipped = run_train(
         data, out_dir, backbone=backbone, weights=weights, random_init=random_init, method=method,
         epochs=epochs, settings=parse_settings(settings), device=check_device(device), seed=seed, force=force,
-        show_progress=not quiet,
+        lock_timeout=lock_timeout, show_progress=not quiet,
     )
     warn_skipped(skipped)
     m = bundle.manifest

@@ -33,6 +33,7 @@ def train(
     device: str = "cpu",
     seed: int = 0,
     force: bool = False,
+    lock_timeout: float = 60.0,
     show_progress: bool = True,
 ) -> tuple[Bundle, list[str]]:
     """Session 0 on DATA/<class>/<images>; returns the new bundle and the images it skipped."""
@@ -76,4 +77,4 @@ def train(
     )
     record_session(manifest, learner, heads_entry, session)
     files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes, **extra_files}
-    return bundles.create(out, manifest, files, force=force), embedded.skipped
+    return bundles.create(out, manifest, files, force=force, lock_timeout=lock_timeout), embedded.skipped

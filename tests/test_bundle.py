@@ -3,6 +3,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,55 @@ def test_second_learner_times_out_with_a_clear_message(bundle, new_images):
         release.set()
         holder.join()
     assert snapshot(bundle) == before
+
+
+def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundle(bundle, tmp_path):
+    import fcntl
+    import os
+
+    old = Bundle.open(bundle)
+    files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
+    holding, release, waiter_holds = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with bundles.locked(bundle, timeout=1):
+            holding.set()
+            release.wait(30)
+
+    def wait_then_hold() -> None:
+        with bundles.locked(bundle, timeout=30):
+            fd = os.open(bundle / ".lock", os.O_RDWR)
+            try:  # the lock held is the one at the path now, not the replaced bundle's
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                waiter_holds.append(False)
+            except BlockingIOError:
+                waiter_holds.append(True)
+            finally:
+                os.close(fd)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        with pytest.raises(EdgeclError, match="another edgecl process"):
+            bundles.create(bundle, old.manifest, files, force=True, lock_timeout=0.2)
+        assert Bundle.open(bundle).manifest == old.manifest and not list(tmp_path.glob(".*.new-*"))
+        waiter = threading.Thread(target=wait_then_hold)
+        waiter.start()
+        time.sleep(0.3)
+        os.replace(bundle, tmp_path / "replaced")  # what `train --force` does once it holds the lock
+        os.mkdir(bundle)
+    finally:
+        release.set()
+        holder.join()
+    waiter.join(30)
+    assert waiter_holds == [True]
+
+
+def test_a_stopped_train_force_names_the_previous_bundle(bundle):
+    bundle.rename(bundle.parent / f".{bundle.name}.old-4242")
+    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train --force` was stopped while replacing it: the previous bundle is .*\.{bundle.name}\.old-4242"):
+        Bundle.open(bundle)
 
 
 def test_two_concurrent_learners_both_land(bundle, tmp_path):
