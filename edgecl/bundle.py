@@ -114,8 +114,11 @@ class Manifest:
         if missing:
             raise EdgeclError(f"{where}: missing field(s) {', '.join(missing)}")
         data = {k: v for k, v in data.items() if k in names}
-        data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
-        data["sessions"] = [SessionEntry(**s) for s in data.get("sessions", [])]
+        try:
+            data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
+            data["sessions"] = [SessionEntry(**s) for s in data.get("sessions", [])]
+        except TypeError as err:  # a hand-edited or truncated entry
+            raise EdgeclError(f"{where}: a malformed class or session entry ({err})") from err
         return cls(**data)
 
 

@@ -59,6 +59,14 @@ def test_refuses_newer_and_unknown_formats(bundle):
         Bundle.open(bundle)
 
 
+def test_a_malformed_class_entry_is_a_one_line_error(bundle):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["classes"][0] = {"name": "red"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeclError, match=r"manifest.json: a malformed class or session entry \(.*session"):
+        Bundle.open(bundle)
+
+
 def test_missing_and_non_bundles(tmp_path):
     with pytest.raises(EdgeclError, match="no such bundle"):
         Bundle.open(tmp_path / "nope")

@@ -2,6 +2,7 @@
 random-init backbone, synthetic images; accuracy on real data is test_accuracy.py)."""
 
 import json
+import shutil
 
 import pytest
 
@@ -48,3 +49,11 @@ def test_eval_errors(data, tmp_path):
                    "--plot", "does not exist")
     one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "edgecl", *quick("--json", tmp_path / "no" / "r.json")),
                    "--json", "does not exist")
+
+
+def test_a_class_with_no_readable_training_image_is_named(data, tmp_path):
+    broken = shutil.copytree(data, tmp_path / "data")
+    for image in (broken / "train" / "grey").iterdir():
+        image.write_bytes(b"not an image")
+    one_line_error(edgecl("eval", broken, "--init", "3", "--increment", "1", "--method", "simplecil", "--backbone", PLUMBING_BACKBONE, "--random-init", "-q"),
+                   "class 'grey': no readable training image")

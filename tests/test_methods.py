@@ -150,6 +150,8 @@ def test_unknown_method_and_setting_are_user_errors():
     with pytest.raises(EdgeclError, match="--set safe.fast=bogus: fast=bogus: must be one of luca, scale_shift"):
         method_config("edgecl", settings={"safe.fast": "bogus"})
     assert method_config("edgecl", settings={"safe.slow.epochs": "3"}).safe.slow.epochs == 3
+    with pytest.raises(EdgeclError, match="--set use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"):
+        method_config("edgecl", settings={"use_tosca": "false", "use_fast": "false", "use_slow": "false"})
 
 
 def test_bundles_written_with_the_flat_slow_learner_settings_still_load():

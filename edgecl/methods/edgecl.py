@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from edgecl.errors import EdgeclError
 from edgecl.heads import power_normalize
 from edgecl.methods.base import ContinualMethod, MethodConfig, register_method
 from edgecl.methods.safe import Safe, SafeConfig, blend
@@ -37,6 +38,11 @@ class EdgeclConfig(MethodConfig):
     gamma: float = 1.0
     temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: README)
     feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: README)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.use_tosca or self.use_fast or self.use_slow):
+            raise EdgeclError("edgecl needs at least one of use_tosca, use_fast, use_slow")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EdgeclConfig":
@@ -56,8 +62,6 @@ class Edgecl(ContinualMethod):
 
     def __init__(self, config: EdgeclConfig, embedding_dim: int) -> None:
         super().__init__(config, embedding_dim)
-        if not (config.use_tosca or config.use_fast or config.use_slow):
-            raise ValueError("edgecl needs at least one of use_tosca, use_fast, use_slow")
         self.tosca = Tosca(config.tosca, embedding_dim)
         self.safe = Safe(replace(config.safe, fast_learner=config.use_fast), embedding_dim)
 

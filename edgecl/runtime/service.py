@@ -62,6 +62,9 @@ def load_method(bundle: Bundle) -> ContinualMethod:
 def run_session(
     method: ContinualMethod, data: LabeledEmbeddings, names: Sequence[str], seed: int, index: int, *, show_progress: bool = True
 ) -> SessionEntry:
+    empty = [name for i, name in enumerate(names) if not bool((data.targets == i).any())]
+    if empty:  # eval's splits reach here unchecked: a class whose every training image was unreadable
+        raise EdgeclError(f"class {empty[0]!r}: no readable training image, so the session cannot learn it")
     start = time.perf_counter()
     stats = method.learn(data.features, data.targets + method.num_classes, session_generator(seed, index), show_progress=show_progress)
     stats["seconds"] = round(time.perf_counter() - start, 3)
