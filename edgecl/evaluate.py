@@ -189,6 +189,9 @@ def evaluate(
     configs = method_configs(methods, epochs, settings or {})
     dataset = load_train_test(root, train_list, test_list, exclude)
     sizes = session_sizes(len(dataset.classes), init, increment)
+    for config in configs.values():
+        for size in set(sizes):
+            config.check_session(size)
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     preprocess = preprocess_config(model)
     order = class_order(len(dataset.classes), seed)

@@ -106,10 +106,15 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     assert [r["session"] for r in runs] == [0, 1, 2] and [r["images"] for r in runs] == [12, 6, 6]
     assert [r["threshold"] for r in runs] == pytest.approx([0.95, 0.95 + 0.05 / 3, 0.95 + 0.1 / 3], abs=1e-4)
     assert all(len(r["accuracy_per_session"]) == 3 for r in report["results"])
-    again = edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora", *quick, "--set", "heads=task",
-                   "--set", "projection=128", "--json", report_file)
+    again = edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora", *quick, "--set", "projection=128", "--json", report_file)
     assert again.exit_code == 0, again.stderr
     assert all(r.get("cached") for r in json.loads(report_file.read_text())["backbones"]["inflora"]["sessions"])  # same backbone runs
+    # the official per-session heads learn a session's classes against each other: one class alone is refused up front
+    one_line_error(edgecl("eval", root, "--init", "2", "--increment", "1", "--method", "inflora", *quick, "--set", "heads=task"),
+                   "heads=task", "two or more classes")
+    task_heads = edgecl("eval", root, "--init", "2", "--increment", "2", "--method", "inflora", *quick, "--set", "heads=task", "--json", report_file)
+    assert task_heads.exit_code == 0, task_heads.stderr
+    assert len(json.loads(report_file.read_text())["accuracy_per_session"]) == 2
 
     bundle = tmp_path / "bundle"
     trained = edgecl("train", root / "train", "--out", bundle, "--method", "inflora", *quick)

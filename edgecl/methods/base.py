@@ -91,6 +91,9 @@ class MethodConfig:
         except EdgeclError as err:
             raise EdgeclError(f"--set {name}={text}: {err}") from None
 
+    def check_session(self, new_classes: int) -> None:
+        """Refuse, in one line, a session of this many new classes that the method cannot learn."""
+
     def slow_learner(self) -> Any:
         """The in-backbone slow learner to train on the host's first session, or None."""
         return None

@@ -93,6 +93,11 @@ class InfLoraConfig(MethodConfig):
         if self.heads not in HEADS:
             raise EdgeclError(f"heads={self.heads}: must be one of {', '.join(HEADS)}")
 
+    def check_session(self, new_classes: int) -> None:
+        if self.heads == "task" and new_classes < 2:  # a softmax over one class: its cross-entropy is always 0
+            raise EdgeclError("inflora with heads=task learns a session's classes only against each other: "
+                              "give a session two or more classes, or use heads=analytic (the default)")
+
     def schedule(self) -> SGDSchedule:
         return SGDSchedule(self.head_epochs, self.head_batch_size, self.head_lr, 1e-8, 0.9, 0.0, self.head_min_steps)
 

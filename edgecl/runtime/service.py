@@ -65,6 +65,7 @@ def run_session(
     empty = [name for i, name in enumerate(names) if not bool((data.targets == i).any())]
     if empty:  # eval's splits reach here unchecked: a class whose every training image was unreadable
         raise EdgeclError(f"class {empty[0]!r}: no readable training image, so the session cannot learn it")
+    method.config.check_session(len(names))
     start = time.perf_counter()
     stats = method.learn(data.features, data.targets + method.num_classes, session_generator(seed, index), show_progress=show_progress)
     stats["seconds"] = round(time.perf_counter() - start, 3)
