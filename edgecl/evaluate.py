@@ -16,7 +16,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +166,33 @@ def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, b
     return session
 
 
+def fixed_backbone_features(configs: Iterable[MethodConfig], model: torch.nn.Module, fresh_backbone: Callable[[], torch.nn.Module],
+                            embedder: _Embedder, base_sha: str, init: int, *, device: str, seed: int) -> tuple[dict, dict]:
+    """Both splits' embeddings for each distinct slow-learner setting (None: the frozen backbone),
+    the slow learner tuned on the first `init` classes' training images, and each tuning's stats."""
+    dataset, position = embedder.dataset, embedder.position
+    features: dict[Any, dict[str, LabeledFeatures]] = {}
+    tuning: dict[Any, dict] = {}
+    for config in configs:
+        slow = config.slow_learner()
+        if slow in features or config.session_backbone() is not None:
+            continue
+        if slow is None:
+            features[None] = embedder(model, "frozen backbone", base_sha)
+            continue
+        from edgecl.slow_learner import tuned_backbone
+
+        first = position[dataset.train.labels] < init
+        paths = [p for p, keep in zip(dataset.train.paths, first) if keep]
+        tuned, stats = tuned_backbone(
+            fresh_backbone(), paths, position[dataset.train.labels][first], embedder.preprocess, slow, base_sha256=base_sha,
+            cache_dir=embedder.cache / "slow", device=device, seed=seed, show_progress=embedder.show_progress,
+        )
+        tuning[slow] = {k: v for k, v in stats.items() if k != "structure"}
+        features[slow] = embedder(tuned, f"{slow.tuner} slow learner")
+    return features, tuning
+
+
 def evaluate(
     root: Path,
     init: int,
@@ -200,25 +227,9 @@ def evaluate(
     cache = cache_root(cache_dir)
     embedder = _Embedder(dataset, position, preprocess, cache, show_progress)
     base_sha = bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
-    features: dict[Any, dict[str, LabeledFeatures]] = {}
-    tuning: dict[Any, dict] = {}
-    for config in configs.values():
-        slow = config.slow_learner()
-        if slow in features or config.session_backbone() is not None:
-            continue
-        if slow is None:
-            features[None] = embedder(model, "frozen backbone", base_sha)
-            continue
-        from edgecl.slow_learner import tuned_backbone
-
-        first = position[dataset.train.labels] < init
-        paths = [p for p, keep in zip(dataset.train.paths, first) if keep]
-        tuned, stats = tuned_backbone(
-            create_backbone(backbone, weights, random_init=random_init)[0], paths, position[dataset.train.labels][first],
-            preprocess, slow, base_sha256=base_sha, cache_dir=cache / "slow", device=device, seed=seed, show_progress=show_progress,
-        )
-        tuning[slow] = {k: v for k, v in stats.items() if k != "structure"}
-        features[slow] = embedder(tuned, f"{slow.tuner} slow learner")
+    fresh_backbone = lambda: create_backbone(backbone, weights, random_init=random_init)[0]  # noqa: E731
+    features, tuning = fixed_backbone_features(configs.values(), model, fresh_backbone, embedder, base_sha, init,
+                                               device=device, seed=seed)
     names = [dataset.classes[i] for i in order]
     results, backbones = [], {}
     for name, config in configs.items():
