@@ -47,6 +47,12 @@ ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
 
 
+# What loading a bundle relies on; a hand edit that breaks one is named instead of failing deep inside.
+ENTRY_TYPES = {("backbone", "name"): str, ("backbone", "embedding_dim"): int, ("backbone", "file"): str, ("backbone", "sha256"): str,
+               ("heads", "file"): str, ("heads", "sha256"): str, ("heads", "structure"): dict, ("method", "name"): str,
+               ("method", "config"): dict, ("preprocess", "input_size"): list}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -113,6 +119,10 @@ class Manifest:
         missing = sorted(required - set(data))
         if missing:
             raise EdgeclError(f"{where}: missing field(s) {', '.join(missing)}")
+        for (group, key), kind in ENTRY_TYPES.items():
+            value = data[group].get(key) if isinstance(data.get(group), dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise EdgeclError(f"{where}: {group}.{key} = {value!r:.40} is not of type {kind.__name__}; the bundle is damaged")
         data = {k: v for k, v in data.items() if k in names}
         try:
             data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
@@ -344,9 +354,15 @@ def _retired(path: Path, pid: int | str) -> Path:
 
 
 def check_creatable(path: Path, force: bool) -> None:
-    path = Path(path)
+    """Before any training: the bundle can be written at `path`."""
+    path = Path(path).absolute()
     if path.exists() and not path.is_dir():
         raise EdgeclError(f"{path}: exists and is not a folder")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EdgeclError(f"{path}: cannot be created: {ancestor} is {'not a folder' if not ancestor.is_dir() else 'not writable'}")
     if path.exists() and any(path.iterdir()):
         if not (path / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
             raise EdgeclError(f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another --out")

@@ -81,8 +81,14 @@ def _print_table(table: Table) -> None:
     Console(highlight=False, markup=False, width=max(out.width, 1000)).print(table)  # the table's own width, never cut at 80 columns
 
 
-def user_errors(command: Callable) -> Callable:
-    """EdgeclError -> 'error: <message>' on stderr, exit 1; Ctrl-C -> exit 130."""
+def _os_error(error: OSError) -> str:
+    names = [str(n) for n in (error.filename, error.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {error.strerror}" if names and error.strerror else str(error)
+
+
+def user_errors(command: Callable, interrupted: str = "interrupted") -> Callable:
+    """EdgeclError, or an OSError (a folder that is a file, a full disk, no permission) ->
+    'error: <message>' on stderr, exit 1; Ctrl-C -> exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -91,11 +97,18 @@ def user_errors(command: Callable) -> Callable:
         except EdgeclError as error:
             err.print(f"error: {error}")
             raise typer.Exit(1) from None
+        except OSError as error:
+            err.print(f"error: {_os_error(error)}")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("interrupted; the bundle is unchanged")
+            err.print(interrupted)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def writes_bundle(command: Callable) -> Callable:
+    return user_errors(command, "interrupted; the bundle is unchanged")
 
 
 def _listed(reasons: list[str]) -> str:
@@ -121,7 +134,7 @@ def root(
 
 
 @app.command()
-@user_errors
+@writes_bundle
 def train(
     data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class name>/<images>.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
@@ -160,7 +173,7 @@ def train(
 
 
 @app.command()
-@user_errors
+@writes_bundle
 def learn(
     images: Annotated[Path, typer.Option("--images", "-i", help="One class's images, or a folder of class folders.")],
     label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
@@ -187,7 +200,7 @@ def learn(
 
 
 @app.command()
-@user_errors
+@writes_bundle
 def adapt(
     images: Annotated[Path, typer.Option("--images", "-i", help="One class's images, or a folder of class folders.")],
     label: Annotated[Optional[str], typer.Option("--label", help="Class name (default: the folder's name).")] = None,
@@ -302,7 +315,7 @@ def _targets_help() -> str:
 
 
 @app.command("export")
-@user_errors
+@writes_bundle
 def export_command(
     target: Annotated[str, typer.Option("--target", "-t", help=_targets_help())],
     bundle: BundleOption = Path("edgecl-bundle"),
@@ -333,7 +346,7 @@ app.add_typer(engine_app, name="engine")
 
 
 @engine_app.command("build")
-@user_errors
+@writes_bundle
 def engine_build(
     bundle: BundleOption = Path("edgecl-bundle"),
     lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 600.0,

@@ -37,7 +37,8 @@ def _index(classes: list[str], by_class: dict[str, list[Path]]) -> Split:
     return Split(paths, labels)
 
 
-def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str]) -> dict[str, list[Path]]:
+def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str], excluded: set[str]) -> dict[str, list[Path]]:
+    """Images by class; the names of `exclude` met in the list are added to `excluded`."""
     if not Path(list_file).is_file():
         raise EdgeclError(f"{flag} {list_file}: no such file")
     by_class: dict[str, list[Path]] = {}
@@ -48,6 +49,7 @@ def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str]) -> dic
             continue
         name = Path(rel).parts[0]
         if name in exclude:
+            excluded.add(name)
             continue
         if not (root / rel).is_file():
             missing.append(rel)
@@ -67,19 +69,24 @@ def load_train_test(
     skip = set(exclude)
     if (train_list is None) != (test_list is None):
         raise EdgeclError("--train-list and --test-list go together")
+    excluded: set[str] = set()
     if train_list is not None:
-        train = _read_list(root, train_list, "--train-list", skip)
-        test = _read_list(root, test_list, "--test-list", skip)
+        train = _read_list(root, train_list, "--train-list", skip, excluded)
+        test = _read_list(root, test_list, "--test-list", skip, excluded)
         classes = sorted(train)
     else:
         for part in ("train", "test"):
             if not (root / part).is_dir():
                 raise EdgeclError(f"{root}: expected {root}/train/<class>/ and {root}/test/<class>/, or pass --train-list and --test-list")
+            excluded |= {d.name for d in (root / part).iterdir() if d.is_dir() and d.name in skip}
         classes, train = _split_from_folders(root / "train", skip)
         _, test = _split_from_folders(root / "test", skip)
-    unknown = sorted(set(test) - set(classes))
-    if unknown:
-        raise EdgeclError(f"{root}: test classes without training images: {', '.join(unknown[:5])}")
+    if skip - excluded:  # a misspelt name would silently change the protocol
+        raise EdgeclError(f"--exclude-class {sorted(skip - excluded)[0]}: {root} has no class of that name")
+    for found, absent, which in ((test, classes, "test classes without training images"), (classes, test, "classes without test images")):
+        unknown = sorted(set(found) - set(absent))
+        if unknown:
+            raise EdgeclError(f"{root}: {which}: {', '.join(unknown[:5])}")
     return TrainTest(classes, _index(classes, train), _index(classes, test))
 
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+from edgecl.errors import EdgeclError
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -34,9 +36,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _RESAMPLE:
-            raise ValueError(f"interpolation {self.interpolation!r} is not one of {sorted(_RESAMPLE)}")
+            raise EdgeclError(f"preprocess: interpolation {self.interpolation!r} is not one of {sorted(_RESAMPLE)}")
         if self.crop_mode not in CROP_MODES:
-            raise ValueError(f"crop_mode {self.crop_mode!r} is not one of {CROP_MODES}")
+            raise EdgeclError(f"preprocess: crop_mode {self.crop_mode!r} is not one of {CROP_MODES}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":

@@ -67,6 +67,20 @@ def test_a_malformed_class_entry_is_a_one_line_error(bundle):
         Bundle.open(bundle)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(heads=None), r"heads.file = None is not of type str; the bundle is damaged"),
+    (lambda m: m["backbone"].update(embedding_dim="abc"), r"backbone.embedding_dim = 'abc' is not of type int; the bundle is damaged"),
+    (lambda m: m["method"].update(name="nope"), r"method 'nope' is not one edgecl .* knows \(.*tosca.*\); a newer edgecl wrote it"),
+    (lambda m: m["preprocess"].update(interpolation="foo"), r"preprocess: interpolation 'foo' is not one of"),
+])
+def test_a_hand_edited_manifest_is_named_in_one_line(bundle, edit, message):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    edit(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EdgeclError, match=message):
+        Classifier(bundle)
+
+
 def test_missing_and_non_bundles(tmp_path):
     with pytest.raises(EdgeclError, match="no such bundle"):
         Bundle.open(tmp_path / "nope")

@@ -112,6 +112,7 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "taken: exists and is not an edgecl bundle")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", "--force", *common), "taken: exists and is not an edgecl bundle")
     assert (tmp_path / "taken" / "file").read_text() == "x"  # --force replaces bundles only
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken" / "file" / "b", *common), "cannot be created", "taken/file is not a folder")
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "manifest.json").write_text("{}")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "old", *common), "already exists; pass --force")
@@ -172,6 +173,11 @@ def test_classify_errors(bundle, tmp_path):
     (tmp_path / "empty").mkdir()
     one_line_error(edgecl("classify", tmp_path / "empty", "--bundle", bundle), "no images")
     one_line_error(edgecl("classify", tmp_path, "--bundle", tmp_path / "none"), "no such bundle")
+
+
+def test_an_os_error_is_one_line_naming_the_file(bundle, base_images, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    one_line_error(edgecl("watch", base_images / "red", "--log", tmp_path / "a-file" / "log.jsonl", "--once", "--bundle", bundle), "a-file: ")
 
 
 def test_device_names_a_gpu_this_machine_has(monkeypatch):

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from edgecl.backbones import preprocess_config
+from edgecl.errors import EdgeclError
 from edgecl.preprocess import PreprocessConfig, preprocess
 
 SIZES = [(300, 200), (200, 300), (28, 28), (256, 256), (640, 97), (224, 224)]
@@ -52,7 +53,7 @@ def test_grey_image_becomes_three_equal_channels():
 
 
 def test_unknown_modes_are_refused():
-    with pytest.raises(ValueError, match="crop_mode"):
+    with pytest.raises(EdgeclError, match="crop_mode"):
         PreprocessConfig(crop_mode="border")
-    with pytest.raises(ValueError, match="interpolation"):
+    with pytest.raises(EdgeclError, match="interpolation"):
         PreprocessConfig(interpolation="cubic-ish")

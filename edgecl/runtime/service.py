@@ -14,12 +14,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edgecl import __version__
 from edgecl import bundle as bundles
 from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
 from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
 from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
-from edgecl.methods import ContinualMethod, restore_method
+from edgecl.methods import METHODS, ContinualMethod, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
@@ -52,6 +53,9 @@ def embed_classes(
 
 def load_method(bundle: Bundle) -> ContinualMethod:
     m = bundle.manifest
+    if m.method["name"] not in METHODS:
+        raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: method {m.method['name']!r} is not one edgecl {__version__} knows "
+                          f"({', '.join(sorted(METHODS))}); a newer edgecl wrote it, or the manifest is damaged")
     method = restore_method(m.method["name"], m.backbone["embedding_dim"], m.method["config"], m.heads["structure"], bundle.heads())
     if method.num_classes != len(m.classes):  # a hand-edited class list would shift or drop labels
         raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: lists {len(m.classes)} classes but the heads have {method.num_classes}; "
