@@ -147,11 +147,15 @@ def _fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write aside, fsync, rename over `path`, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk: no half-written copy left behind (a kill leaves one for the next update)
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -204,8 +208,10 @@ class Bundle:
     def backbone_weights(self) -> dict[str, torch.Tensor]:
         return self.read_tensors(self.manifest.backbone)
 
-    def size_bytes(self) -> dict[str, int]:
-        return {name: (self.path / name).stat().st_size for name in sorted(referenced(self.manifest) | {MANIFEST})}
+    def size_bytes(self) -> dict[str, int | None]:
+        """Each file the manifest names, and the manifest: its size, or None where it is missing."""
+        return {name: (self.path / name).stat().st_size if (self.path / name).is_file() else None
+                for name in sorted(referenced(self.manifest) | {MANIFEST})}
 
 
 def open_consistent(path: Path, read: Callable[[Bundle], Any], attempts: int = 3) -> tuple[Bundle, Any]:
@@ -295,7 +301,8 @@ class BundleUpdate:
         write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
         keep = referenced(self.manifest)
         # content-named files a crashed writer may have left
-        patterns = [f"{stem}-*.safetensors" for stem in (HEADS_STEM, "backbone", "inflora_memory")] + ["backbone-*.onnx", "heads-*.onnx", f"{ENGINES_DIR}/*"]
+        patterns = [f"{stem}-*.safetensors" for stem in (HEADS_STEM, "backbone", "inflora_memory")] + [
+            "backbone*.onnx", "heads*.onnx", f"{ENGINES_DIR}/*"]
         candidates = [*(f for pattern in patterns for f in self.bundle.path.glob(pattern)),
                       *(self.bundle.path / name for name in referenced(self.bundle.manifest))]
         for stale in candidates:
@@ -348,6 +355,16 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
         change.commit()
 
 
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _retired(path: Path, pid: int | str) -> Path:
     """Where `train --force` moves the old bundle while it swaps the new one in."""
     return path.parent / f".{path.name}.old-{pid}"
@@ -375,6 +392,9 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
     path = Path(path)
     check_creatable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.new-*"):  # from a train that was killed
+        if not _alive(stale.name.rpartition("-")[2]):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = path.parent / f".{path.name}.new-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()

@@ -279,7 +279,7 @@ def info(
                           "runtime_reason": embedder.reason, "passed_over": embedder.passed_over,
                           "heads_runtime": heads.runtime, "heads_reason": heads.reason}, indent=1))
         return
-    out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(sizes.values()) / 1e6:.1f} MB)")
+    out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(filter(None, sizes.values())) / 1e6:.1f} MB)")
     out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  weights {m.backbone['weights_source']}")
     slow = m.backbone.get("slow_learner")
     if slow:
@@ -305,7 +305,7 @@ def info(
     for s in m.sessions:
         table.add_row(str(s.index), ", ".join(s.classes), str(s.images), f"{s.stats.get('seconds', 0):.2f}", s.created)
     _print_table(table)
-    out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in sizes.items()))
+    out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" if size is not None else f"{name} MISSING" for name, size in sizes.items()))
 
 
 def _targets_help() -> str:

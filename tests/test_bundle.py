@@ -160,6 +160,10 @@ def test_a_file_the_manifest_names_is_never_overwritten_before_the_commit(bundle
     assert not (bundle / "backbone.onnx").exists()  # the old file goes with the commit
     with bundles.update(bundle) as change:  # same bytes again: the same file, nothing renamed
         assert change.write_file(b.manifest.export["file"], b"second export, another toolchain") == b.manifest.export
+    (bundle / "heads.onnx").write_bytes(b"renamed in by an export killed before its commit")
+    with bundles.update(bundle):
+        pass
+    assert not (bundle / "heads.onnx").exists() and (bundle / b.manifest.export["file"]).exists()
 
 
 def test_second_learner_times_out_with_a_clear_message(bundle, new_images):
@@ -225,6 +229,27 @@ def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundl
         holder.join()
     waiter.join(30)
     assert waiter_holds == [True]
+
+
+def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folder(bundle, tmp_path, monkeypatch):
+    import os
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            bundles.write_atomic(tmp_path / "big.safetensors", b"x" * 1000)
+    assert list(tmp_path.glob(".big*")) == []
+    old = Bundle.open(bundle)
+    files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
+    (tmp_path / f".{bundle.name}.new-999999999").mkdir()  # a train killed mid-write (no such process now)
+    (tmp_path / f".{bundle.name}.new-{os.getpid()}0").mkdir()  # not a pid that lives either
+    alive = tmp_path / f".{bundle.name}.new-1"  # pid 1 lives: a train still writing
+    alive.mkdir()
+    bundles.create(bundle, old.manifest, files, force=True)
+    assert sorted(p.name for p in tmp_path.glob(".*.new-*")) == [alive.name]
 
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):

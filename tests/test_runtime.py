@@ -248,3 +248,9 @@ def test_a_damaged_export_passes_the_work_to_pytorch_and_says_why(exported, base
 
     heads = open_heads(Bundle.open(exported), classifier.method, "onnxruntime")
     assert heads.runtime == "torch" and "heads.onnx: missing; the bundle is damaged; run `edgecl export` on the host again" in heads.reason
+    # info says so too, and lists the missing file instead of failing on its size
+    from test_cli import edgecl
+
+    info = edgecl("info", "--bundle", exported)
+    assert info.exit_code == 0, info.stderr
+    assert "heads.onnx MISSING" in info.output and "not onnxruntime: " in info.output

@@ -155,4 +155,6 @@ def test_log_and_done_paths_are_checked_before_anything_is_classified(bundle, ba
         watch_folder(bundle, inbox, tmp_path, once=True)
     with pytest.raises(EdgeclError, match=r"^--done .*a-file: exists and is not a folder"):
         watch_folder(bundle, inbox, tmp_path / "log.jsonl", done=tmp_path / "a-file", once=True)
+    with pytest.raises(EdgeclError, match=r"^--done .*inbox: is the watched folder"):
+        watch_folder(bundle, inbox, tmp_path / "log.jsonl", done=tmp_path / "x" / ".." / "inbox", once=True)
     assert len(list(inbox.iterdir())) == 6 and not (tmp_path / "log.jsonl").exists()

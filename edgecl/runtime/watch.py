@@ -61,6 +61,8 @@ def watch_folder(
         raise EdgeclError(f"--log {log}: is a folder; give the file to append to")
     if done is not None and done.exists() and not done.is_dir():
         raise EdgeclError(f"--done {done}: exists and is not a folder")
+    if done is not None and done.resolve() == folder.resolve():  # each move would be a new file to classify, forever
+        raise EdgeclError(f"--done {done}: is the watched folder; give another folder (a subfolder of it is fine)")
     if done is not None:
         done.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
