@@ -40,7 +40,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     if adapted is None or "inflora" not in m.backbone:
         raise EdgeclError(f"{bundle_path}: its method {m.method['name']} keeps the backbone fixed after training; use `edgecl learn`")
     classes = scan_new_classes(folder, label)
-    check_new_names(classes, m)
+    check_new_names(classes, m, label)
     config.check_session(len(classes))
     memory = adapted.memory().load_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]))
     model = rebuild(m.backbone, bundle.backbone_weights())

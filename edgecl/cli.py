@@ -32,8 +32,18 @@ BundleOption = Annotated[
     typer.Option("--bundle", "-b", envvar="EDGECL_BUNDLE", help="Bundle directory (default: $EDGECL_BUNDLE, else ./edgecl-bundle)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+def _known_runtime(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        from edgecl.runtime.embedders import RUNTIMES
+
+        if value not in RUNTIMES:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(RUNTIMES)}")
+    return value
+
+
 RuntimeOption = Annotated[
-    Optional[str], typer.Option("--runtime", help="Force the backbone runtime: tensorrt, onnxruntime or torch (default: the best available).")
+    Optional[str], typer.Option("--runtime", callback=_known_runtime,
+                                help="Force the backbone runtime: tensorrt, onnxruntime or torch (default: the best available).")
 ]
 BackboneOption = Annotated[str, typer.Option("--backbone", help="Any timm model name.")]
 WeightsOption = Annotated[
@@ -74,7 +84,7 @@ def check_device(device: str) -> str:
 
 
 def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('s') else 's'}"
 
 
 def _print_table(table: Table) -> None:
@@ -136,7 +146,7 @@ def root(
 @app.command()
 @writes_bundle
 def train(
-    data: Annotated[Path, typer.Argument(help="Image folder: DATA/<class name>/<images>.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Image folder: DATA/<class name>/<images>.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
@@ -166,7 +176,7 @@ def train(
     m = bundle.manifest
     session = m.sessions[0]
     out.print(
-        f"created {bundle.path}: {len(m.classes)} classes from {session.images} images, "
+        f"created {bundle.path}: {_count(len(m.classes), 'class')} from {_count(session.images, 'image')}, "
         f"{m.backbone['name']} ({m.backbone['embedding_dim']}-d), method {m.method['name']} "
         f"(heads trained in {session.stats['seconds']:.1f} s)"
     )
@@ -232,7 +242,7 @@ def adapt(
 @app.command()
 @user_errors
 def classify(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files or folders (searched recursively).")],
     bundle: BundleOption = Path("edgecl-bundle"),
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also list the K best labels.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of {path, label, score, top_k}.")] = False,
@@ -319,7 +329,7 @@ def _targets_help() -> str:
 def export_command(
     target: Annotated[str, typer.Option("--target", "-t", help=_targets_help())],
     bundle: BundleOption = Path("edgecl-bundle"),
-    images: Annotated[Optional[list[Path]], typer.Option("--images", help="Real images (files or folders) for the parity check.")] = None,
+    images: Annotated[Optional[list[Path]], typer.Option("--images", metavar="PATH", help="Real images (files or folders) for the parity check (repeatable).")] = None,
     lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 60.0,
 ) -> None:
     """Host: the bundle's backbone -> backbone.onnx for a target, checked against PyTorch."""
@@ -361,7 +371,7 @@ def engine_build(
 @app.command()
 @user_errors
 def watch(
-    folder: Annotated[Path, typer.Argument(help="Folder to watch for new images.")],
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to watch for new images.")],
     log: Annotated[Path, typer.Option("--log", help="JSON-lines file to append predictions to.")],
     bundle: BundleOption = Path("edgecl-bundle"),
     runtime: RuntimeOption = None,
@@ -380,14 +390,14 @@ def watch(
 @app.command("eval")
 @user_errors
 def eval_command(
-    data: Annotated[Path, typer.Argument(help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
     init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
     increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
     method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,tosca-paper,safe,simplecil,inflora (`edgecl methods` lists them).")] = "edgecl",
     seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
     train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
     test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
-    exclude_class: Annotated[Optional[list[str]], typer.Option("--exclude-class", help="Drop a class (repeatable).")] = None,
+    exclude_class: Annotated[Optional[list[str]], typer.Option("--exclude-class", metavar="NAME", help="Drop a class (repeatable).")] = None,
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
@@ -455,11 +465,13 @@ def eval_command(
 @app.command()
 @user_errors
 def methods(
-    name: Annotated[Optional[str], typer.Argument(help="One method (default: all).")] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="One method (default: all).")] = None,
 ) -> None:
     """The methods and every setting `--set KEY=VALUE` accepts, with its default."""
     from edgecl.methods import METHODS, method_class, method_config
 
+    if name is not None and name not in METHODS:
+        raise EdgeclError(f"{name}: unknown method (known: {', '.join(sorted(METHODS))})")
     for method in [name] if name else sorted(METHODS):
         cls = method_class(method)
         out.print(f"{method}: {cls.summary}")

@@ -30,6 +30,7 @@ from edgecl.export import host_embed_function
 from edgecl.methods import MethodConfig, method_class, method_config
 from edgecl.metrics import IncrementalResult, accuracy, summarize
 from edgecl.runtime.service import LabeledEmbeddings, run_session
+from edgecl.slow_learner import check_slow_learner
 
 
 @dataclass
@@ -99,15 +100,17 @@ def run_protocol(
 def method_configs(methods: Sequence[str], epochs: int | None, settings: dict[str, str]) -> dict[str, MethodConfig]:
     """Each method's config; a --set key applies to every method that has it, and must fit one."""
     configs = {name: method_config(name, epochs=epochs) for name in methods}
+    if epochs is not None and not any(config.has_setting("epochs") for config in configs.values()):
+        raise EdgeclError(f"--epochs: none of {', '.join(methods)} trains by epochs")
     for key, text in settings.items():
         errors = []
         for name, config in configs.items():
             try:
                 configs[name] = config.setting(key, text)
             except EdgeclError as error:
-                errors.append(error)
+                errors.append(str(error))
         if len(errors) == len(configs):
-            raise errors[0]
+            raise EdgeclError("; ".join(dict.fromkeys(errors)))
     return configs
 
 
@@ -217,6 +220,7 @@ def evaluate(
     dataset = load_train_test(root, train_list, test_list, exclude)
     sizes = session_sizes(len(dataset.classes), init, increment)
     for config in configs.values():
+        check_slow_learner(config.slow_learner())
         for size in set(sizes):
             config.check_session(size)
     model, spec = create_backbone(backbone, weights, random_init=random_init)

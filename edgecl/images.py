@@ -65,6 +65,9 @@ def scan_class_folders(root: Path) -> list[ClassFolder]:
     folders = _subfolders(root)
     if not folders:
         raise EdgeclError(f"{root}: no class folders (expected {root}/<class name>/<images>)")
+    loose = list_images(root)
+    if loose:  # they would belong to no class
+        raise EdgeclError(f"{root}: holds {len(loose)} image(s) beside its class folders (first: {loose[0].name}); move them into a class folder")
     classes = []
     for folder in folders:
         images = list_images(folder)
@@ -107,7 +110,7 @@ def find_images(paths: Iterable[Path]) -> list[Path]:
             raise EdgeclError(f"{path}: no such file or folder")
     if not found:
         raise EdgeclError(f"no images ({_EXTENSIONS_TEXT}) in {', '.join(map(str, paths))}")
-    return found
+    return list(dict.fromkeys(found))  # a file named twice, or also inside a named folder, is one image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from edgecl.errors import EdgeclError
 from edgecl.heads import CosineClassifier, class_means
 from edgecl.image_loader import image_loader, train_on_images
 from edgecl.methods.safe import SlowLearnerConfig
 from edgecl.preprocess import PreprocessConfig
 from edgecl.training import MomentumSGD
-from edgecl.tuners import create_tuner, rebuild
+from edgecl.tuners import TUNERS, create_tuner, rebuild
 
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
@@ -37,6 +38,12 @@ def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l
         on = (diagonal - 1).pow(2).sum()
         off = c.pow(2).sum() - diagonal.pow(2).sum()
         return l_diag * on + l_rdn * off
+
+
+def check_slow_learner(config: SlowLearnerConfig | None) -> None:
+    """Before the backbone is even loaded: a tuner name that train_slow_learner would refuse."""
+    if config is not None and config.tuner not in TUNERS:
+        raise EdgeclError(f"slow learner tuner {config.tuner!r}: unknown (known: {', '.join(TUNERS)}, or none to train no slow learner)")
 
 
 def train_slow_learner(

@@ -14,10 +14,12 @@ from edgecl import bundle as bundles
 from edgecl.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
 from edgecl.bundle import Bundle, Manifest
 from edgecl.embedding_cache import cache_root
+from edgecl.errors import EdgeclError
 from edgecl.export import host_embed_function
 from edgecl.images import paths_and_labels, scan_class_folders
 from edgecl.methods import method_class, method_config
 from edgecl.runtime.service import embed_classes, record_session, run_session
+from edgecl.slow_learner import check_slow_learner
 
 
 def train(
@@ -40,6 +42,9 @@ def train(
     bundles.check_creatable(out, force)
     classes = scan_class_folders(data)
     config = method_config(method, epochs=epochs, settings=settings)
+    if epochs is not None and not config.has_setting("epochs"):
+        raise EdgeclError(f"--epochs: method {method} trains nothing by epochs")
+    check_slow_learner(config.slow_learner())
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
     preprocess = preprocess_config(model)

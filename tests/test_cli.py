@@ -43,12 +43,14 @@ def test_methods_lists_every_setting_with_its_default():
     assert result.exit_code == 0
     for line in ("edgecl: TOSCA + SAFE", "  safe.slow.epochs = 20", "  tosca.bottleneck = 48", "  use_tosca = true", "simplecil:"):
         assert line in result.output
-    one_line_error(edgecl("methods", "nope"), "unknown method")
+    one_line_error(edgecl("methods", "nope"), "nope: unknown method (known: edgecl, ")
 
 
 def test_usage_errors_exit_2(bundle):
     assert edgecl("classify", "--bundle", bundle, "--no-such-flag", "x.png").exit_code == 2
     assert edgecl("classify", "--bundle", bundle, "--top-k", "0", "x.png").exit_code == 2
+    wrong = edgecl("classify", "--bundle", bundle, "--runtime", "tensorflow", "x.png")
+    assert wrong.exit_code == 2 and "'tensorflow' is not one of tensorrt, onnxruntime, torch" in wrong.stderr
 
 
 def test_train_learn_classify_info(tmp_path, base_images, new_images):
@@ -118,15 +120,22 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "old", *common), "already exists; pass --force")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "simplecil", "--epochs", "5", *common),
+                   "--epochs: method simplecil trains nothing by epochs")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.epochs=many", *common), "not a valid int")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "use_tosca", *common), "expected KEY=VALUE")
+    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.tuner=xyz", "--backbone", "resnet_9000"),
+                   "slow learner tuner 'xyz': unknown")  # before the backbone: its name is wrong too
     if not torch.cuda.is_available():
         one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--device", "cuda", *common), "--device cuda", "not available")
     one_line_error(
         edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", PLUMBING_BACKBONE, "--weights", tmp_path / "w.pth", "-q"),
         "--weights", "no such file",
     )
+    mixed = Path(shutil.copytree(base_images, tmp_path / "mixed"))
+    shutil.copy(mixed / "red" / "img_000.png", mixed / "loose.png")
+    one_line_error(edgecl("train", mixed, "--out", tmp_path / "o", *common), "holds 1 image(s) beside its class folders", "loose.png")
     assert not (tmp_path / "o").exists()
 
 
@@ -135,7 +144,9 @@ def test_learn_errors_leave_the_bundle_unchanged(bundle, tmp_path, new_images, b
     one_line_error(edgecl("learn", "--images", tmp_path / "missing", "--bundle", bundle), "no such folder")
     (tmp_path / "empty").mkdir()
     one_line_error(edgecl("learn", "--images", tmp_path / "empty", "--bundle", bundle), "no images")
-    one_line_error(edgecl("learn", "--images", base_images / "red", "--bundle", bundle), "class 'red' already exists")
+    one_line_error(edgecl("learn", "--images", base_images / "red", "--bundle", bundle), "class 'red' already exists", "use --label")
+    one_line_error(edgecl("learn", "--images", new_images / "grey", "--label", "red", "--bundle", bundle), "class 'red' already exists",
+                   "choose another --label")
     one_line_error(edgecl("learn", "--images", new_images, "--label", "x", "--bundle", bundle), "--label names one class")
     mixed = Path(shutil.copytree(new_images, tmp_path / "mixed"))
     shutil.copy(mixed / "grey" / "img_000.png", mixed / "loose.png")

@@ -51,6 +51,14 @@ def test_eval_errors(data, tmp_path):
                    "--json", "does not exist")
 
 
+def test_a_setting_no_listed_method_has_names_each_and_epochs_need_a_method_that_trains(data):
+    plain = ["--backbone", PLUMBING_BACKBONE, "--random-init", "-q"]
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "tosca,simplecil", "--set", "slow.epochs=0", *plain),
+                   "ToscaConfig has no setting 'slow'", "SimpleCILConfig has no setting 'slow'")
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "simplecil", "--epochs", "3", *plain),
+                   "--epochs: none of simplecil trains by epochs")
+
+
 def test_a_class_with_no_readable_training_image_is_named(data, tmp_path):
     broken = shutil.copytree(data, tmp_path / "data")
     for image in (broken / "train" / "grey").iterdir():

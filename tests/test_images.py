@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecl.images import UnreadableImage, load_image
+from edgecl.images import UnreadableImage, find_images, load_image
 
 
 def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(tmp_path):
@@ -29,3 +29,9 @@ def test_a_truncated_file_is_unreadable_and_named(tmp_path):
     (tmp_path / "cut.png").write_bytes((tmp_path / "frame.png").read_bytes()[:60])
     with pytest.raises(UnreadableImage, match="cut.png"):
         load_image(tmp_path / "cut.png")
+
+
+def test_an_image_named_twice_is_found_once(tmp_path):
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    assert find_images([tmp_path / "b.png", tmp_path, tmp_path / "b.png"]) == [tmp_path / "b.png", tmp_path / "a.png"]

@@ -48,6 +48,12 @@ class MethodConfig:
         nested = {k: hints[k].from_dict(v) for k, v in data.items() if _is_config(hints[k]) and isinstance(v, dict)}
         return cls(**{**data, **nested})
 
+    @classmethod
+    def has_setting(cls, key: str) -> bool:
+        """Whether `override(key=...)` changes something: the config or one of its parts has `key`."""
+        hints = typing.get_type_hints(cls)
+        return key in hints or any(_is_config(kind) and kind.has_setting(key) for kind in hints.values())
+
     def override(self, **values: Any) -> "MethodConfig":
         """New config with these fields replaced (None: unchanged, unknown names: ignored); a dotted
         name reaches into a nested config (tosca.epochs)."""

@@ -82,11 +82,12 @@ def record_session(manifest: Manifest, method: ContinualMethod, heads: dict[str,
     manifest.sessions.append(session)
 
 
-def check_new_names(classes: Sequence[ClassFolder], manifest: Manifest) -> None:
+def check_new_names(classes: Sequence[ClassFolder], manifest: Manifest, label: str | None = None) -> None:
     known = {c.name: c.session for c in manifest.classes}
     for folder in classes:
         if folder.name in known:
-            fix = "use --label to give the new class another name" if len(classes) == 1 else "rename its folder"
+            fix = ("choose another --label" if label is not None else
+                   "use --label to give the new class another name" if len(classes) == 1 else "rename its folder")
             raise EdgeclError(f"class {folder.name!r} already exists (learned in session {known[folder.name]}); {fix}")
 
 
@@ -111,7 +112,7 @@ def learn(
     """One session: the classes in `folder` become new classes of the bundle, or nothing changes."""
     bundle = Bundle.open(bundle_path)
     classes = scan_new_classes(folder, label)
-    check_new_names(classes, bundle.manifest)
+    check_new_names(classes, bundle.manifest, label)
     embedder = open_embedder(bundle, runtime)
     start = time.perf_counter()
     data = embed_classes(
@@ -123,7 +124,7 @@ def learn(
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != bundle.manifest.backbone:
             raise EdgeclError(f"{bundle_path}: its backbone changed while embedding; run learn again")
-        check_new_names(classes, change.manifest)
+        check_new_names(classes, change.manifest, label)
         method = load_method(change.bundle)
         index = len(change.manifest.sessions)
         session = run_session(method, data, [c.name for c in classes], change.manifest.seed, index, show_progress=show_progress)
