@@ -51,7 +51,9 @@ def _torch_backbone(bundle: Path, device: str, mode: str):
 def _ort_backbone(bundle: Path, provider: str):
     from edgecl.runtime.onnx import INPUT_NAME, ort_session
 
-    session = ort_session(bundle / "backbone.onnx", [provider])
+    from edgecl.bundle import Bundle
+
+    session = ort_session(bundle / Bundle.open(bundle).manifest.export["file"], [provider])
     if session.get_providers()[0] != provider:
         raise SystemExit(f"{provider} did not start (got {session.get_providers()})")
     return lambda x: session.run(None, {INPUT_NAME: x})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ HEADS_ONNX_FILE = "heads.onnx"  # the heads' inference, their tensors as inputs 
 INFLORA_MEMORY_FILE = "inflora_memory.safetensors"  # DualGPM bases, for later host sessions
 ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
+STALE_STAGING_SECONDS = 3600
 
 
 # What loading a bundle relies on; a hand edit that breaks one is named instead of failing deep inside.
@@ -181,9 +183,10 @@ class Bundle:
     def open(cls, path: Path) -> "Bundle":
         path = Path(path)
         if not path.exists():
-            retired = sorted(path.parent.glob(_retired(path, "*").name))
+            retired = sorted(path.parent.glob(glob.escape(_retired(path, "").name) + "*"), key=lambda p: p.stat().st_mtime)
             if retired:
-                raise EdgeclError(f"{path}: no such bundle; a `train --force` was stopped while replacing it: the previous bundle is {retired[-1]}")
+                raise EdgeclError(f"{path}: no such bundle; a `train --force` is replacing it, or was stopped while it did: "
+                                  f"the previous bundle is {retired[-1]}")
             raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass --bundle)")
         if not (path / MANIFEST).is_file():
             raise EdgeclError(f"{path}: not an edgecl bundle (no {MANIFEST})")
@@ -234,20 +237,23 @@ def _lock_holder(lock_file: Path) -> str:
     return f" (pid {pid})" if pid else ""
 
 
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(Path(path) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        raise EdgeclError(f"{path}: no such bundle (removed or being replaced while this process waited for it)") from None
+
+
 @contextmanager
 def locked(path: Path, timeout: float) -> Iterator[None]:
     """Exclusive writer lock on the bundle; waits up to `timeout` seconds, then fails clearly."""
     lock_file = Path(path) / LOCK
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         deadline = time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if _same_file(fd, lock_file):
-                    break
-                os.close(fd)  # `train --force` replaced the bundle while we waited: lock the new one
-                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise EdgeclError(
@@ -255,6 +261,12 @@ def locked(path: Path, timeout: float) -> Iterator[None]:
                         f"gave up after {timeout:g}s (raise --lock-timeout to wait longer)"
                     ) from None
                 time.sleep(0.05)
+                continue
+            if _same_file(fd, lock_file):
+                break
+            fresh = _open_lock(path)  # `train --force` replaced the bundle while we waited: lock the new one
+            os.close(fd)
+            fd = fresh
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -276,6 +288,7 @@ class BundleUpdate:
         self.bundle = bundle
         self.manifest = copy.deepcopy(bundle.manifest)
         self.written: list[Path] = []
+        self.discarded = False
 
     def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
         entry, data = content_named(stem, tensors)
@@ -310,6 +323,10 @@ class BundleUpdate:
                 stale.unlink(missing_ok=True)
         for tmp in [*self.bundle.path.glob(".*.tmp-*"), *self.bundle.path.glob(f"{ENGINES_DIR}/.*.tmp-*")]:
             tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Leave the bundle as it is: `update` commits nothing and removes what this change wrote."""
+        self.discarded = True
 
     def abandon(self) -> None:
         keep = referenced(self.bundle.manifest)
@@ -352,7 +369,10 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
         except BaseException:
             change.abandon()
             raise
-        change.commit()
+        if change.discarded:
+            change.abandon()
+        else:
+            change.commit()
 
 
 def _alive(pid: str) -> bool:
@@ -392,8 +412,9 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
     path = Path(path)
     check_creatable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.new-*"):  # from a train that was killed
-        if not _alive(stale.name.rpartition("-")[2]):
+    for stale in path.parent.glob(glob.escape(f".{path.name}.new-") + "*"):  # from a train that was killed
+        # an hour old as well: a train in another pid namespace (a container on a shared volume) looks dead from here
+        if not _alive(stale.name.rpartition("-")[2]) and time.time() - stale.stat().st_mtime > STALE_STAGING_SECONDS:
             shutil.rmtree(stale, ignore_errors=True)
     staging = path.parent / f".{path.name}.new-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

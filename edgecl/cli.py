@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,9 @@ def user_errors(command: Callable, interrupted: str = "interrupted") -> Callable
             return command(*args, **kwargs)
         except EdgeclError as error:
             err.print(f"error: {error}")
+            raise typer.Exit(1) from None
+        except BrokenPipeError:  # `edgecl classify dir | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(1) from None
         except OSError as error:
             err.print(f"error: {_os_error(error)}")

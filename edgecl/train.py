@@ -45,6 +45,7 @@ def train(
     if epochs is not None and not config.has_setting("epochs"):
         raise EdgeclError(f"--epochs: method {method} trains nothing by epochs")
     check_slow_learner(config.slow_learner())
+    config.check_session(len(classes))
     model, spec = create_backbone(backbone, weights, random_init=random_init)
     learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
     preprocess = preprocess_config(model)

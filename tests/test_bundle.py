@@ -188,7 +188,7 @@ def test_second_learner_times_out_with_a_clear_message(bundle, new_images):
     assert snapshot(bundle) == before
 
 
-def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundle(bundle, tmp_path):
+def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundle(bundle, tmp_path, monkeypatch):
     import fcntl
     import os
 
@@ -215,20 +215,25 @@ def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundl
     holder = threading.Thread(target=hold)
     holder.start()
     assert holding.wait(10)
+    checks, waiting = [], threading.Event()
+    real_same_file, real_open_lock = bundles._same_file, bundles._open_lock
+    monkeypatch.setattr(bundles, "_same_file", lambda fd, path: checks.append(real_same_file(fd, path)) or checks[-1])
+    monkeypatch.setattr(bundles, "_open_lock", lambda path: (fd := real_open_lock(path), waiting.set())[0])
     try:
         with pytest.raises(EdgeclError, match="another edgecl process"):
             bundles.create(bundle, old.manifest, files, force=True, lock_timeout=0.2)
         assert Bundle.open(bundle).manifest == old.manifest and not list(tmp_path.glob(".*.new-*"))
+        waiting.clear()
         waiter = threading.Thread(target=wait_then_hold)
         waiter.start()
-        time.sleep(0.3)
+        assert waiting.wait(30)
         os.replace(bundle, tmp_path / "replaced")  # what `train --force` does once it holds the lock
         os.mkdir(bundle)
     finally:
         release.set()
         holder.join()
     waiter.join(30)
-    assert waiter_holds == [True]
+    assert waiter_holds == [True] and checks == [False, True]  # it got the replaced bundle's lock first, then the new one's
 
 
 def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folder(bundle, tmp_path, monkeypatch):
@@ -244,12 +249,21 @@ def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folde
     assert list(tmp_path.glob(".big*")) == []
     old = Bundle.open(bundle)
     files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
-    (tmp_path / f".{bundle.name}.new-999999999").mkdir()  # a train killed mid-write (no such process now)
-    (tmp_path / f".{bundle.name}.new-{os.getpid()}0").mkdir()  # not a pid that lives either
-    alive = tmp_path / f".{bundle.name}.new-1"  # pid 1 lives: a train still writing
-    alive.mkdir()
-    bundles.create(bundle, old.manifest, files, force=True)
-    assert sorted(p.name for p in tmp_path.glob(".*.new-*")) == [alive.name]
+    no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        killed, fresh, running = (tmp_path / f".{bundle.name}.new-{pid}" for pid in (no_such_pid, no_such_pid + 1, sleeper.pid))
+        for folder in (killed, fresh, running):
+            folder.mkdir()
+        an_hour_ago = time.time() - bundles.STALE_STAGING_SECONDS - 60
+        for folder in (killed, running):
+            os.utime(folder, (an_hour_ago, an_hour_ago))
+        bundles.create(bundle, old.manifest, files, force=True)
+        # removed: a dead train's, an hour old; kept: one a few seconds old (a train in another container?) and a live one
+        assert sorted(p.name for p in tmp_path.glob(".*.new-*")) == sorted([fresh.name, running.name])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):

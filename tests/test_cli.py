@@ -191,6 +191,16 @@ def test_an_os_error_is_one_line_naming_the_file(bundle, base_images, tmp_path):
     one_line_error(edgecl("watch", base_images / "red", "--log", tmp_path / "a-file" / "log.jsonl", "--once", "--bundle", bundle), "a-file: ")
 
 
+def test_a_reader_that_closes_the_pipe_early_gets_no_error(bundle, base_images):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecl", "classify", str(base_images), "--bundle", str(bundle), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `edgecl classify dir | head -0`
+    assert proc.wait(timeout=300) == 1 and proc.stderr.read() == b""
+
+
 def test_device_names_a_gpu_this_machine_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

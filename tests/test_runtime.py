@@ -134,9 +134,12 @@ def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported
 
     key = "sm87-trt10.3.0-fp16-b1.1.8"
 
+    committed = []
+
     def build_while_another_process_commits(onnx_model, profile, input_size, timing_cache):
         with bundles.update(exported) as change:
             change.manifest.engines[key] = change.write_file(f"engines/{key}.engine", b"the other process's engine")
+        committed.append((exported / "manifest.json").read_bytes())
         return trt_runtime.BuiltEngine(b"this process's engine", b"timing cache", 0)
 
     monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
@@ -146,6 +149,8 @@ def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 7))
     kept = trt_runtime.build_into_bundle(exported, keep_existing=True)
     assert Bundle.open(exported).read_bytes(kept.entry) == b"the other process's engine"
+    assert (exported / "manifest.json").read_bytes() == committed[0]  # not even rewritten: no watch reloads for nothing
+    assert sorted(p.name for p in (exported / "engines").iterdir()) == [f"{key}.engine"]
     # `engine build` replaces it, under another name: a reader may be loading the live one
     rebuilt = trt_runtime.build_into_bundle(exported)
     b = Bundle.open(exported)

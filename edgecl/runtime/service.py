@@ -20,7 +20,7 @@ from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
 from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
 from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
-from edgecl.methods import METHODS, ContinualMethod, restore_method
+from edgecl.methods import METHODS, ContinualMethod, method_config, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
@@ -113,6 +113,8 @@ def learn(
     bundle = Bundle.open(bundle_path)
     classes = scan_new_classes(folder, label)
     check_new_names(classes, bundle.manifest, label)
+    if bundle.manifest.method["name"] in METHODS:  # before the backbone runs (an unknown one is named on loading)
+        method_config(bundle.manifest.method["name"], bundle.manifest.method["config"]).check_session(len(classes))
     embedder = open_embedder(bundle, runtime)
     start = time.perf_counter()
     data = embed_classes(

@@ -178,15 +178,16 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0, keep_ex
     with bundles.update(bundle_path, lock_timeout) as change:
         if (change.manifest.export or {}).get("sha256") != export["sha256"]:
             raise EdgeclError(f"{bundle_path}: backbone.onnx changed while the engine was building; build again")
-        if keep_existing and key in change.manifest.engines:
-            return EngineReport(key, change.manifest.engines[key], time.perf_counter() - start)
-        engine = change.write_file(f"{bundles.ENGINES_DIR}/{key}.engine", built.engine)
-        timing = change.write_file(f"{bundles.ENGINES_DIR}/{key}.timing-cache", built.timing_cache)
-        change.manifest.engines[key] = {
-            **engine, "timing_cache": timing["file"], "gpu": torch.cuda.get_device_name(),
-            "compute_capability": list(torch.cuda.get_device_capability()), "tensorrt": trt.__version__,
-            "precision": profile["precision"], "batch": profile["batch"], "fp32_layers_pinned": built.fp32_layers,
-            "onnx_sha256": export["sha256"], "built": bundles.now(),
-        }
+        if keep_existing and key in change.manifest.engines:  # another process built it meanwhile
+            change.discard()
+        else:
+            engine = change.write_file(f"{bundles.ENGINES_DIR}/{key}.engine", built.engine)
+            timing = change.write_file(f"{bundles.ENGINES_DIR}/{key}.timing-cache", built.timing_cache)
+            change.manifest.engines[key] = {
+                **engine, "timing_cache": timing["file"], "gpu": torch.cuda.get_device_name(),
+                "compute_capability": list(torch.cuda.get_device_capability()), "tensorrt": trt.__version__,
+                "precision": profile["precision"], "batch": profile["batch"], "fp32_layers_pinned": built.fp32_layers,
+                "onnx_sha256": export["sha256"], "built": bundles.now(),
+            }
         entry = change.manifest.engines[key]
     return EngineReport(key, entry, time.perf_counter() - start)
