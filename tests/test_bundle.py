@@ -268,7 +268,7 @@ def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folde
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):
     bundle.rename(bundle.parent / f".{bundle.name}.old-4242")
-    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train --force` was stopped while replacing it: the previous bundle is .*\.{bundle.name}\.old-4242"):
+    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train --force` is replacing it, or was stopped while it did: the previous bundle is .*\.{bundle.name}\.old-4242"):
         Bundle.open(bundle)
 
 
