@@ -15,6 +15,7 @@ exclusive flock on `.lock`; readers take no lock.
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import fcntl
 import glob
@@ -385,6 +386,14 @@ def _alive(pid: str) -> bool:
     return True
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE), so no reader ever finds
+    neither; False where the C library or the file system cannot, and the caller renames twice."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    at_cwd, exchange = -100, 2
+    return renameat2 is not None and renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
+
+
 def _retired(path: Path, pid: int | str) -> Path:
     """Where `train --force` moves the old bundle while it swaps the new one in."""
     return path.parent / f".{path.name}.old-{pid}"
@@ -424,10 +433,13 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
             write_atomic(staging / name, data)
         write_atomic(staging / MANIFEST, manifest.to_json().encode())
         if path.exists():
-            retired = _retired(path, os.getpid())
             with locked(path, lock_timeout):  # a learn on the old bundle commits before, or waits and lands in the new one
-                os.replace(path, retired)
-                os.replace(staging, path)
+                if _exchange(staging, path):  # staging now holds the old bundle
+                    retired = staging
+                else:
+                    retired = _retired(path, os.getpid())
+                    os.replace(path, retired)
+                    os.replace(staging, path)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -264,6 +265,19 @@ def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folde
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.parametrize("swap", ["exchange", "two renames"])
+def test_train_force_replaces_the_bundle_and_leaves_nothing_beside_it(bundle, tmp_path, monkeypatch, swap):
+    old = Bundle.open(bundle)
+    files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
+    exchanged, real_exchange = [], bundles._exchange
+    monkeypatch.setattr(bundles, "_exchange", lambda a, b: exchanged.append(swap == "exchange" and real_exchange(a, b)) or exchanged[-1])
+    bundles.create(bundle, dataclasses.replace(old.manifest, seed=7), files, force=True)
+    if swap == "exchange" and exchanged != [True]:
+        pytest.skip("this file system cannot exchange two paths in one step (renameat2)")
+    assert Bundle.open(bundle).manifest.seed == 7 and len(exchanged) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging or retired folder beside it
 
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):
