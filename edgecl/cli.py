@@ -33,6 +33,8 @@ BundleOption = Annotated[
     typer.Option("--bundle", "-b", envvar="EDGECL_BUNDLE", help="Bundle directory (default: $EDGECL_BUNDLE, else ./edgecl-bundle)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
 def _known_runtime(value: Optional[str]) -> Optional[str]:
     if value is not None:
         from edgecl.runtime.embedders import RUNTIMES
