@@ -16,9 +16,8 @@ from edgecl.backbones import embed_function, rebuild
 from edgecl.bundle import Bundle
 from edgecl.errors import EdgeclError
 from edgecl.images import paths_and_labels, scan_new_classes
-from edgecl.methods import method_config
 from edgecl.preprocess import PreprocessConfig
-from edgecl.runtime.service import check_new_names, embed_classes, load_method, record_session, run_session
+from edgecl.runtime.service import check_new_names, embed_classes, load_method, record_session, run_session, stored_config
 
 
 @dataclass
@@ -35,7 +34,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
 
     bundle = Bundle.open(bundle_path)
     m = bundle.manifest
-    config = method_config(m.method["name"], m.method["config"])
+    config = stored_config(bundle)
     adapted = config.session_backbone()
     if adapted is None or "inflora" not in m.backbone:
         raise EdgeclError(f"{bundle_path}: its method {m.method['name']} keeps the backbone fixed after training; use `edgecl learn`")

@@ -20,7 +20,7 @@ from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
 from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
 from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
-from edgecl.methods import METHODS, ContinualMethod, method_config, restore_method
+from edgecl.methods import METHODS, ContinualMethod, MethodConfig, method_config, restore_method
 from edgecl.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
@@ -51,11 +51,18 @@ def embed_classes(
     return LabeledEmbeddings(result.features, targets, result.skipped)
 
 
-def load_method(bundle: Bundle) -> ContinualMethod:
+def stored_config(bundle: Bundle) -> MethodConfig:
+    """The config of the bundle's method; a method this edgecl does not know is named as such."""
     m = bundle.manifest
     if m.method["name"] not in METHODS:
         raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: method {m.method['name']!r} is not one edgecl {__version__} knows "
                           f"({', '.join(sorted(METHODS))}); a newer edgecl wrote it, or the manifest is damaged")
+    return method_config(m.method["name"], m.method["config"])
+
+
+def load_method(bundle: Bundle) -> ContinualMethod:
+    m = bundle.manifest
+    stored_config(bundle)  # names a method this edgecl does not know, before its heads are read
     method = restore_method(m.method["name"], m.backbone["embedding_dim"], m.method["config"], m.heads["structure"], bundle.heads())
     if method.num_classes != len(m.classes):  # a hand-edited class list would shift or drop labels
         raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: lists {len(m.classes)} classes but the heads have {method.num_classes}; "
@@ -113,8 +120,7 @@ def learn(
     bundle = Bundle.open(bundle_path)
     classes = scan_new_classes(folder, label)
     check_new_names(classes, bundle.manifest, label)
-    if bundle.manifest.method["name"] in METHODS:  # before the backbone runs (an unknown one is named on loading)
-        method_config(bundle.manifest.method["name"], bundle.manifest.method["config"]).check_session(len(classes))
+    stored_config(bundle).check_session(len(classes))  # before the backbone runs
     embedder = open_embedder(bundle, runtime)
     start = time.perf_counter()
     data = embed_classes(
