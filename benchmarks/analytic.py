@@ -12,7 +12,7 @@ import time
 import torch
 from safetensors.torch import save
 
-from edgecl.analytic import AnalyticClassifier
+from edgecl.core.analytic import AnalyticClassifier
 
 DIM, KNOWN, NEW = 1280, 10, 50
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from benchmarks.timing import median_seconds
-from edgecl import fashion_mnist
-from edgecl.bundle import Bundle
-from edgecl.images import load_image
-from edgecl.preprocess import PreprocessConfig, preprocess
+from edgecl.eval import fashion_mnist
+from edgecl.core.bundle import Bundle
+from edgecl.core.images import load_image
+from edgecl.core.preprocess import PreprocessConfig, preprocess
 
 VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "onnxruntime-torch-heads", "torch")
 GPU_VARIANTS = ("torch-cuda-backbone", "torch-cuda-fp16-backbone", "torch-cuda-compile-backbone", "onnx-cuda-backbone")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import statistics
 
-from edgecl import fashion_mnist
-from edgecl.backbones import create_backbone, preprocess_config
-from edgecl.inflora import interference_ratios
-from edgecl.methods.inflora import InfLoraBackboneConfig
-from edgecl.subspace import SubspaceMemory
+from edgecl.eval import fashion_mnist
+from edgecl.host.backbones import create_backbone, preprocess_config
+from edgecl.host.inflora_training import interference_ratios
+from edgecl.core.methods.inflora import InfLoraBackboneConfig
+from edgecl.host.subspace import SubspaceMemory
 
 MEMORIES = {  # name -> (power, design, max_leak, threshold)
     "official: squared spectrum, projected, eps 0.95": (2, "projected", None, 0.95),

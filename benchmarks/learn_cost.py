@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgecl import fashion_mnist
+from edgecl.eval import fashion_mnist
 
 
 # A forked child's peak RSS starts at its parent's size, so a small wrapper process forks the learner.

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from edgecl import fashion_mnist
-from edgecl.backbones import create_backbone, preprocess_config
-from edgecl.inflora import train_session
-from edgecl.methods.inflora import InfLoraBackboneConfig
-from edgecl.methods.safe import SlowLearnerConfig
-from edgecl.slow_learner import train_slow_learner
+from edgecl.eval import fashion_mnist
+from edgecl.host.backbones import create_backbone, preprocess_config
+from edgecl.host.inflora_training import train_session
+from edgecl.core.methods.inflora import InfLoraBackboneConfig
+from edgecl.core.methods.safe import SlowLearnerConfig
+from edgecl.host.slow_learner import train_slow_learner
 
 PER_CLASS = 96
 

@@ -1,3 +1,3 @@
-from edgecl.cli import main
+from edgecl.cli.app import main
 
 main()

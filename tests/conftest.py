@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edgecl import fashion_mnist
+from edgecl.eval import fashion_mnist
 
 PLUMBING_BACKBONE = "test_efficientnet"  # a tiny timm CNN; random weights
 # the default method (edgecl) on short schedules, for tests about plumbing rather than accuracy
@@ -61,7 +61,7 @@ def new_images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory, base_images) -> Path:
-    from edgecl.train import train
+    from edgecl.host.train import train
 
     path = tmp_path_factory.mktemp("bundles") / "base"
     train(base_images, path, backbone=PLUMBING_BACKBONE, random_init=True, method="tosca", epochs=2, show_progress=False)

@@ -9,8 +9,8 @@ default is 20, for a GPU host: an epoch takes over a minute on a 2-core CPU).
 import pytest
 
 from conftest import requires_fashion_mnist
-from edgecl import fashion_mnist
-from edgecl.evaluate import evaluate
+from edgecl.eval import fashion_mnist
+from edgecl.eval.protocol import evaluate
 
 pytestmark = [pytest.mark.slow, requires_fashion_mnist]
 METHODS = ["edgecl", "safe", "tosca", "tosca-paper", "simplecil"]

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl.analytic import (
+from edgecl.core.analytic import (
     PROJECTIONS, RIDGES, AnalyticClassifier, HadamardProjection, cholesky_factor, cholesky_update, hadamard, pack_upper, random_projection,
     unpack_upper,
 )
-from edgecl import analytic
+from edgecl.core import analytic
 from edgecl.errors import EdgeclError
-from edgecl.methods import create_method, method_config, restore_method
+from edgecl.core.methods import create_method, method_config, restore_method
 
 DIM, SIZE = 24, 300
 

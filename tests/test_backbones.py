@@ -3,8 +3,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from edgecl import backbones
-from edgecl.backbones import create_backbone, create_model
+from edgecl.host import backbones
+from edgecl.host.backbones import create_backbone, create_model
 from edgecl.errors import EdgeclError
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecl import bundle as bundles
-from edgecl.bundle import FORMAT_VERSION, Bundle
+from edgecl.core import bundle as bundles
+from edgecl.core.bundle import FORMAT_VERSION, Bundle
 from edgecl.errors import EdgeclError
 from edgecl.runtime.service import Classifier, learn, load_method
 
@@ -103,7 +103,7 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import edgecl.bundle as bundles
+    import edgecl.core.bundle as bundles
     from edgecl.runtime.service import learn
 
     where = sys.argv[3]

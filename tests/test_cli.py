@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import PLUMBING_BACKBONE, make_image_folder
-from edgecl.bundle import Bundle
-from edgecl.cli import app, check_device
+from edgecl.core.bundle import Bundle
+from edgecl.cli.app import app, check_device
 from edgecl.errors import EdgeclError
 from test_bundle import snapshot
 

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from conftest import make_image_folder
-from edgecl.data import load_train_test
+from edgecl.eval.datasets import load_train_test
 from edgecl.errors import EdgeclError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgecl.cli import app
+from edgecl.cli.app import app
 
 DEVICE = Path(__file__).resolve().parent.parent / "device"
 

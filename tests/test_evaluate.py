@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from edgecl.analytic import PROJECTION
+from edgecl.core.analytic import PROJECTION
 from conftest import PLUMBING_BACKBONE, QUICK_EDGECL, make_image_folder
 from test_cli import edgecl, one_line_error
 

@@ -5,13 +5,13 @@ import onnx
 import pytest
 
 from conftest import QUICK_EDGECL, requires_fashion_mnist
-from edgecl import fashion_mnist
-from edgecl.bundle import Bundle
+from edgecl.eval import fashion_mnist
+from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.export import PARITY_ATOL, export_bundle
-from edgecl.profiles import available_targets, load_target
-from edgecl.runtime.onnx import INPUT_NAME, ort_session
-from edgecl.train import train
+from edgecl.host.export import PARITY_ATOL, export_bundle
+from edgecl.host.targets import available_targets, load_target
+from edgecl.runtime.ort import INPUT_NAME, ort_session
+from edgecl.host.train import train
 
 
 def test_every_required_target_has_a_profile():

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from edgecl.heads import CosineClassifier, LuCA, LuCAStack, class_means, entropy, power_normalize
+from edgecl.core.layers import CosineClassifier, LuCA, LuCAStack, class_means, entropy, power_normalize
 
 
 def test_luca_has_the_paper_parameter_count_for_768_and_48():

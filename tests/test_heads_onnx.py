@@ -5,13 +5,13 @@ import onnx
 import pytest
 import torch
 
-from edgecl.bundle import Bundle
+from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.export import export_bundle
-from edgecl.heads_onnx import export_checked, export_heads
-from edgecl.images import find_images, load_image
-from edgecl.methods import METHODS
-from edgecl.preprocess import preprocess
+from edgecl.host.export import export_bundle
+from edgecl.host.heads_onnx import export_checked, export_heads
+from edgecl.core.images import find_images, load_image
+from edgecl.core.methods import METHODS
+from edgecl.core.preprocess import preprocess
 from edgecl.runtime.heads import FEATURES, HeadsUnavailable, OrtHeads, open_heads
 from edgecl.runtime.service import Classifier, learn
 from test_methods import clustered, fast, learn_sessions
@@ -45,7 +45,7 @@ def test_an_exporter_failure_is_reported_not_raised(monkeypatch):
     def broken(method):
         raise RuntimeError("unsupported op\nmore lines")
 
-    monkeypatch.setattr("edgecl.heads_onnx.export_heads", broken)
+    monkeypatch.setattr("edgecl.host.heads_onnx.export_heads", broken)
     result = export_checked(learn_sessions(fast("simplecil"), sessions=((0, 2),)), torch.randn(3, 32))
     assert result.data is None and result.error == "the heads could not be exported (RuntimeError: unsupported op)"
 
@@ -71,7 +71,7 @@ def _images(classifier, folder):
 
 
 def test_without_heads_onnx_the_heads_run_in_pytorch_and_say_why(bundle, base_images, monkeypatch):
-    monkeypatch.setattr("edgecl.heads_onnx.export_heads", lambda method: b"garbage")
+    monkeypatch.setattr("edgecl.host.heads_onnx.export_heads", lambda method: b"garbage")
     report = export_bundle(bundle, "cpu", [base_images])
     assert report.heads.data is None and "could not be exported" in report.heads.error
     b = Bundle.open(bundle)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgecl.images import UnreadableImage, find_images, load_image
+from edgecl.core.images import UnreadableImage, find_images, load_image
 
 
 def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(tmp_path):

@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import DEVICES, PLUMBING_BACKBONE, make_image_folder, requires_fashion_mnist
-from edgecl import fashion_mnist
-from edgecl.backbones import create_backbone, preprocess_config
-from edgecl.images import scan_class_folders
-from edgecl.inflora import interference_ratios, train_session
-from edgecl.methods.inflora import InfLoraBackboneConfig
-from edgecl.subspace import SubspaceMemory
+from edgecl.eval import fashion_mnist
+from edgecl.host.backbones import create_backbone, preprocess_config
+from edgecl.core.images import scan_class_folders
+from edgecl.host.inflora_training import interference_ratios, train_session
+from edgecl.core.methods.inflora import InfLoraBackboneConfig
+from edgecl.host.subspace import SubspaceMemory
 from test_cli import edgecl, one_line_error
 
 

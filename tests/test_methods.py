@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from edgecl.errors import EdgeclError
-from edgecl.methods import METHODS, create_method, restore_method
-from edgecl.methods.base import method_config
-from edgecl.methods.safe import SlowLearnerConfig
-from edgecl.training import SGDSchedule
+from edgecl.core.methods import METHODS, create_method, restore_method
+from edgecl.core.methods.base import method_config
+from edgecl.core.methods.safe import SlowLearnerConfig
+from edgecl.core.sgd import SGDSchedule
 
 DIM = 32
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from edgecl.data import class_order, session_sizes
+from edgecl.eval.datasets import class_order, session_sizes
 from edgecl.errors import EdgeclError
-from edgecl.metrics import accuracy, forgetting, summarize
+from edgecl.eval.metrics import accuracy, forgetting, summarize
 
 
 def test_forgetting_is_mean_drop_from_best_earlier_accuracy():

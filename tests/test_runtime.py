@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from conftest import QUICK_EDGECL, requires_fashion_mnist
-from edgecl import fashion_mnist
-from edgecl import bundle as bundles
-from edgecl.bundle import Bundle
+from edgecl.eval import fashion_mnist
+from edgecl.core import bundle as bundles
+from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.export import export_bundle
-from edgecl.images import find_images
+from edgecl.host.export import export_bundle
+from edgecl.core.images import find_images
 from edgecl.runtime.embedders import open_embedder
 from edgecl.runtime.service import Classifier, learn
-from edgecl.runtime.tensorrt import engine_key
-from edgecl.train import train
+from edgecl.runtime.tensorrt_engines import engine_key
+from edgecl.host.train import train
 
 
 def tensorrt_present() -> bool:
@@ -78,13 +78,13 @@ def test_onnxruntime_and_torch_classify_alike_and_learn_works(exported, base_ima
 BOUNDARY = textwrap.dedent(
     """
     import json, sys
-    from edgecl.cli import main
+    from edgecl.cli.app import main
     sys.argv = ["edgecl", *sys.argv[1:]]
     try:
         main()
     except SystemExit as done:
         code = done.code
-    host_only = ("timm", "onnx", "torchvision", "edgecl.backbones", "edgecl.train", "edgecl.export", "edgecl.evaluate")
+    host_only = ("timm", "onnx", "torchvision", "edgecl.host.backbones", "edgecl.host.train", "edgecl.host.export", "edgecl.eval.protocol")
     loaded = sorted(m for m in sys.modules if m in host_only or m.split(".")[0] in ("timm", "onnx", "torchvision"))
     print(json.dumps({"code": code, "host_only": loaded}), file=sys.stderr)
     """
@@ -113,7 +113,7 @@ def test_engine_key_names_gpu_tensorrt_precision_and_batch():
 @pytest.mark.parametrize("failure", [RuntimeError("TensorRT could not parse backbone.onnx: op X"), PermissionError("bundle is read-only"),
                                      EdgeclError("another edgecl process (pid 7) is updating this bundle; gave up after 30s")])
 def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(exported, monkeypatch, failure):
-    from edgecl.runtime import tensorrt as trt_runtime
+    from edgecl.runtime import tensorrt_engines as trt_runtime
 
     def build_fails(bundle_path, **options):
         assert options["keep_existing"] and options["lock_timeout"] < 60  # on first use: never minutes behind a lock
@@ -130,7 +130,7 @@ def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(expor
 
 
 def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported, monkeypatch):
-    from edgecl.runtime import tensorrt as trt_runtime
+    from edgecl.runtime import tensorrt_engines as trt_runtime
 
     key = "sm87-trt10.3.0-fp16-b1.1.8"
 
@@ -159,7 +159,7 @@ def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported
 
 
 def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images, monkeypatch):
-    from edgecl.runtime import tensorrt as trt_runtime
+    from edgecl.runtime import tensorrt_engines as trt_runtime
 
     export_bundle(bundle, "cpu", [base_images])
     monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
@@ -168,7 +168,7 @@ def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images,
 
 
 def test_a_provider_that_fails_to_start_leaves_stdout_alone(exported, capfd):
-    from edgecl.runtime.onnx import ort_session
+    from edgecl.runtime.ort import ort_session
 
     session = ort_session(Bundle.open(exported).path / "backbone.onnx", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
     assert session.get_providers()[-1] == "CPUExecutionProvider"
@@ -178,7 +178,7 @@ def test_a_provider_that_fails_to_start_leaves_stdout_alone(exported, capfd):
 def test_engine_build_without_tensorrt_is_a_clear_error(exported):
     if tensorrt_present():
         pytest.skip("TensorRT is present here; the error path does not apply")
-    from edgecl.runtime.tensorrt import build_into_bundle
+    from edgecl.runtime.tensorrt_engines import build_into_bundle
 
     with pytest.raises(EdgeclError, match="cannot build a TensorRT engine here: tensorrt is not installed"):
         build_into_bundle(exported)
@@ -226,8 +226,8 @@ def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
 
 
 def test_onnxruntime_tensorrt_provider_gets_the_profile(tmp_path):
-    from edgecl.profiles import load_target
-    from edgecl.runtime.onnx import tensorrt_provider_options
+    from edgecl.host.targets import load_target
+    from edgecl.runtime.ort import tensorrt_provider_options
 
     options = tensorrt_provider_options(load_target("jetson").to_dict(), [3, 224, 224], tmp_path)
     assert options["trt_fp16_enable"] == "True" and options["trt_layer_norm_fp32_fallback"] == "True"

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import QUICK_EDGECL
-from edgecl.bundle import Bundle
+from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.images import find_images
+from edgecl.core.images import find_images
 from edgecl.runtime.service import Classifier, learn, load_method, session_generator
-from edgecl.train import train
+from edgecl.host.train import train
 
 
 def test_classifying_one_at_a_time_or_all_together_gives_the_same_answers(bundle, base_images, new_images):

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import DEVICES, PLUMBING_BACKBONE
-from edgecl.backbones import create_backbone, preprocess_config
-from edgecl.images import scan_class_folders
-from edgecl.methods.safe import SlowLearnerConfig
-from edgecl.slow_learner import train_slow_learner, transfer_loss, tuned_backbone
+from edgecl.host.backbones import create_backbone, preprocess_config
+from edgecl.core.images import scan_class_folders
+from edgecl.core.methods.safe import SlowLearnerConfig
+from edgecl.host.slow_learner import train_slow_learner, transfer_loss, tuned_backbone
 
 
 def test_transfer_loss_is_the_correlation_of_normalised_embeddings():

@@ -2,7 +2,7 @@
 
 import torch
 
-from edgecl.subspace import A_SCALE, REMOVE, RETAIN, SubspaceMemory, contrast_design
+from edgecl.host.subspace import A_SCALE, REMOVE, RETAIN, SubspaceMemory, contrast_design
 
 
 def covariance(basis: torch.Tensor, count: int = 2000, noise: float = 0.01, seed: int = 0) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from edgecl.training import MomentumSGD, SGDSchedule, train_minibatches
+from edgecl.core.sgd import MomentumSGD, SGDSchedule, train_minibatches
 
 
 @pytest.mark.parametrize("momentum, weight_decay", [(0.9, 0.0), (0.9, 5e-4), (0.0, 0.0)])

@@ -6,11 +6,11 @@ import torch
 from PIL import Image
 
 from conftest import requires_fashion_mnist
-from edgecl import fashion_mnist
-from edgecl.backbones import create_backbone, create_model, preprocess_config, rebuild
+from edgecl.eval import fashion_mnist
+from edgecl.host.backbones import create_backbone, create_model, preprocess_config, rebuild
 from edgecl.errors import EdgeclError
-from edgecl.preprocess import preprocess
-from edgecl.tuners import create_tuner
+from edgecl.core.preprocess import preprocess
+from edgecl.host.tuners import create_tuner
 
 
 def perturb(params, seed=0):

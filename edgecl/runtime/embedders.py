@@ -13,12 +13,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgecl.bundle import Bundle
-from edgecl.embed import CPU_BATCH_SIZE
-from edgecl.embedding_cache import cache_root
+from edgecl.core.bundle import Bundle
+from edgecl.core.embedding import CPU_BATCH_SIZE
+from edgecl.core.cache import cache_root
 from edgecl.errors import DamagedFile, EdgeclError
-from edgecl.runtime import tensorrt as trt_runtime
-from edgecl.runtime.onnx import GPU_PROVIDERS, ort_embed_function, ort_session, tensorrt_provider_options, usable_providers
+from edgecl.runtime import tensorrt_engines as trt_runtime
+from edgecl.runtime.ort import GPU_PROVIDERS, ort_embed_function, ort_session, tensorrt_provider_options, usable_providers
 
 
 @dataclass
@@ -98,7 +98,7 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
 
 def _torch(bundle: Bundle) -> Embedder:
     try:
-        from edgecl.backbones import embed_function, rebuild
+        from edgecl.host.backbones import embed_function, rebuild
     except ImportError as err:
         raise RuntimeUnavailable(f"timm is not installed ({err})") from err
     spec = bundle.manifest.backbone

@@ -17,11 +17,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edgecl.bundle import Bundle
+from edgecl.core.bundle import Bundle
 from edgecl.errors import DamagedFile, EdgeclError
-from edgecl.methods import ContinualMethod
+from edgecl.core.methods import ContinualMethod
 from edgecl.runtime.embedders import EXPORT_AGAIN
-from edgecl.runtime.onnx import session_options
+from edgecl.runtime.ort import session_options
 
 FEATURES = "features"
 PROBABILITIES = "probabilities"

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from edgecl import __version__
-from edgecl import bundle as bundles
-from edgecl.bundle import Bundle, ClassEntry, Manifest, SessionEntry
-from edgecl.embed import CPU_BATCH_SIZE, EmbedBatch, embed_paths
+from edgecl.core import bundle as bundles
+from edgecl.core.bundle import Bundle, ClassEntry, Manifest, SessionEntry
+from edgecl.core.embedding import CPU_BATCH_SIZE, EmbedBatch, embed_paths
 from edgecl.errors import EdgeclError
-from edgecl.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
-from edgecl.methods import METHODS, ContinualMethod, MethodConfig, method_config, restore_method
-from edgecl.preprocess import PreprocessConfig
+from edgecl.core.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
+from edgecl.core.methods import METHODS, ContinualMethod, MethodConfig, method_config, restore_method
+from edgecl.core.preprocess import PreprocessConfig
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
 

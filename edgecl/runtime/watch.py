@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from edgecl import bundle as bundles
-from edgecl.bundle import MANIFEST
+from edgecl.core import bundle as bundles
+from edgecl.core.bundle import MANIFEST
 from edgecl.errors import EdgeclError
-from edgecl.images import is_image_file, require_folder
+from edgecl.core.images import is_image_file, require_folder
 from edgecl.runtime.service import Classifier
 
 

@@ -1,0 +1,102 @@
+"""edgecl: TOSCA and SAFE together, the design card's shape.
+
+Host, session 0: SAFE's slow learner tuned inside the backbone and merged (edgecl/slow_learner.py),
+then on its embedding a TOSCA LuCA module and the analytic classifiers. Device, each `learn`: a new
+LuCA module, a fast-learner update, analytic updates. Inference blends, per sample, TOSCA's chosen
+module, the fast and the slow analytic predictions by entropy (SAFE's rule, softmax(-gamma * H)).
+The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA's are sigma-scaled
+cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
+the entropies are compared, or TOSCA's sharper logits would win every sample. The scores are the
+blend's softmax at `temperature`, so that they rank and mean something rather than read 1.0000.
+Every head sees the embedding power-normalised (`feature_power`, measured: README), which the
+published TOSCA and SAFE do not do.
+Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from edgecl.errors import EdgeclError
+from edgecl.core.layers import power_normalize
+from edgecl.core.methods.base import ContinualMethod, MethodConfig, register_method
+from edgecl.core.methods.safe import Safe, SafeConfig, blend
+from edgecl.core.methods.tosca import Tosca, ToscaConfig
+
+
+@dataclass(frozen=True)
+class EdgeclConfig(MethodConfig):
+    tosca: ToscaConfig = field(default_factory=ToscaConfig)
+    safe: SafeConfig = field(default_factory=SafeConfig)
+    use_tosca: bool = True
+    use_fast: bool = True
+    use_slow: bool = True
+    analytic_scale: float = 80.0
+    gamma: float = 1.0
+    temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: README)
+    feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: README)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.use_tosca or self.use_fast or self.use_slow):
+            raise EdgeclError("edgecl needs at least one of use_tosca, use_fast, use_slow")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EdgeclConfig":
+        # bundles written before these settings keep their scores and their heads' inputs
+        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, **data})
+
+    def slow_learner(self):
+        return self.safe.slow_learner()
+
+
+@register_method
+class Edgecl(ContinualMethod):
+    name = "edgecl"
+    summary = "TOSCA + SAFE: slow learner merged into the backbone, a LuCA module, fast and slow analytic classifiers per session, blended by entropy"
+    config_class = EdgeclConfig
+    config: EdgeclConfig
+
+    def __init__(self, config: EdgeclConfig, embedding_dim: int) -> None:
+        super().__init__(config, embedding_dim)
+        self.tosca = Tosca(config.tosca, embedding_dim)
+        self.safe = Safe(replace(config.safe, fast_learner=config.use_fast), embedding_dim)
+
+    @property
+    def num_classes(self) -> int:
+        return self.safe.num_classes
+
+    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+        stats = {}
+        features = power_normalize(features, self.config.feature_power)
+        if self.config.use_tosca:
+            stats.update({f"tosca_{k}": v for k, v in self.tosca.learn(features, targets, generator, show_progress=show_progress).items()})
+        stats.update({f"safe_{k}": v for k, v in self.safe.learn(features, targets, generator, show_progress=show_progress).items()})
+        return stats
+
+    def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        members = {}
+        features = power_normalize(features, self.config.feature_power)
+        if self.config.use_tosca:
+            members["tosca"] = self.tosca.logits(features)
+        analytic = self.safe.member_logits(features)
+        for name in ("fast", "slow"):
+            if getattr(self.config, f"use_{name}") and name in analytic:
+                members[name] = self.config.analytic_scale * analytic[name]
+        return members
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return blend(list(self.member_logits(features).values()), self.config.gamma)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(features) / self.config.temperature, dim=-1)
+
+    def structure(self) -> dict[str, Any]:
+        return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}
+
+    def build(self, structure: dict[str, Any]) -> None:
+        self.tosca.build(structure["tosca"])
+        self.safe.build(structure["safe"])

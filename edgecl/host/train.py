@@ -1,0 +1,86 @@
+"""`edgecl train`: the host's first session, from an image folder to a new bundle.
+
+A method with a slow learner (SAFE, edgecl) first tunes the backbone on these images and merges the
+tuning into it; the bundle stores that backbone, so export and the device see a plain timm model
+(plus any adapters that cannot merge, recorded under backbone.tuner). InfLoRA adapts the backbone
+on these images as its first session, merges it, and keeps its subspace memory in the bundle for
+later host sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgecl.core import bundle as bundles
+from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
+from edgecl.core.bundle import Bundle, Manifest
+from edgecl.core.cache import cache_root
+from edgecl.errors import EdgeclError
+from edgecl.host.export import host_embed_function
+from edgecl.core.images import paths_and_labels, scan_class_folders
+from edgecl.core.methods import method_class, method_config
+from edgecl.runtime.service import embed_classes, record_session, run_session
+from edgecl.host.slow_learner import check_slow_learner
+
+
+def train(
+    data: Path,
+    out: Path,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    weights: Path | None = None,
+    random_init: bool = False,
+    method: str = "edgecl",
+    epochs: int | None = None,
+    settings: dict[str, str] | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    force: bool = False,
+    lock_timeout: float = 60.0,
+    show_progress: bool = True,
+) -> tuple[Bundle, list[str]]:
+    """Session 0 on DATA/<class>/<images>; returns the new bundle and the images it skipped."""
+    bundles.check_creatable(out, force)
+    classes = scan_class_folders(data)
+    config = method_config(method, epochs=epochs, settings=settings)
+    if epochs is not None and not config.has_setting("epochs"):
+        raise EdgeclError(f"--epochs: method {method} trains nothing by epochs")
+    check_slow_learner(config.slow_learner())
+    config.check_session(len(classes))
+    model, spec = create_backbone(backbone, weights, random_init=random_init)
+    learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
+    preprocess = preprocess_config(model)
+    backbone_info = spec.to_dict()
+    paths, labels = paths_and_labels(classes)
+    slow = config.slow_learner()
+    if slow is not None:
+        from edgecl.host.slow_learner import train_slow_learner
+
+        model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
+        backbone_info["tuner"] = stats.pop("structure")
+        backbone_info["slow_learner"] = stats
+    extra_files: dict[str, bytes] = {}
+    adapted = config.session_backbone()
+    if adapted is not None:
+        from edgecl.host.inflora_training import train_session
+
+        memory = adapted.memory()
+        model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=0, device=device, seed=seed, show_progress=show_progress)
+        memory_bytes = bundles.tensors_to_bytes(memory.state_dict())
+        extra_files[bundles.INFLORA_MEMORY_FILE] = memory_bytes
+        backbone_info["inflora"] = {**stats, "device": device, "memory": {"file": bundles.INFLORA_MEMORY_FILE, "sha256": bundles.sha256_bytes(memory_bytes)}}
+    backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
+    backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
+    embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
+    embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
+    session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
+    heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
+    manifest = Manifest(
+        backbone={**backbone_info, **backbone_entry},
+        preprocess=preprocess.to_dict(),
+        method={"name": method, "config": learner.config.to_dict()},
+        heads={},
+        seed=seed,
+    )
+    record_session(manifest, learner, heads_entry, session)
+    files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes, **extra_files}
+    return bundles.create(out, manifest, files, force=force, lock_timeout=lock_timeout), embedded.skipped

@@ -1,1 +1,0 @@
-"""Target profiles for `edgecl export` (one JSON file each), shipped inside the package as edgecl.targets."""
