@@ -13,6 +13,7 @@ from edgecl.host.inflora_training import train_session
 from edgecl.core.methods.inflora import InfLoraBackboneConfig
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.host.slow_learner import train_slow_learner
+from edgecl.host.subspace import SubspaceMemory
 
 PER_CLASS = 96
 
@@ -23,7 +24,7 @@ def _seconds(device: str, paths, labels) -> dict[str, float]:
     _, slow = train_slow_learner(model, paths, labels, preprocess, SlowLearnerConfig(epochs=1), device=device, show_progress=False)
     config = InfLoraBackboneConfig(epochs=1)
     model, _ = create_backbone()
-    _, inflora = train_session(model, config.memory(), paths, labels, preprocess, config, session=0, device=device, show_progress=False)
+    _, inflora = train_session(model, SubspaceMemory.from_config(config), paths, labels, preprocess, config, session=0, device=device, show_progress=False)
     return {"slow_learner_s": slow["seconds"], "inflora_session_s": inflora["seconds"]}
 
 

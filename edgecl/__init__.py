@@ -1,3 +1,74 @@
-"""edgecl: a frozen backbone as the inference engine, tiny heads that keep learning on the device."""
+"""edgecl: a frozen backbone as the inference engine, tiny heads that keep learning on the device.
+
+Device:
+    model = edgecl.load("bundle/")                 # edgecl.Model
+    model.classify(frame)                          # edgecl.Prediction: label, score, top_k
+    model.learn({"bolt": [frame, ...]})            # a new session, committed atomically
+Host:
+    edgecl.train("images/", "bundle/")             # session 0: backbone, slow learner, heads
+    edgecl.export("bundle/", target="jetson")      # backbone.onnx + heads.onnx, checked against PyTorch
+
+Importing edgecl is cheap: each function imports what it needs when it is called, and the device
+side never imports timm or onnx.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from edgecl.errors import EdgeclError
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edgecl.api import Model
+    from edgecl.host.export import ExportReport
+    from edgecl.host.train import TrainReport
+    from edgecl.runtime.service import LearnResult, Prediction
+
+__all__ = ["EdgeclError", "LearnResult", "Model", "Prediction", "__version__", "export", "load", "train"]
+
+
+def load(bundle: str | os.PathLike, runtime: str | None = None, min_score: float | None = None) -> Model:
+    """Open a bundle for classifying and learning; `runtime` forces tensorrt, onnxruntime or torch;
+    `min_score` (0..1) sets when a prediction says "unknown" (default: the bundle's calibration; 0: never)."""
+    from edgecl.api import load as load_model
+
+    return load_model(bundle, runtime, min_score)
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, *, backbone: str = "tf_efficientnet_lite0",
+          weights: str | os.PathLike | None = None, random_init: bool = False, method: str = "edgecl",
+          epochs: int | None = None, settings: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
+          force: bool = False, lock_timeout: float = 60.0, show_progress: bool = False) -> TrainReport:
+    """Host: a new bundle at `out` from DATA/<class>/<images> (session 0). `settings` sets method
+    settings by dotted name ({"safe.slow.epochs": 0}; `edgecl methods` lists them); `device`
+    defaults to CUDA when there is a GPU."""
+    from edgecl.host.train import train as train_bundle
+
+    return train_bundle(Path(data), Path(out), backbone=backbone, weights=None if weights is None else Path(weights),
+                        random_init=random_init, method=method, epochs=epochs, settings=settings, device=device, seed=seed,
+                        force=force, lock_timeout=lock_timeout, show_progress=show_progress)
+
+
+def export(bundle: str | os.PathLike, target: str, images: Sequence[str | os.PathLike] = (), *,
+           lock_timeout: float = 60.0) -> ExportReport:
+    """Host: the bundle's backbone -> backbone.onnx (and its heads -> heads.onnx) for a target
+    profile, checked against PyTorch on `images` (files or folders) when given."""
+    from edgecl.host.export import export_bundle
+
+    return export_bundle(Path(bundle), target, [Path(p) for p in images], lock_timeout=lock_timeout)
+
+
+def __getattr__(name: str):
+    if name == "Model":
+        from edgecl.api import Model
+
+        return Model
+    if name in ("Prediction", "LearnResult"):
+        from edgecl.runtime import service
+
+        return getattr(service, name)
+    raise AttributeError(f"module 'edgecl' has no attribute {name!r}")

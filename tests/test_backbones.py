@@ -78,7 +78,7 @@ def test_no_weights_anywhere_says_how_to_provide_them(monkeypatch):
 
     timm_create = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
-    with pytest.raises(EdgeclError, match=r"no pretrained weights available .*--weights FILE.*hub"):
+    with pytest.raises(EdgeclError, match=r"no pretrained weights available .*pass weights FILE.*hub"):
         create_backbone("test_vit")
 
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,9 +12,11 @@ import pytest
 import torch
 
 from edgecl.core import bundle as bundles
+from edgecl.core import files as file_primitives
 from edgecl.core.bundle import FORMAT_VERSION, Bundle
 from edgecl.errors import EdgeclError
-from edgecl.runtime.service import Classifier, learn, load_method
+from edgecl.core.session import load_method
+from edgecl.runtime.service import Classifier, learn
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -103,22 +106,21 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import edgecl.core.bundle as bundles
+    from edgecl.core.bundle_files import BundleFiles
     from edgecl.runtime.service import learn
 
     where = sys.argv[3]
-    real_write = bundles.write_atomic
+    real_write = BundleFiles.write
 
-    def write_then_die(path, data):
-        if where == "heads" and path.name.startswith("heads-"):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data[: len(data) // 2])
+    def write_then_die(self, name, data):
+        if where == "heads" and name.startswith("heads-"):
+            (self.root / f".{name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
-        if where == "manifest" and path.name == "manifest.json":
+        if where == "manifest" and name == "manifest.json":
             os.kill(os.getpid(), signal.SIGKILL)
-        real_write(path, data)
+        real_write(self, name, data)
 
-    bundles.write_atomic = write_then_die
+    BundleFiles.write = write_then_die
     learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)
     """
 )
@@ -217,9 +219,9 @@ def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundl
     holder.start()
     assert holding.wait(10)
     checks, waiting = [], threading.Event()
-    real_same_file, real_open_lock = bundles._same_file, bundles._open_lock
-    monkeypatch.setattr(bundles, "_same_file", lambda fd, path: checks.append(real_same_file(fd, path)) or checks[-1])
-    monkeypatch.setattr(bundles, "_open_lock", lambda path: (fd := real_open_lock(path), waiting.set())[0])
+    real_same_file, real_open_lock = file_primitives._same_file, file_primitives._open_lock
+    monkeypatch.setattr(file_primitives, "_same_file", lambda fd, path: checks.append(real_same_file(fd, path)) or checks[-1])
+    monkeypatch.setattr(file_primitives, "_open_lock", lambda path: (real_open_lock(path), waiting.set())[0])
     try:
         with pytest.raises(EdgeclError, match="another edgecl process"):
             bundles.create(bundle, old.manifest, files, force=True, lock_timeout=0.2)
@@ -271,8 +273,8 @@ def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folde
 def test_train_force_replaces_the_bundle_and_leaves_nothing_beside_it(bundle, tmp_path, monkeypatch, swap):
     old = Bundle.open(bundle)
     files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
-    exchanged, real_exchange = [], bundles._exchange
-    monkeypatch.setattr(bundles, "_exchange", lambda a, b: exchanged.append(swap == "exchange" and real_exchange(a, b)) or exchanged[-1])
+    exchanged, real_exchange = [], bundles.exchange
+    monkeypatch.setattr(bundles, "exchange", lambda a, b: exchanged.append(swap == "exchange" and real_exchange(a, b)) or exchanged[-1])
     bundles.create(bundle, dataclasses.replace(old.manifest, seed=7), files, force=True)
     if swap == "exchange" and exchanged != [True]:
         pytest.skip("this file system cannot exchange two paths in one step (renameat2)")
@@ -282,7 +284,7 @@ def test_train_force_replaces_the_bundle_and_leaves_nothing_beside_it(bundle, tm
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):
     bundle.rename(bundle.parent / f".{bundle.name}.old-4242")
-    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train --force` is replacing it, or was stopped while it did: the previous bundle is .*\.{bundle.name}\.old-4242"):
+    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: the previous bundle is .*\.{bundle.name}\.old-4242"):
         Bundle.open(bundle)
 
 
@@ -301,3 +303,23 @@ def test_two_concurrent_learners_both_land(bundle, tmp_path):
     method = load_method(Bundle.open(bundle))
     assert method.num_classes == 5 and len(method.sessions) == 3
     assert torch.isfinite(method.predict(torch.randn(2, method.embedding_dim))).all()
+
+
+def test_a_bundle_written_by_release_0_1_0_still_loads_classifies_and_learns(tmp_path):
+    """tests/data/bundle-0.1.0 was written by edgecl 0.1.0 before the package was restructured (a random-init
+    test_efficientnet, edgecl at small settings, two sessions); its predictions then are in the -expected file."""
+    from conftest import make_image_folder
+
+    data = Path(__file__).parent / "data"
+    old = Path(shutil.copytree(data / "bundle-0.1.0", tmp_path / "bundle"))
+    make_image_folder(tmp_path / "base", ["red", "green", "blue"], count=4)
+    make_image_folder(tmp_path / "new", ["yellow"], count=4, seed=10)
+    expected = json.loads((data / "bundle-0.1.0-expected.json").read_text())
+    predictions, skipped = Classifier(old, "torch").classify([tmp_path / e["image"] for e in expected], top_k=4, show_progress=False)
+    assert skipped == [] and len(predictions) == len(expected)
+    for got, want in zip(predictions, expected):
+        assert [t["label"] for t in got.top_k] == [t["label"] for t in want["top_k"]]
+        assert [t["score"] for t in got.top_k] == pytest.approx([t["score"] for t in want["top_k"]], rel=1e-4, abs=1e-7)
+    make_image_folder(tmp_path / "more", ["purple"], count=4, seed=20)
+    learn(old, tmp_path / "more" / "purple", show_progress=False)
+    assert Bundle.open(old).manifest.class_names == ["blue", "green", "red", "yellow", "purple"]

@@ -22,7 +22,7 @@ def test_excluded_classes_leave_both_splits(folders):
 
 
 def test_an_excluded_class_that_is_not_there_is_an_error(folders):
-    with pytest.raises(EdgeclError, match=r"^--exclude-class Green: .* has no class of that name"):
+    with pytest.raises(EdgeclError, match=r"^exclude Green: .* has no class of that name"):
         load_train_test(folders, exclude=["Green"])
 
 
@@ -38,5 +38,5 @@ def test_lists_with_an_excluded_class(folders):
     (folders / "test.txt").write_text("\n".join(images[1::2]) + "\n")
     data = load_train_test(folders / "train", folders / "train.txt", folders / "test.txt", exclude=["blue"])
     assert data.classes == ["green", "red"] and len(data.train.paths) == len(data.test.paths) == 2
-    with pytest.raises(EdgeclError, match="--exclude-class purple"):
+    with pytest.raises(EdgeclError, match="^exclude purple"):
         load_train_test(folders / "train", folders / "train.txt", folders / "test.txt", exclude=["purple"])

@@ -65,3 +65,30 @@ def test_a_class_with_no_readable_training_image_is_named(data, tmp_path):
         image.write_bytes(b"not an image")
     one_line_error(edgecl("eval", broken, "--init", "3", "--increment", "1", "--method", "simplecil", "--backbone", PLUMBING_BACKBONE, "--random-init", "-q"),
                    "class 'grey': no readable training image")
+
+
+def test_unknown_auroc_after_each_session_and_few_shot_sessions(data, tmp_path):
+    report_file = tmp_path / "r.json"
+    plain = ["--backbone", PLUMBING_BACKBONE, "--random-init", "-q"]
+    result = edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "simplecil", "--shots", "2", "--json", report_file, *plain)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(report_file.read_text())
+    assert report["protocol"]["shots"] == 2
+    assert [a is None for a in report["unknown_auroc"]] == [False, False, True]  # nothing left unseen after the last
+    assert all(0 <= a <= 1 for a in report["unknown_auroc"][:2]) and all(0 <= f <= 1 for f in report["unknown_fpr95"][:2])
+    assert len(report["unknown_auroc_top_probability"]) == 3 and "mean AUROC" in result.output
+    one_line_error(edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "simplecil", "--shots", "9", *plain),
+                   "--shots 9: must be from 1 to the training images of the smallest later class")
+
+
+def test_few_shot_draws_the_same_images_for_the_same_seed():
+    import numpy as np
+
+    from edgecl.eval.protocol import few_shot
+
+    labels = np.repeat(np.arange(4), 10)
+    chosen = labels >= 2
+    a, b = few_shot(labels, chosen, 3, 1993, 1), few_shot(labels, chosen, 3, 1993, 1)
+    assert (a == b).all() and a.sum() == 6 and not a[labels < 2].any()
+    assert few_shot(labels, chosen, 3, 1993, 0).sum() == 20  # the first session keeps every image
+    assert (few_shot(labels, chosen, 3, 7, 1) != a).any()

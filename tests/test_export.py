@@ -8,7 +8,8 @@ from conftest import QUICK_EDGECL, requires_fashion_mnist
 from edgecl.eval import fashion_mnist
 from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
-from edgecl.host.export import PARITY_ATOL, export_bundle
+from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL
+from edgecl.host.export import export_bundle
 from edgecl.host.targets import available_targets, load_target
 from edgecl.runtime.ort import INPUT_NAME, ort_session
 from edgecl.host.train import train
@@ -33,7 +34,7 @@ def test_unknown_target_lists_the_known_ones():
 def test_export_writes_a_checked_onnx_with_a_dynamic_batch(bundle, base_images):
     report = export_bundle(bundle, "jetson", [base_images])
     assert report.real_images and report.parity_images == 18
-    assert report.max_abs_diff <= PARITY_ATOL
+    assert report.max_abs_diff <= BACKBONE_PARITY_ATOL
     m = Bundle.open(bundle).manifest
     assert m.export["target"] == "jetson-orin-nano" and m.export["profile"]["precision"] == "fp16"
     assert m.export["parity"]["max_abs_diff"] == report.max_abs_diff
@@ -50,7 +51,7 @@ def test_vit_exports_with_one_layernorm_op_and_unfused_attention(tmp_path, base_
     path = tmp_path / "vit"
     train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, settings=QUICK_EDGECL, show_progress=False)
     report = export_bundle(path, "cpu", [base_images])
-    assert report.max_abs_diff <= PARITY_ATOL
+    assert report.max_abs_diff <= BACKBONE_PARITY_ATOL
     ops = [node.op_type for node in onnx.load(str(path / "backbone.onnx")).graph.node]
     assert ops.count("LayerNormalization") == 2 * 12 + 1  # two per block, the final norm
     assert "Softmax" in ops and "ReduceMean" not in ops
@@ -74,5 +75,5 @@ def test_efficientnet_lite0_parity_on_real_images(tmp_path):
     train(tmp_path / "data", path, epochs=1, settings=QUICK_EDGECL, show_progress=False)
     report = export_bundle(path, "jetson-orin-nx", [tmp_path / "data"])
     assert report.real_images and report.parity_images == 32
-    assert report.max_abs_diff <= PARITY_ATOL, report.max_abs_diff
+    assert report.max_abs_diff <= BACKBONE_PARITY_ATOL, report.max_abs_diff
     assert sum(len(v) for v in images.values()) == 36

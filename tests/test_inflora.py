@@ -32,7 +32,7 @@ def test_vit_sessions_merge_into_a_plain_model_and_fill_the_memory(tmp_path, dev
     model, _ = create_backbone("test_vit", random_init=True)
     keys, sizes = list(model.state_dict()), {k: v.shape for k, v in model.state_dict().items()}
     config = InfLoraBackboneConfig(epochs=1, batch_size=4, lr=1e-2, sessions=2)
-    memory = config.memory()
+    memory = SubspaceMemory.from_config(config)
     protected = []
     for t, pair in enumerate([classes[:2], classes[2:]]):
         before = copy.deepcopy(model.state_dict())
@@ -50,7 +50,7 @@ def test_a_session_with_no_free_direction_leaves_the_backbone_as_it_is(tmp_path)
     classes = scan_class_folders(make_image_folder(tmp_path, ["red", "green", "blue", "yellow"], count=4))
     model, _ = create_backbone("test_vit", random_init=True)
     config = InfLoraBackboneConfig(epochs=1, batch_size=4, lr=1e-2, sessions=2, max_leak=1e-12)  # no direction can pass
-    memory = config.memory()
+    memory = SubspaceMemory.from_config(config)
     model, first = train_session(model, memory, *session(classes[:2]), preprocess_config(model), config, session=0, show_progress=False)
     before = copy.deepcopy(model.state_dict())
     model, second = train_session(model, memory, *session(classes[2:]), preprocess_config(model), config, session=1, show_progress=False)
@@ -72,7 +72,7 @@ def test_a_later_session_moves_old_inputs_far_less_than_plain_lora(tmp_path, cap
     task = lambda cs: ([p for c in cs for p in written[c]], [i for i, c in enumerate(cs) for _ in written[c]])  # noqa: E731
     model, _ = create_backbone()
     config = InfLoraBackboneConfig(epochs=2, batch_size=16)
-    memories = {"default (contrast)": (config.memory(), 0.95), "official design (projected)": (SubspaceMemory(design="projected"), 0.95)}
+    memories = {"default (contrast)": (SubspaceMemory.from_config(config), 0.95), "official design (projected)": (SubspaceMemory(design="projected"), 0.95)}
     plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
     with capsys.disabled():
         for kind, m in measured.items():
@@ -142,7 +142,9 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     assert after["inflora"]["protected_fraction"] > before["inflora"]["protected_fraction"]
     assert [s["classes"] for s in manifest["sessions"]][-1] == ["crimson", "navy"]
     assert sorted(p.name for p in bundle.iterdir() if p.suffix == ".safetensors" and p.name.startswith(("backbone", "inflora"))) == sorted(
-        [after["file"], after["inflora"]["memory"]["file"]])  # the old backbone and memory are gone
+        {after["file"], after["inflora"]["memory"]["file"], *(f for past in manifest["history"] for f in (
+            past["backbone"]["file"], past["backbone"]["inflora"]["memory"]["file"]))})  # the live ones, and those undo can restore
+    assert manifest["history"][-1]["backbone"]["sha256"] == before["sha256"]
     classified = edgecl("classify", "--bundle", bundle, more / "navy", "--json", "-q")
     assert classified.exit_code == 0, classified.stderr
     assert len(json.loads(classified.output)) == 5

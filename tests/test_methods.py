@@ -5,7 +5,7 @@ import torch
 
 from edgecl.errors import EdgeclError
 from edgecl.core.methods import METHODS, create_method, restore_method
-from edgecl.core.methods.base import method_config
+from edgecl.core.methods.interface import method_config
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.core.sgd import SGDSchedule
 
@@ -135,22 +135,22 @@ def test_unknown_method_and_setting_are_user_errors():
         create_method("nope", DIM)
     with pytest.raises(EdgeclError, match="unknown setting"):
         create_method("tosca", DIM, {"bottlenek": 3})
-    with pytest.raises(EdgeclError, match=r"--set safe=1: safe is a group of settings; set one of them \(safe.projection, "):
+    with pytest.raises(EdgeclError, match=r"^settings safe=1: safe is a group of settings; set one of them \(safe.projection, "):
         method_config("edgecl", settings={"safe": "1"})
-    with pytest.raises(EdgeclError, match=r"--set safe.slow=5: safe.slow is a group of settings; set one of them \(safe.slow.tuner, "):
+    with pytest.raises(EdgeclError, match=r"^settings safe.slow=5: safe.slow is a group of settings; set one of them \(safe.slow.tuner, "):
         method_config("edgecl", settings={"safe.slow": "5"})
-    with pytest.raises(EdgeclError, match=r"--set safe.slow.epochs=many: not a valid int"):
+    with pytest.raises(EdgeclError, match=r"^settings safe.slow.epochs=many: not a valid int"):
         method_config("edgecl", settings={"safe.slow.epochs": "many"})
-    with pytest.raises(EdgeclError, match=r"--set use_tosca=maybe: not a valid bool"):
+    with pytest.raises(EdgeclError, match=r"^settings use_tosca=maybe: not a valid bool"):
         method_config("edgecl", settings={"use_tosca": "maybe"})
     assert method_config("edgecl", settings={"use_tosca": "Off"}).use_tosca is False
     for key, text, bound in [("safe.slow.epochs", "-3", "0 or more"), ("tosca.lr", "nan", "above 0"), ("safe.projection", "0", "above 0")]:
-        with pytest.raises(EdgeclError, match=rf"--set {key}={text}: .*={text}: must be a number {bound}"):
+        with pytest.raises(EdgeclError, match=rf"^settings {key}={text}: .*={text}: must be a number {bound}"):
             method_config("edgecl", settings={key: text})
-    with pytest.raises(EdgeclError, match="--set safe.fast=bogus: fast=bogus: must be one of luca, scale_shift"):
+    with pytest.raises(EdgeclError, match="^settings safe.fast=bogus: fast=bogus: must be one of luca, scale_shift"):
         method_config("edgecl", settings={"safe.fast": "bogus"})
     assert method_config("edgecl", settings={"safe.slow.epochs": "3"}).safe.slow.epochs == 3
-    with pytest.raises(EdgeclError, match="--set use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"):
+    with pytest.raises(EdgeclError, match="^settings use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"):
         method_config("edgecl", settings={"use_tosca": "false", "use_fast": "false", "use_slow": "false"})
 
 

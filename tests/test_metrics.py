@@ -32,7 +32,7 @@ def test_class_order_is_seeded_permutation():
 def test_session_sizes():
     assert session_sizes(101, 11, 10) == [11] + [10] * 9
     assert session_sizes(10, 6, 3) == [6, 3, 1]
-    with pytest.raises(EdgeclError, match="--init 12"):
+    with pytest.raises(EdgeclError, match="^init 12"):
         session_sizes(10, 12, 2)
     with pytest.raises(EdgeclError, match="at least 1"):
         session_sizes(10, 2, 0)

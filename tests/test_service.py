@@ -10,7 +10,8 @@ from conftest import QUICK_EDGECL
 from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
 from edgecl.core.images import find_images
-from edgecl.runtime.service import Classifier, learn, load_method, session_generator
+from edgecl.core.session import load_method, session_generator
+from edgecl.runtime.service import Classifier, learn
 from edgecl.host.train import train
 
 
@@ -78,9 +79,9 @@ def test_a_class_list_that_disagrees_with_the_heads_is_refused(bundle):
 
 def test_class_names_that_would_break_the_output_are_refused(bundle, new_images, tmp_path):
     for label in ("", "  ", "a\tb", "a\nb"):
-        with pytest.raises(EdgeclError, match="--label: .* is not a usable class name"):
+        with pytest.raises(EdgeclError, match="label: .* is not a usable class name"):
             learn(bundle, new_images / "yellow", label=label, show_progress=False)
-    with pytest.raises(EdgeclError, match="class 'red' already exists .*; rename its folder"):
+    with pytest.raises(EdgeclError, match="class 'red' exists already, and this bundle's method .tosca. cannot add images"):
         shutil.copytree(new_images / "yellow", tmp_path / "two" / "red")
         shutil.copytree(new_images / "grey", tmp_path / "two" / "grey")
         learn(bundle, tmp_path / "two", show_progress=False)

@@ -133,8 +133,8 @@ def test_a_learn_committed_while_the_service_loads_the_bundle_is_picked_up(bundl
     shutil.copytree(base_images / "red", inbox)
     loaded = []
 
-    def load_then_a_learn_commits(path, runtime):
-        classifier = Classifier(path, runtime)
+    def load_then_a_learn_commits(path, runtime, **options):
+        classifier = Classifier(path, runtime, **options)
         if not loaded:
             learn(bundle, new_images, show_progress=False)
         loaded.append(len(classifier.classes))
@@ -151,10 +151,10 @@ def test_log_and_done_paths_are_checked_before_anything_is_classified(bundle, ba
     inbox = tmp_path / "inbox"
     shutil.copytree(base_images / "red", inbox)
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(EdgeclError, match=r"^--log .*: is a folder"):
+    with pytest.raises(EdgeclError, match=r"^log .*: is a folder"):
         watch_folder(bundle, inbox, tmp_path, once=True)
-    with pytest.raises(EdgeclError, match=r"^--done .*a-file: exists and is not a folder"):
+    with pytest.raises(EdgeclError, match=r"^done .*a-file: exists and is not a folder"):
         watch_folder(bundle, inbox, tmp_path / "log.jsonl", done=tmp_path / "a-file", once=True)
-    with pytest.raises(EdgeclError, match=r"^--done .*inbox: is the watched folder"):
+    with pytest.raises(EdgeclError, match=r"^done .*inbox: is the watched folder"):
         watch_folder(bundle, inbox, tmp_path / "log.jsonl", done=tmp_path / "x" / ".." / "inbox", once=True)
     assert len(list(inbox.iterdir())) == 6 and not (tmp_path / "log.jsonl").exists()

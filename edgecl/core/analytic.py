@@ -12,7 +12,7 @@ updates in O(k M^2) (`cholesky_update`). lambda is picked by 5-fold cross-valida
 session's data (2000 samples held out at most), with one eigendecomposition for all candidates and
 folds, and kept after it. RanPAC picks it again every session, on an 80/20 split (`repick` here,
 by the same cross-validation), which on a device costs an M x M eigendecomposition per classifier
-and `learn` and measured no better (README).
+and `learn` and measured no better (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgecl.errors import EdgeclError
 from edgecl.core.threads import torch_threads
+from edgecl.errors import EdgeclError
 
-PROJECTION = 4096  # M of SAFE's and edgecl's analytic classifiers and of the joint bound (measured: README)
-RIDGES = tuple(10.0 ** (k / 2) for k in range(-4, 17))  # 1e-2 .. 1e8 in half decades (README)
-FOLDS = 5  # of the ridge's cross-validation: one 80/20 split's pick swung between 3e3 and 1e5 (README)
+PROJECTION = 4096  # M of SAFE's and edgecl's analytic classifiers and of the joint bound (measured: docs/methods.md)
+RIDGES = tuple(10.0 ** (k / 2) for k in range(-4, 17))  # 1e-2 .. 1e8 in half decades (docs/methods.md)
+FOLDS = 5  # of the ridge's cross-validation: one 80/20 split's pick swung between 3e3 and 1e5 (docs/methods.md)
 HELD_OUT = 2000  # samples at most are held out in turn (the rest always fit), which bounds the pick's cost
 
 # numpy's legacy RandomState stream is frozen across versions, so the host and a device with another
@@ -63,7 +63,7 @@ class HadamardProjection:
     a random permutation, Gaussian scales, a second transform, and row scales drawn so that the rows'
     lengths are distributed as those of a d-dimensional Gaussian vector. Each output is then, like a
     Gaussian row's, a zero-mean variable of variance |x|^2, and accuracy stays within 0.1 to 0.3
-    points (README), but a block holds 4 d numbers instead of D x d and costs two transforms, each two
+    points (docs/methods.md), but a block holds 4 d numbers instead of D x d and costs two transforms, each two
     small matmuls (H_d = H_a kron H_b on x reshaped to a x b)."""
 
     def __init__(self, dim: int, size: int, seed: int) -> None:

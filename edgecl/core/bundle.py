@@ -15,13 +15,12 @@ exclusive flock on `.lock`; readers take no lock.
 from __future__ import annotations
 
 import copy
-import ctypes
 import dataclasses
-import fcntl
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -35,12 +34,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from edgecl import __version__
-from edgecl.errors import DamagedFile, EdgeclError
+from edgecl.core.bundle_files import SUBFOLDERS, BundleFiles, UnsafeName, check_name
+from edgecl.core.files import LOCK, alive, exchange, fsync_dir, locked, write_atomic
+from edgecl.core.preprocess import PreprocessConfig
+from edgecl.errors import DamagedFile, EdgeclError, param
 
 FORMAT = "edgecl-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LOCK = ".lock"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100,000 classes is a few MB
+MAX_EMBEDDING_DIM = 1 << 16
 BACKBONE_FILE = "backbone.safetensors"
 ONNX_FILE = "backbone.onnx"
 HEADS_ONNX_FILE = "heads.onnx"  # the heads' inference, their tensors as inputs (edgecl/heads_onnx.py)
@@ -64,6 +67,7 @@ def now() -> str:
 class ClassEntry:
     name: str
     session: int
+    forgotten: bool = False  # `edgecl forget`: kept for its place in the heads, never predicted again
 
 
 @dataclass
@@ -75,6 +79,30 @@ class SessionEntry:
     seed: int
     created: str
     stats: dict[str, float] = field(default_factory=dict)
+    # how known the session's training images look, each held out of its own class (KNOWN_BINS bins over 0..1):
+    # what "unknown" is calibrated on
+    known_histogram: list[int] = field(default_factory=list)
+    added_to: list[str] = field(default_factory=list)  # known classes the session brought more images of
+
+
+HISTORY_LIMIT = 3  # changes `undo` can take back; each keeps its heads file (70 MB at the defaults)
+SNAPSHOT_FIELDS = ("backbone", "preprocess", "method", "heads", "classes", "sessions", "updated")
+KNOWN_BINS = 100
+KEEP_KNOWN = 0.95  # the default threshold keeps this fraction of known images
+
+
+def min_score_of(sessions: list[SessionEntry], keep: float = KEEP_KNOWN) -> float:
+    """The known-score threshold that keeps `keep` of the sessions' held-out images (0: none calibrated)."""
+    counts = [sum(c) for c in zip(*(s.known_histogram for s in sessions if len(s.known_histogram) == KNOWN_BINS))]
+    total = sum(counts)
+    if not total:
+        return 0.0
+    below = 0
+    for index, count in enumerate(counts):
+        if below + count > (1 - keep) * total:
+            return index / KNOWN_BINS
+        below += count
+    return 1.0
 
 
 @dataclass
@@ -93,10 +121,31 @@ class Manifest:
     edgecl_version: str = __version__
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)
+    # the bundle as it was before each of its last changes (learn, adapt, forget, rename), newest last, for `undo`;
+    # each is this manifest's heads, classes, sessions, backbone and method, without export, engines and history
+    history: list[dict[str, Any]] = field(default_factory=list)
+    history_limit: int = HISTORY_LIMIT
 
     @property
     def class_names(self) -> list[str]:
+        """Every class in the heads' order, forgotten ones too (their places in the heads stay)."""
         return [c.name for c in self.classes]
+
+    @property
+    def active_class_names(self) -> list[str]:
+        return [c.name for c in self.classes if not c.forgotten]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {key: copy.deepcopy(value) for key, value in dataclasses.asdict(self).items() if key in SNAPSHOT_FIELDS}
+
+    def remember(self) -> None:
+        """Keep the manifest as it is now in the history (the oldest beyond the limit dropped), before a change."""
+        self.history = [*self.history, self.snapshot()][-self.history_limit:] if self.history_limit else []
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        self.backbone, self.preprocess, self.method, self.heads = (snapshot[k] for k in ("backbone", "preprocess", "method", "heads"))
+        self.classes = [ClassEntry(**c) for c in snapshot["classes"]]
+        self.sessions = [SessionEntry(**s) for s in snapshot["sessions"]]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
@@ -126,6 +175,12 @@ class Manifest:
             value = data[group].get(key) if isinstance(data.get(group), dict) else None
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise EdgeclError(f"{where}: {group}.{key} = {value!r:.40} is not of type {kind.__name__}; the bundle is damaged")
+        limit = data.get("history_limit", HISTORY_LIMIT)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100 or not isinstance(data.get("history", []), list):
+            raise EdgeclError(f"{where}: history_limit = {limit!r:.20} (0 to 100) or history is damaged")
+        if not 0 < data["backbone"]["embedding_dim"] <= MAX_EMBEDDING_DIM:
+            raise EdgeclError(f"{where}: backbone.embedding_dim = {data['backbone']['embedding_dim']} is not a width edgecl "
+                              f"takes (1 to {MAX_EMBEDDING_DIM}); the bundle is damaged")
         data = {k: v for k, v in data.items() if k in names}
         try:
             data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
@@ -139,38 +194,53 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write aside, fsync, rename over `path`, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk: no half-written copy left behind (a kill leaves one for the next update)
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
-def content_named(stem: str, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, str], bytes]:
-    """({"file": "<stem>-<sha16>.safetensors", "sha256": ...}, the file's bytes)."""
+def file_entry(name: str, data: bytes) -> dict[str, Any]:
+    """What a manifest records of a file it names: its name, sha256 and size."""
+    return {"file": name, "sha256": sha256_bytes(data), "size": len(data)}
+
+
+def content_named(stem: str, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bytes]:
+    """({"file": "<stem>-<sha16>.safetensors", "sha256": ..., "size": ...}, the file's bytes)."""
     data = tensors_to_bytes(tensors)
-    digest = sha256_bytes(data)
-    return {"file": f"{stem}-{digest[:16]}.safetensors", "sha256": digest}, data
+    return file_entry(f"{stem}-{sha256_bytes(data)[:16]}.safetensors", data), data
+
+
+def named_files(manifest: Manifest) -> list[tuple[str, Any]]:
+    """(where in the manifest, the name it holds) for every file the manifest names, its history's too."""
+    named = _files_of(manifest.heads, manifest.backbone, "")
+    if manifest.export:
+        named.append(("export.file", manifest.export.get("file")))
+        heads_graph = manifest.export.get("heads") or {}
+        if "file" in heads_graph:
+            named.append(("export.heads.file", heads_graph["file"]))
+    for key, engine in manifest.engines.items():
+        named += [(f"engines.{key}.{k}", engine[k]) for k in ("file", "timing_cache") if isinstance(engine, dict) and k in engine]
+    for i, past in enumerate(manifest.history):
+        if not isinstance(past, dict) or not isinstance(past.get("heads"), dict) or not isinstance(past.get("backbone"), dict):
+            raise EdgeclError(f"history[{i}] is not a manifest of the bundle's past; the bundle is damaged")
+        named += _files_of(past["heads"], past["backbone"], f"history[{i}].")
+    return named
+
+
+def _files_of(heads: dict, backbone: dict, prefix: str) -> list[tuple[str, Any]]:
+    named = [(f"{prefix}heads.file", heads.get("file")), (f"{prefix}backbone.file", backbone.get("file"))]
+    memory = (backbone.get("inflora") or {}).get("memory")
+    if memory:
+        named.append((f"{prefix}backbone.inflora.memory.file", memory.get("file") if isinstance(memory, dict) else memory))
+    return named
+
+
+def check_named_files(manifest: Manifest, where: Path) -> None:
+    """A manifest that names a file outside its bundle (or not as a plain name) is refused, naming the entry."""
+    for entry, name in named_files(manifest):
+        try:
+            check_name(name)
+        except UnsafeName as err:
+            raise UnsafeName(f"{where}: {entry} = {str(name)[:80]!r}: {err}; the bundle is refused") from None
 
 
 class Bundle:
@@ -179,6 +249,7 @@ class Bundle:
     def __init__(self, path: Path, manifest: Manifest) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self.files = BundleFiles(self.path)
 
     @classmethod
     def open(cls, path: Path) -> "Bundle":
@@ -186,25 +257,47 @@ class Bundle:
         if not path.exists():
             retired = sorted(path.parent.glob(glob.escape(_retired(path, "").name) + "*"), key=lambda p: p.stat().st_mtime)
             if retired:
-                raise EdgeclError(f"{path}: no such bundle; a `train --force` is replacing it, or was stopped while it did: "
+                raise EdgeclError(f"{path}: no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: "
                                   f"the previous bundle is {retired[-1]}")
-            raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass --bundle)")
-        if not (path / MANIFEST).is_file():
-            raise EdgeclError(f"{path}: not an edgecl bundle (no {MANIFEST})")
-        return cls(path, Manifest.from_json((path / MANIFEST).read_text(), path / MANIFEST))
+            raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass {param('bundle')})")
+        if not path.is_dir():
+            raise EdgeclError(f"{path}: not a folder, so not an edgecl bundle")
+        try:
+            raw = BundleFiles(path).read(MANIFEST, None)
+        except DamagedFile:
+            raise EdgeclError(f"{path}: not an edgecl bundle (no {MANIFEST})") from None
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise EdgeclError(f"{path / MANIFEST}: {len(raw)} bytes, more than a manifest holds; the bundle is damaged")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise EdgeclError(f"{path / MANIFEST}: not UTF-8 text ({err.reason} at byte {err.start}); the bundle is damaged") from None
+        manifest = Manifest.from_json(text, path / MANIFEST)
+        check_named_files(manifest, path / MANIFEST)
+        for sub in SUBFOLDERS:
+            if (path / sub).is_symlink() or ((path / sub).exists() and not (path / sub).is_dir()):
+                raise UnsafeName(f"{path / sub}: is not a folder of the bundle (a symlink, or a file); the bundle is refused")
+        try:
+            PreprocessConfig.from_dict(manifest.preprocess)
+        except EdgeclError as err:
+            raise EdgeclError(f"{path / MANIFEST}: {err}; the bundle is damaged") from None
+        return cls(path, manifest)
 
     def read_bytes(self, entry: dict[str, Any]) -> bytes:
         file = self.path / entry["file"]
-        try:
-            data = file.read_bytes()
-        except FileNotFoundError as err:
-            raise DamagedFile(f"{file}: missing; the bundle is damaged") from err
+        size = entry.get("size")
+        data = self.files.read(entry["file"], size if isinstance(size, int) and not isinstance(size, bool) else None)
         if sha256_bytes(data) != entry["sha256"]:
             raise DamagedFile(f"{file}: checksum mismatch; the bundle is damaged")
         return data
 
     def read_tensors(self, entry: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return load_safetensors(self.read_bytes(entry))
+        data = self.read_bytes(entry)
+        try:
+            return load_safetensors(data)
+        except Exception as err:  # noqa: BLE001 - a header too large, bad offsets, pickle bytes: all one damaged file
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise DamagedFile(f"{self.path / entry['file']}: not a readable safetensors file ({first}); the bundle is damaged") from None
 
     def heads(self) -> dict[str, torch.Tensor]:
         return self.read_tensors(self.manifest.heads)
@@ -214,8 +307,7 @@ class Bundle:
 
     def size_bytes(self) -> dict[str, int | None]:
         """Each file the manifest names, and the manifest: its size, or None where it is missing."""
-        return {name: (self.path / name).stat().st_size if (self.path / name).is_file() else None
-                for name in sorted(referenced(self.manifest) | {MANIFEST})}
+        return {name: self.files.size(name) for name in sorted(referenced(self.manifest) | {MANIFEST})}
 
 
 def open_consistent(path: Path, read: Callable[[Bundle], Any], attempts: int = 3) -> tuple[Bundle, Any]:
@@ -230,100 +322,50 @@ def open_consistent(path: Path, read: Callable[[Bundle], Any], attempts: int = 3
     raise AssertionError("unreachable")
 
 
-def _lock_holder(lock_file: Path) -> str:
-    try:
-        pid = lock_file.read_text().strip()
-    except OSError:
-        pid = ""
-    return f" (pid {pid})" if pid else ""
-
-
-def _open_lock(path: Path) -> int:
-    try:
-        return os.open(Path(path) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:
-        raise EdgeclError(f"{path}: no such bundle (removed or being replaced while this process waited for it)") from None
-
-
-@contextmanager
-def locked(path: Path, timeout: float) -> Iterator[None]:
-    """Exclusive writer lock on the bundle; waits up to `timeout` seconds, then fails clearly."""
-    lock_file = Path(path) / LOCK
-    fd = _open_lock(path)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise EdgeclError(
-                        f"{path}: another edgecl process{_lock_holder(lock_file)} is updating this bundle; "
-                        f"gave up after {timeout:g}s (raise --lock-timeout to wait longer)"
-                    ) from None
-                time.sleep(0.05)
-                continue
-            if _same_file(fd, lock_file):
-                break
-            fresh = _open_lock(path)  # `train --force` replaced the bundle while we waited: lock the new one
-            os.close(fd)
-            fd = fresh
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == os.stat(path).st_ino
-    except FileNotFoundError:
-        return False
-
-
 class BundleUpdate:
     """Changes to a bundle under its lock; `commit` makes them visible all at once."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.manifest = copy.deepcopy(bundle.manifest)
-        self.written: list[Path] = []
+        self.written: list[str] = []
         self.discarded = False
 
-    def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         entry, data = content_named(stem, tensors)
-        if not (self.bundle.path / entry["file"]).exists():
-            self.write_file(entry["file"], data)
+        # a file of this name is trusted only if it holds these bytes: one planted, or cut short, is replaced
+        if not self.bundle.files.digest_matches(entry["file"], entry["sha256"]):
+            self.bundle.files.write(entry["file"], data)
+            self.written.append(entry["file"])
         return entry
 
-    def write_file(self, name: str, data: bytes) -> dict[str, str]:
+    def write_file(self, name: str, data: bytes) -> dict[str, Any]:
         """A file under the bundle, relative name (may be in engines/); visible once committed.
         Where the current manifest names `name` for other bytes, the new file is `<stem>-<sha16><suffix>`
         instead: readers use the live file until the commit, and a failed update must leave it whole."""
         digest = sha256_bytes(data)
-        if name in referenced(self.bundle.manifest) and _file_digest(self.bundle.path / name) != digest:
+        if name in referenced(self.bundle.manifest) and not self.bundle.files.digest_matches(name, digest):
             name = PurePosixPath(name).with_stem(f"{PurePosixPath(name).stem}-{digest[:16]}").as_posix()
-        target = self.bundle.path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, data)
-        self.written.append(target)
-        return {"file": name, "sha256": digest}
+        self.bundle.files.write(name, data)
+        self.written.append(name)
+        return file_entry(name, data)
 
     def commit(self) -> None:
+        """The new manifest replaces the old one: the commit point."""
         self.manifest.updated = now()
-        write_atomic(self.bundle.path / MANIFEST, self.manifest.to_json().encode())
-        keep = referenced(self.manifest)
-        # content-named files a crashed writer may have left
-        patterns = [f"{stem}-*.safetensors" for stem in (HEADS_STEM, "backbone", "inflora_memory")] + [
-            "backbone*.onnx", "heads*.onnx", f"{ENGINES_DIR}/*"]
-        candidates = [*(f for pattern in patterns for f in self.bundle.path.glob(pattern)),
-                      *(self.bundle.path / name for name in referenced(self.bundle.manifest))]
-        for stale in candidates:
-            if stale.relative_to(self.bundle.path).as_posix() not in keep:
-                stale.unlink(missing_ok=True)
-        for tmp in [*self.bundle.path.glob(".*.tmp-*"), *self.bundle.path.glob(f"{ENGINES_DIR}/.*.tmp-*")]:
-            tmp.unlink(missing_ok=True)
+        check_named_files(self.manifest, self.bundle.path / MANIFEST)
+        self.bundle.files.write(MANIFEST, self.manifest.to_json().encode())
+
+    def clean(self) -> None:
+        """After the commit: remove what no manifest names any more."""
+        keep = referenced(self.manifest) | {MANIFEST, LOCK}
+        # files the old manifest named, and content-named ones a killed writer may have left
+        stale = [n for n in (*self.bundle.files.listing(), *self.bundle.files.listing(ENGINES_DIR))
+                 if n not in keep and re.fullmatch(STALE_NAMES, n)]
+        for name in {*stale, *(referenced(self.bundle.manifest) - keep)}:
+            self.bundle.files.unlink(name)
+        for sub in (None, ENGINES_DIR):
+            self.bundle.files.remove_temporary(sub)
 
     def discard(self) -> None:
         """Leave the bundle as it is: `update` commits nothing and removes what this change wrote."""
@@ -331,32 +373,18 @@ class BundleUpdate:
 
     def abandon(self) -> None:
         keep = referenced(self.bundle.manifest)
-        for path in self.written:
-            if path.relative_to(self.bundle.path).as_posix() not in keep:
-                path.unlink(missing_ok=True)
+        for name in self.written:
+            if name not in keep:
+                self.bundle.files.unlink(name)
 
 
-def _file_digest(path: Path) -> str | None:
-    try:
-        return sha256_bytes(path.read_bytes())
-    except FileNotFoundError:
-        return None
+# what a writer creates, and so what may be removed once no manifest names it
+STALE_NAMES = r"(heads|backbone|inflora_memory)-[0-9a-f]{16}\.safetensors|backbone[-0-9a-f]*\.onnx|heads[-0-9a-f]*\.onnx|engines/[^./][^/]*"
 
 
 def referenced(manifest: Manifest) -> set[str]:
     """Every file the manifest names (relative paths)."""
-    names = {manifest.heads["file"], manifest.backbone["file"]}
-    memory = manifest.backbone.get("inflora", {}).get("memory")
-    if memory:
-        names.add(memory["file"])
-    if manifest.export:
-        names.add(manifest.export["file"])
-        heads_graph = manifest.export.get("heads") or {}
-        if "file" in heads_graph:
-            names.add(heads_graph["file"])
-    for engine in manifest.engines.values():
-        names.update(str(engine[k]) for k in ("file", "timing_cache") if k in engine)
-    return names
+    return {str(name) for _, name in named_files(manifest)}
 
 
 @contextmanager
@@ -367,31 +395,15 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
         change = BundleUpdate(Bundle.open(path))
         try:
             yield change
-        except BaseException:
+            if not change.discarded:
+                change.commit()
+        except BaseException:  # a commit that failed too (a full disk): what this change wrote goes
             change.abandon()
             raise
         if change.discarded:
             change.abandon()
         else:
-            change.commit()
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE), so no reader ever finds
-    neither; False where the C library or the file system cannot, and the caller renames twice."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    at_cwd, exchange = -100, 2
-    return renameat2 is not None and renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
+            change.clean()
 
 
 def _retired(path: Path, pid: int | str) -> Path:
@@ -411,9 +423,9 @@ def check_creatable(path: Path, force: bool) -> None:
         raise EdgeclError(f"{path}: cannot be created: {ancestor} is {'not a folder' if not ancestor.is_dir() else 'not writable'}")
     if path.exists() and any(path.iterdir()):
         if not (path / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
-            raise EdgeclError(f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another --out")
+            raise EdgeclError(f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another {param('out')}")
         if not force:
-            raise EdgeclError(f"{path}: already exists; pass --force to replace it")
+            raise EdgeclError(f"{path}: already exists; pass {param('force', 'force=True')} to replace it")
 
 
 def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False, lock_timeout: float = 60.0) -> Bundle:
@@ -423,7 +435,7 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(glob.escape(f".{path.name}.new-") + "*"):  # from a train that was killed
         # an hour old as well: a train in another pid namespace (a container on a shared volume) looks dead from here
-        if not _alive(stale.name.rpartition("-")[2]) and time.time() - stale.stat().st_mtime > STALE_STAGING_SECONDS:
+        if not alive(stale.name.rpartition("-")[2]) and time.time() - stale.stat().st_mtime > STALE_STAGING_SECONDS:
             shutil.rmtree(stale, ignore_errors=True)
     staging = path.parent / f".{path.name}.new-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -434,7 +446,7 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
         write_atomic(staging / MANIFEST, manifest.to_json().encode())
         if path.exists():
             with locked(path, lock_timeout):  # a learn on the old bundle commits before, or waits and lands in the new one
-                if _exchange(staging, path):  # staging now holds the old bundle
+                if exchange(staging, path):  # staging now holds the old bundle
                     retired = staging
                 else:
                     retired = _retired(path, os.getpid())
@@ -443,7 +455,7 @@ def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bo
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle.open(path)

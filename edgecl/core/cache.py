@@ -1,4 +1,9 @@
-"""Embeddings of a list of images, cached on disk by backbone, preprocessing and file identity."""
+"""edgecl's cache folder, and results stored in it under a key made of what computed them.
+
+Host and evaluation runs cache exported backbones, embeddings, slow-learner tunings and InfLoRA
+sessions; the device caches onnxruntime's TensorRT engines. A result is found again only when
+everything that made it is the same (the key), and is written aside and renamed, so a crash or a
+concurrent run never leaves half a file."""
 
 from __future__ import annotations
 
@@ -6,14 +11,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from edgecl.core.embedding import CPU_BATCH_SIZE, EmbedBatch, Embeddings, embed_paths
+from edgecl.core.files import written_aside
 from edgecl.core.preprocess import PreprocessConfig
+
+Tensors = dict[str, torch.Tensor]
 
 
 def cache_root(override: Path | None = None) -> Path:
@@ -35,41 +42,24 @@ def cache_key(paths: Sequence[Path], backbone_sha256: str, preprocess: Preproces
     return identity_key({"backbone": backbone_sha256, "preprocess": preprocess.to_dict(), "files": files})
 
 
-def _save_atomic(file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Written aside and renamed, so a crash or a concurrent run never leaves half a cache file."""
+def save_tensors(file: Path, tensors: Tensors, metadata: dict[str, str]) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, file)
+    with written_aside(file, durable=False) as tmp:  # a cache: a lost file is computed again
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
-def cached_embeddings(
-    paths: Sequence[Path],
-    embed: EmbedBatch,
-    preprocess: PreprocessConfig,
-    backbone_sha256: str,
-    cache_dir: Path,
-    *,
-    description: str = "embedding",
-    batch_size: int = CPU_BATCH_SIZE,
-    show_progress: bool = True,
-) -> tuple[Embeddings, bool]:
-    """(embeddings, whether they came from the cache)."""
-    file = Path(cache_dir) / f"{cache_key(paths, backbone_sha256, preprocess)}.safetensors"
-    if file.is_file():
-        with safe_open(str(file), framework="pt") as cached:
-            skipped = json.loads((cached.metadata() or {}).get("skipped", "[]"))
-            return Embeddings(cached.get_tensor("features"), cached.get_tensor("kept").tolist(), skipped), True
-    result = embed_paths(paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress)
-    _save_atomic(file, {"features": result.features, "kept": torch.tensor(result.kept, dtype=torch.int64)}, {"skipped": json.dumps(result.skipped)})
-    return result, False
-
-
-def write_tensors_with_stats(file: Path, tensors: dict[str, torch.Tensor], stats: dict) -> None:
-    """A cached training result: its tensors, and its stats as JSON metadata."""
-    _save_atomic(file, tensors, {"stats": json.dumps(stats)})
-
-
-def read_tensors_with_stats(file: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_tensors(file: Path) -> tuple[Tensors, dict[str, str]]:
     with safe_open(str(file), framework="pt") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys()}, json.loads((handle.metadata() or {})["stats"])
+        return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
+
+
+def cached_result(cache_dir: Path, identity: dict, compute: Callable[[], tuple[Tensors, dict]]) -> tuple[Tensors, dict, bool]:
+    """compute()'s (tensors, stats), kept under the key of `identity`: a later call with the same
+    identity reads them back instead. Returns (tensors, stats, whether they came from the cache)."""
+    file = Path(cache_dir) / f"{identity_key(identity)}.safetensors"
+    if file.is_file():
+        tensors, metadata = load_tensors(file)
+        return tensors, {**json.loads(metadata["stats"]), "cached": True}, True
+    tensors, stats = compute()
+    save_tensors(file, tensors, {"stats": json.dumps(stats)})
+    return tensors, stats, False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,11 +25,21 @@ class LuCA(nn.Module):
         self.squeeze = nn.Linear(dim, bottleneck, bias=False)
         self.excite = nn.Linear(bottleneck, dim, bias=False)
 
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None, scheme: str = "xavier") -> None:
+        """xavier: xavier-uniform weights, zero biases (what the official code resets a module to);
+        pytorch: nn.Linear's own default, U(+-1/sqrt(fan_in)) for weights and biases, drawn from `generator`."""
+        if scheme not in ("xavier", "pytorch"):
+            raise ValueError(f"unknown LuCA init {scheme!r}")
         for layer in (self.down, self.up, self.squeeze, self.excite):
-            nn.init.xavier_uniform_(layer.weight, generator=generator)
-            if layer.bias is not None:
+            bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)), nn.Linear's default, has this bound
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(layer.weight, generator=generator)
+            else:
+                nn.init.uniform_(layer.weight, -bound, bound, generator=generator)
+            if layer.bias is not None and scheme == "xavier":
                 nn.init.zeros_(layer.bias)
+            elif layer.bias is not None:
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
         self.norm.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +96,19 @@ class LuCAStack(nn.Module):
         return h * torch.sigmoid(gate)
 
 
+class ScaleShift(nn.Module):
+    """f -> scale * f + shift per channel (SSF's operation), starting as the identity. SAFE's fast
+    learner applies it to the embedding; the SSF tuner folds it into a layer's weight and bias."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
 class CosineClassifier(nn.Module):
     """logits = sigma * cos(x, w_c) with a learnable scale sigma; grows by rows as classes arrive."""
 
@@ -120,3 +145,50 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of softmax(logits) over the last axis."""
     log_p = torch.log_softmax(logits, dim=-1)
     return -(log_p.exp() * log_p).sum(dim=-1)
+
+
+def merge_class_statistics(means: torch.Tensor, counts: torch.Tensor, similarity: torch.Tensor, features: torch.Tensor,
+                           targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class means, image counts and typical similarities (each class's mean cosine of its images to its mean)
+    after adding `features` (targets: class indices; rows past the current ones are new classes). A class
+    whose count is unknown (0: a bundle written before counts were kept) weighs as much as its new images."""
+    dim, grow = features.shape[1], num_classes - len(means)
+    means, counts, similarity = (torch.cat([t, torch.zeros(grow, *t.shape[1:], dtype=t.dtype)]) for t in (means, counts, similarity))
+    added = torch.bincount(targets, minlength=num_classes).to(means.dtype)
+    old = torch.where((counts == 0) & (added > 0) & (torch.arange(num_classes) < num_classes - grow), added, counts)
+    total = old + added
+    sums = torch.zeros(num_classes, dim, dtype=means.dtype).index_add_(0, targets, features.to(means.dtype))
+    merged = torch.where(total[:, None] > 0, (old[:, None] * means + sums) / total.clamp_min(1)[:, None], means)
+    own = F.cosine_similarity(features, merged[targets], dim=-1)
+    own_sums = torch.zeros(num_classes, dtype=means.dtype).index_add_(0, targets, own.to(means.dtype))
+    known_old = torch.where(similarity > 0, old, torch.zeros_like(old))  # an unknown similarity is measured on the new images
+    merged_similarity = torch.where(added > 0, (known_old * similarity + own_sums) / (known_old + added).clamp_min(1), similarity)
+    return merged, total, merged_similarity
+
+
+def relative_similarities(features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """(N, classes): each sample's cosine to each class mean over that class's typical cosine (1: as close as
+    the class's own images are on average; a class without a typical value is taken as is)."""
+    scale = torch.where(similarity > 0, similarity, torch.ones_like(similarity)).to(features.dtype)
+    return (F.normalize(features, dim=-1) @ F.normalize(means.to(features.dtype), dim=-1).T) / scale
+
+
+def known_from_means(features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """Per sample, in [0, 1]: its relative similarity to the class it is most like. Unseen classes sit farther
+    from every mean than known images from theirs, and the per-class scale lets one threshold fit tight and
+    loose classes alike (measured against the top probability: docs/methods.md)."""
+    if not len(means):
+        return torch.zeros(len(features))
+    return relative_similarities(features, means, similarity).max(dim=1).values.clamp(0, 1)
+
+
+def held_out_known(features: torch.Tensor, targets: torch.Tensor, means: torch.Tensor, counts: torch.Tensor,
+                   similarity: torch.Tensor) -> torch.Tensor:
+    """known_from_means of a class's own images, each held out of its class mean (leave one out): what an
+    image the class never saw scores, for calibrating the threshold without setting images aside."""
+    relative = relative_similarities(features, means, similarity)
+    n = counts[targets].to(features.dtype)
+    held_out = (n[:, None] * means[targets].to(features.dtype) - features) / (n - 1).clamp_min(1)[:, None]
+    own = F.cosine_similarity(features, held_out, dim=-1) / torch.where(similarity > 0, similarity, torch.ones_like(similarity))[targets]
+    relative[torch.arange(len(features)), targets] = torch.where(n > 1, own, torch.full_like(own, -1.0))
+    return relative.max(dim=1).values.clamp(0, 1)

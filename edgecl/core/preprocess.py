@@ -23,6 +23,15 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 CROP_MODES = ("center", "squash")
+MIN_SIDE, MAX_SIDE = 14, 4096  # one ViT patch; past 4096 px a batch of two no longer fits a device
+
+
+def _number(value: object, kind: type) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r:.40} is not a number")
+    if kind is int and value != int(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,12 @@ class PreprocessConfig:
     crop_mode: str = "center"
 
     def __post_init__(self) -> None:
+        channels, height, width = self.input_size
+        if channels != 3 or not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+            raise EdgeclError(f"preprocess: input_size {list(self.input_size)} is not 3 x H x W with H and W from {MIN_SIDE} to {MAX_SIDE}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) \
+                or min(self.std) <= 0 or not 0 < self.crop_pct <= 2:
+            raise EdgeclError("preprocess: mean and std must be 3 finite numbers (std above 0) and crop_pct in (0, 2]")
         if self.interpolation not in _RESAMPLE:
             raise EdgeclError(f"preprocess: interpolation {self.interpolation!r} is not one of {sorted(_RESAMPLE)}")
         if self.crop_mode not in CROP_MODES:
@@ -42,14 +57,18 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessConfig":
-        return cls(
-            input_size=tuple(int(v) for v in data["input_size"]),
-            interpolation=str(data["interpolation"]),
-            mean=tuple(float(v) for v in data["mean"]),
-            std=tuple(float(v) for v in data["std"]),
-            crop_pct=float(data.get("crop_pct") or 0.875),
-            crop_mode=str(data.get("crop_mode") or "center"),
-        )
+        try:
+            return cls(
+                input_size=tuple(_number(v, int) for v in data["input_size"]),
+                interpolation=str(data["interpolation"]),
+                mean=tuple(_number(v, float) for v in data["mean"]),
+                std=tuple(_number(v, float) for v in data["std"]),
+                crop_pct=_number(data.get("crop_pct") or 0.875, float),
+                crop_mode=str(data.get("crop_mode") or "center"),
+            )
+        except (KeyError, TypeError, ValueError) as err:  # a hand-edited manifest: a string where a number goes
+            raise EdgeclError(f"preprocess: {type(err).__name__} {err}; expected input_size, interpolation, mean, std as "
+                              "timm's data config writes them") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,12 +21,17 @@ class SGDSchedule:
     momentum: float = 0.9
     weight_decay: float = 0.0
     # Heads train on cached embeddings, so a small session (50 images) gets very few steps from
-    # epochs alone; a floor on steps keeps small sessions trained (measured in tests/test_tosca.py).
+    # epochs alone; a floor on steps keeps small sessions trained (docs/methods.md).
     min_steps: int = 0
 
     def epochs_for(self, num_samples: int) -> int:
         steps_per_epoch = max(math.ceil(num_samples / self.batch_size), 1)
         return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    """The cosine schedule from `lr` at step 0 to `min_lr` at step `total`."""
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / total))
 
 
 class MomentumSGD:
@@ -82,7 +87,7 @@ def train_minibatches(
             order = torch.randperm(num_samples, generator=generator)
             losses = []
             for batch in order.split(schedule.batch_size):
-                lr = schedule.min_lr + 0.5 * (schedule.lr - schedule.min_lr) * (1 + math.cos(math.pi * step / total))
+                lr = cosine_lr(step, total, schedule.lr, schedule.min_lr)
                 loss = batch_loss(batch)
                 optimizer.zero_grad()
                 loss.backward()

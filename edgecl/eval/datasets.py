@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgecl.errors import EdgeclError
-from edgecl.core.images import require_folder, scan_class_folders
+from edgecl.errors import EdgeclError, param
+from edgecl.core.images import EXTENSIONS_TEXT, is_image_name, require_folder, scan_class_folders
 
 
 @dataclass
@@ -42,7 +42,7 @@ def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str], exclud
     if not Path(list_file).is_file():
         raise EdgeclError(f"{flag} {list_file}: no such file")
     by_class: dict[str, list[Path]] = {}
-    missing = []
+    missing, not_images = [], []
     for line in Path(list_file).read_text().splitlines():
         rel = line.strip()
         if not rel or rel.startswith("#"):
@@ -51,11 +51,16 @@ def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str], exclud
         if name in exclude:
             excluded.add(name)
             continue
-        if not (root / rel).is_file():
+        if not (root / rel).is_file():  # a dangling link too
             missing.append(rel)
+        elif not is_image_name(root / rel):  # what a folder's search would pass over
+            not_images.append(rel)
         by_class.setdefault(name, []).append(root / rel)
     if missing:
         raise EdgeclError(f"{flag} {list_file}: {len(missing)} listed file(s) not under {root} (first: {missing[0]})")
+    if not_images:
+        raise EdgeclError(f"{flag} {list_file}: {len(not_images)} listed file(s) not images ({EXTENSIONS_TEXT}) "
+                          f"(first: {not_images[0]})")
     if not by_class:
         raise EdgeclError(f"{flag} {list_file}: lists no images")
     return by_class
@@ -68,21 +73,21 @@ def load_train_test(
     root = require_folder(root)
     skip = set(exclude)
     if (train_list is None) != (test_list is None):
-        raise EdgeclError("--train-list and --test-list go together")
+        raise EdgeclError(f"{param('train_list')} and {param('test_list')} go together")
     excluded: set[str] = set()
     if train_list is not None:
-        train = _read_list(root, train_list, "--train-list", skip, excluded)
-        test = _read_list(root, test_list, "--test-list", skip, excluded)
+        train = _read_list(root, train_list, param('train_list'), skip, excluded)
+        test = _read_list(root, test_list, param('test_list'), skip, excluded)
         classes = sorted(train)
     else:
         for part in ("train", "test"):
             if not (root / part).is_dir():
-                raise EdgeclError(f"{root}: expected {root}/train/<class>/ and {root}/test/<class>/, or pass --train-list and --test-list")
+                raise EdgeclError(f"{root}: expected {root}/train/<class>/ and {root}/test/<class>/, or pass {param('train_list')} and {param('test_list')}")
             excluded |= {d.name for d in (root / part).iterdir() if d.is_dir() and d.name in skip}
         classes, train = _split_from_folders(root / "train", skip)
         _, test = _split_from_folders(root / "test", skip)
     if skip - excluded:  # a misspelt name would silently change the protocol
-        raise EdgeclError(f"--exclude-class {sorted(skip - excluded)[0]}: {root} has no class of that name")
+        raise EdgeclError(f"{param('exclude_class', 'exclude')} {sorted(skip - excluded)[0]}: {root} has no class of that name")
     for found, absent, which in ((test, classes, "test classes without training images"), (classes, test, "classes without test images")):
         unknown = sorted(set(found) - set(absent))
         if unknown:
@@ -98,9 +103,9 @@ def class_order(num_classes: int, seed: int) -> list[int]:
 def session_sizes(num_classes: int, init: int, increment: int) -> list[int]:
     """B{init} Inc{increment}: `init` classes first, then `increment` per session (the last may be smaller)."""
     if init < 1 or increment < 1:
-        raise EdgeclError("--init and --increment must be at least 1")
+        raise EdgeclError(f"{param('init')} and {param('increment')} must be at least 1")
     if init > num_classes:
-        raise EdgeclError(f"--init {init}: the data has only {num_classes} classes")
+        raise EdgeclError(f"{param('init')} {init}: the data has only {num_classes} classes")
     sizes = [init]
     while sum(sizes) < num_classes:
         sizes.append(min(increment, num_classes - sum(sizes)))

@@ -16,6 +16,10 @@ class IncrementalResult:
     A_avg: float
     forgetting: float
     seconds: dict[str, float] = field(default_factory=dict)
+    # known vs not yet learned classes after each session (None after the last: nothing unseen is left)
+    unknown_auroc: list[float | None] = field(default_factory=list)
+    unknown_fpr95: list[float | None] = field(default_factory=list)
+    unknown_auroc_top_probability: list[float | None] = field(default_factory=list)  # the same with the top probability
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,3 +48,20 @@ def summarize(method: str, per_session: list[float], matrix: list[list[float]], 
 
 def accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float((predicted == labels).mean()) if len(labels) else float("nan")
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The probability that a known sample scores above an unknown one (ties count a half): AUROC."""
+    scores = np.concatenate([known, unknown])
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores[order][np.r_[False, np.diff(scores[order]) == 0]]):  # ties: their mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[: len(known)].sum() - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown)))
+
+
+def fpr_at_tpr(known: np.ndarray, unknown: np.ndarray, tpr: float = 0.95) -> float:
+    """The fraction of unknown samples still taken as known at the threshold that keeps `tpr` of the known."""
+    return float((unknown >= np.quantile(known, 1 - tpr)).mean())

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgecl.errors import EdgeclError
+from edgecl.errors import EdgeclError, param
 
 
 def require_matplotlib(path: Path | None = None):
     """pyplot on the Agg backend; a user error naming the remedy when it is not installed or
     `path` cannot be written."""
     if path is not None and not Path(path).parent.is_dir():
-        raise EdgeclError(f"--plot {path}: folder {Path(path).parent} does not exist")
+        raise EdgeclError(f"{param('plot')} {path}: folder {Path(path).parent} does not exist")
     try:
         import matplotlib
     except ImportError:
-        raise EdgeclError("--plot needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)") from None
+        raise EdgeclError(f"{param('plot')} needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot
 
@@ -39,6 +39,30 @@ def plot_sessions(report, path: Path) -> Path:
     axes.set_xticks(seen)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_confusion(report, path: Path) -> Path:
+    """`edgecl val --plot`: the confusion counts, rows the folder's classes, columns the labels given."""
+    plt = require_matplotlib(path)
+    rows, counts = list(report.per_class), report.confusion
+    size = max(4.0, 0.35 * max(len(rows), len(report.labels)) + 2)
+    figure, axes = plt.subplots(figsize=(size, size * len(rows) / max(len(report.labels), 1) + 1))
+    shares = [[c / max(sum(row), 1) for c in row] for row in counts]
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axes.set_xticks(range(len(report.labels)), report.labels, rotation=90, fontsize=7)
+    axes.set_yticks(range(len(rows)), rows, fontsize=7)
+    if len(rows) * len(report.labels) <= 400:
+        for i, row in enumerate(counts):
+            for j, count in enumerate(row):
+                if count:
+                    axes.text(j, i, str(count), ha="center", va="center", fontsize=6)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("folder")
+    axes.set_title(f"accuracy {report.accuracy:.3f}, unknown under {report.min_score:.2f}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

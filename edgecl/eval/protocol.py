@@ -24,12 +24,15 @@ import torch
 from edgecl.core import bundle as bundles
 from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
 from edgecl.eval.datasets import TrainTest, class_order, load_train_test, session_sizes
-from edgecl.core.cache import cache_root, cached_embeddings
-from edgecl.errors import EdgeclError
-from edgecl.host.export import host_embed_function
+from edgecl.core.cache import cache_root
+from edgecl.eval.embedding_cache import cached_embeddings
+from edgecl.host.subspace import SubspaceMemory
+from edgecl.errors import EdgeclError, param
+from edgecl.host.backbone_onnx import host_embed_function
+from edgecl.host.devices import resolve_device
 from edgecl.core.methods import MethodConfig, method_class, method_config
-from edgecl.eval.metrics import IncrementalResult, accuracy, summarize
-from edgecl.runtime.service import LabeledEmbeddings, run_session
+from edgecl.eval.metrics import IncrementalResult, accuracy, auroc, fpr_at_tpr, summarize
+from edgecl.core.session import LabeledEmbeddings, run_session
 from edgecl.host.slow_learner import check_slow_learner
 
 
@@ -58,13 +61,25 @@ class EvalReport:
 SessionData = Callable[[int, int, int], tuple[LabeledEmbeddings, LabeledFeatures]]
 
 
-def frozen_sessions(train: LabeledFeatures, test: LabeledFeatures) -> SessionData:
-    """Sessions cut from embeddings of one backbone: (session, first class, end) -> (train, test seen)."""
+def few_shot(labels: np.ndarray, chosen: np.ndarray, shots: int | None, seed: int, session: int) -> np.ndarray:
+    """`chosen` cut to `shots` images per class, drawn by the seed, in the sessions after the first."""
+    if shots is None or session == 0:
+        return chosen
+    rng = np.random.default_rng([seed, session])
+    kept = np.zeros_like(chosen)
+    for label in np.unique(labels[chosen]):
+        members = np.flatnonzero(chosen & (labels == label))
+        kept[rng.choice(members, min(shots, len(members)), replace=False)] = True
+    return kept
 
-    def session(_t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
-        chosen, seen = (train.labels >= lo) & (train.labels < hi), test.labels < hi
-        return (LabeledEmbeddings(train.features[chosen], torch.from_numpy(train.labels[chosen] - lo)),
-                LabeledFeatures(test.features[seen], test.labels[seen]))
+
+def frozen_sessions(train: LabeledFeatures, test: LabeledFeatures, shots: int | None = None, seed: int = 0) -> SessionData:
+    """Sessions cut from embeddings of one backbone: (session, first class, end) -> (train, all the test
+    images: the seen classes' and, for "unknown", those of the classes not learned yet)."""
+
+    def session(t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
+        chosen = few_shot(train.labels, (train.labels >= lo) & (train.labels < hi), shots, seed, t)
+        return LabeledEmbeddings(train.features[chosen], torch.from_numpy(train.labels[chosen] - lo)), test
 
     return session
 
@@ -85,30 +100,43 @@ def run_protocol(
     per_session: list[float] = []
     matrix: list[list[float]] = []
     learn_seconds = 0.0
+    aurocs: list[float | None] = []
+    fprs: list[float | None] = []
+    baseline: list[float | None] = []
     for t in range(len(sizes)):
         lo, hi = int(bounds[t]), int(bounds[t + 1])
-        data, test = sessions(t, lo, hi)
+        data, every = sessions(t, lo, hi)
+        seen = every.labels < hi
+        test = LabeledFeatures(every.features[seen], every.labels[seen])
         session = run_session(learner, data, class_names[lo:hi], seed, t, show_progress=show_progress)
         learn_seconds += session.stats["seconds"]
         predicted = learner.predict(test.features).argmax(dim=1).numpy()
         per_session.append(accuracy(predicted, test.labels))
         groups = np.searchsorted(bounds, test.labels, side="right") - 1
         matrix.append([accuracy(predicted[groups == j], test.labels[groups == j]) for j in range(t + 1)])
-    return summarize(method, per_session, matrix, {"learn": round(learn_seconds, 3)})
+        known, unseen = learner.known_scores(every.features).numpy(), ~seen
+        top = learner.predict(every.features).max(dim=1).values.numpy()
+        both = bool(unseen.any() and seen.any())
+        aurocs.append(auroc(known[seen], known[unseen]) if both else None)
+        fprs.append(fpr_at_tpr(known[seen], known[unseen]) if both else None)
+        baseline.append(auroc(top[seen], top[unseen]) if both else None)
+    result = summarize(method, per_session, matrix, {"learn": round(learn_seconds, 3)})
+    result.unknown_auroc, result.unknown_fpr95, result.unknown_auroc_top_probability = aurocs, fprs, baseline
+    return result
 
 
 def method_configs(methods: Sequence[str], epochs: int | None, settings: dict[str, str]) -> dict[str, MethodConfig]:
     """Each method's config; a --set key applies to every method that has it, and must fit one."""
     configs = {name: method_config(name, epochs=epochs) for name in methods}
     if epochs is not None and not any(config.has_setting("epochs") for config in configs.values()):
-        raise EdgeclError(f"--epochs: none of {', '.join(methods)} trains by epochs")
+        raise EdgeclError(f"{param('epochs')}: none of {', '.join(methods)} trains by epochs")
     for key, text in settings.items():
         errors = []
         for name, config in configs.items():
             try:
                 configs[name] = config.setting(key, text)
             except EdgeclError as error:
-                errors.append(str(error))
+                errors.append(error.marked)
         if len(errors) == len(configs):
             raise EdgeclError("; ".join(dict.fromkeys(errors)))
     return configs
@@ -144,25 +172,25 @@ class _Embedder:
 
 
 def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, base_sha: str, *, sessions: int,
-                     device: str, seed: int, stats: list[dict]) -> SessionData:
+                     device: str, seed: int, stats: list[dict], shots: int | None = None) -> SessionData:
     """Sessions of a method that adapts the backbone on the host in each (InfLoRA): train on the
     session's images (cached), then embed its train images and the test images seen so far."""
     from edgecl.host.inflora_training import cached_session
 
     config = dataclasses.replace(config, sessions=sessions)
     dataset, position = embedder.dataset, embedder.position
-    state = {"model": model, "memory": config.memory(), "key": base_sha}
+    state = {"model": model, "memory": SubspaceMemory.from_config(config), "key": base_sha}
     train_classes, test_classes = position[dataset.train.labels], position[dataset.test.labels]
 
     def session(t: int, lo: int, hi: int) -> tuple[LabeledEmbeddings, LabeledFeatures]:
-        chosen = (train_classes >= lo) & (train_classes < hi)
+        chosen = few_shot(train_classes, (train_classes >= lo) & (train_classes < hi), shots, seed, t)
         paths = [p for p, keep in zip(dataset.train.paths, chosen) if keep]
         state["model"], state["memory"], info, state["key"] = cached_session(
             state["model"], state["memory"], paths, train_classes[chosen] - lo, embedder.preprocess, config, session=t,
             previous=state["key"], cache_dir=embedder.cache / "inflora", device=device, seed=seed, show_progress=embedder.show_progress,
         )
         stats.append(info)
-        splits = embedder(state["model"], f"inflora session {t}", chosen={"train": chosen, "test": test_classes < hi})
+        splits = embedder(state["model"], f"inflora session {t}", chosen={"train": chosen, "test": np.ones_like(test_classes, bool)})
         train = splits["train"]
         return LabeledEmbeddings(train.features, torch.from_numpy(train.labels - lo)), splits["test"]
 
@@ -196,6 +224,18 @@ def fixed_backbone_features(configs: Iterable[MethodConfig], model: torch.nn.Mod
     return features, tuning
 
 
+def check_shots(shots: int | None, dataset: TrainTest, init: int, order: list[int]) -> None:
+    """Shots for the sessions after the first: at least one, and no more than each of their classes has."""
+    if shots is None:
+        return
+    counts = np.bincount(dataset.train.labels, minlength=len(dataset.classes))
+    later = order[init:]
+    fewest = min(later, key=lambda c: counts[c]) if later else None
+    if shots < 1 or (fewest is not None and shots > counts[fewest]):
+        raise EdgeclError(f"{param('shots')} {shots}: must be from 1 to the training images of the smallest later class "
+                          f"({dataset.classes[fewest]}: {counts[fewest] if fewest is not None else 0})")
+
+
 def evaluate(
     root: Path,
     init: int,
@@ -212,13 +252,16 @@ def evaluate(
     epochs: int | None = None,
     settings: dict[str, str] | None = None,
     joint: bool = False,
-    device: str = "cpu",
+    device: str | None = None,
+    shots: int | None = None,
     cache_dir: Path | None = None,
     show_progress: bool = True,
 ) -> EvalReport:
+    device = resolve_device(device)
     configs = method_configs(methods, epochs, settings or {})
     dataset = load_train_test(root, train_list, test_list, exclude)
     sizes = session_sizes(len(dataset.classes), init, increment)
+    check_shots(shots, dataset, init, class_order(len(dataset.classes), seed))
     for config in configs.values():
         check_slow_learner(config.slow_learner())
         for size in set(sizes):
@@ -240,9 +283,10 @@ def evaluate(
         slow, adapted = config.slow_learner(), config.session_backbone()
         if adapted is not None:
             stats: list[dict] = []
-            sessions = adapted_sessions(copy.deepcopy(model), adapted, embedder, base_sha, sessions=len(sizes), device=device, seed=seed, stats=stats)
+            sessions = adapted_sessions(copy.deepcopy(model), adapted, embedder, base_sha, sessions=len(sizes), device=device, seed=seed,
+                                        stats=stats, shots=shots)
         else:
-            sessions = frozen_sessions(features[slow]["train"], features[slow]["test"])
+            sessions = frozen_sessions(features[slow]["train"], features[slow]["test"], shots, seed)
         result = run_protocol(name, config, sessions, sizes, names, embedding_dim=spec.embedding_dim, seed=seed, show_progress=show_progress)
         if adapted is not None:
             backbones[name] = {"sessions": stats}
@@ -263,7 +307,7 @@ def evaluate(
     counts = (len(first["train"].labels), len(first["test"].labels)) if first else (len(dataset.train.paths), len(dataset.test.paths))
     protocol = {
         "data": str(root), "init": init, "increment": increment, "sessions": len(sizes), "seed": seed,
-        "classes": len(dataset.classes), "train_images": counts[0], "test_images": counts[1], "backbone": spec.name, "weights": spec.weights_source,
+        "classes": len(dataset.classes), "train_images": counts[0], "test_images": counts[1], "backbone": spec.name, "weights": spec.weights_source, "shots": shots,
         "class_order": names, "configs": {name: config.to_dict() for name, config in configs.items()},
     }
     return EvalReport(protocol, results, embedder.skipped, bounds, backbones)

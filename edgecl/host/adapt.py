@@ -17,7 +17,9 @@ from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
 from edgecl.core.images import paths_and_labels, scan_new_classes
 from edgecl.core.preprocess import PreprocessConfig
-from edgecl.runtime.service import check_new_names, embed_classes, load_method, record_session, run_session, stored_config
+from edgecl.host.devices import resolve_device
+from edgecl.host.subspace import SubspaceMemory
+from edgecl.core.session import check_new_names, embed_classes, load_method, record_session, run_session, stored_config
 
 
 @dataclass
@@ -28,10 +30,11 @@ class AdaptResult:
     dropped_export: bool
 
 
-def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: str = "cpu", lock_timeout: float = 60.0,
+def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: str | None = None, lock_timeout: float = 60.0,
           show_progress: bool = True) -> AdaptResult:
     from edgecl.host.inflora_training import train_session
 
+    device = resolve_device(device)
     bundle = Bundle.open(bundle_path)
     m = bundle.manifest
     config = stored_config(bundle)
@@ -41,7 +44,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     classes = scan_new_classes(folder, label)
     check_new_names(classes, m, label)
     config.check_session(len(classes))
-    memory = adapted.memory().load_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]))
+    memory = SubspaceMemory.from_config(adapted).load_state_dict(bundle.read_tensors(m.backbone["inflora"]["memory"]))
     model = rebuild(m.backbone, bundle.backbone_weights())
     preprocess = PreprocessConfig.from_dict(m.preprocess)
     paths, labels = paths_and_labels(classes)
@@ -54,6 +57,7 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != m.backbone or len(change.manifest.sessions) != index:
             raise EdgeclError(f"{bundle_path}: changed while adapting; run adapt again")
+        change.manifest.remember()  # for `undo`, before anything changes
         method = load_method(change.bundle)
         session = run_session(method, data, [c.name for c in classes], m.seed, index, show_progress=show_progress)
         backbone_entry = change.write_tensors("backbone", model.state_dict())

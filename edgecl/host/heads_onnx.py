@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from edgecl.core.methods import ContinualMethod
+from edgecl.host.backbone_onnx import OPSET
 from edgecl.runtime.heads import FEATURES, PROBABILITIES, OrtHeads
 
-OPSET = 18
-PARITY_ATOL = 1e-5  # on probabilities
+HEADS_PARITY_ATOL = 1e-5  # on the probabilities, PyTorch against onnxruntime, at export
 
 
 class _Inference(nn.Module):
@@ -116,6 +116,6 @@ def export_checked(method: ContinualMethod, features: torch.Tensor) -> HeadsExpo
     except Exception as err:  # noqa: BLE001 - any exporter failure leaves the heads in PyTorch
         return HeadsExport(None, None, f"the heads could not be exported ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
                            time.perf_counter() - start)
-    if not diff <= PARITY_ATOL:
-        return HeadsExport(None, diff, f"heads.onnx differed from PyTorch by {diff:.1e} (> {PARITY_ATOL:g})", time.perf_counter() - start)
+    if not diff <= HEADS_PARITY_ATOL:
+        return HeadsExport(None, diff, f"heads.onnx differed from PyTorch by {diff:.1e} (> {HEADS_PARITY_ATOL:g})", time.perf_counter() - start)
     return HeadsExport(data, diff, None, time.perf_counter() - start)

@@ -4,7 +4,6 @@ inference sees. Unreadable images are dropped from their batch."""
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from typing import Callable, Sequence
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgecl.core.images import UnreadableImage, load_image
 from edgecl.core.preprocess import PreprocessConfig, preprocess
 from edgecl.core.progress import progress_bar
+from edgecl.core.sgd import cosine_lr
 
 
 class _Images(Dataset):
@@ -97,7 +97,7 @@ def train_on_images(
                     loss, figures = forward(images, targets)
                 zero_grad()
                 loss.backward()
-                update(min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * step / total)))
+                update(cosine_lr(step, total, lr, min_lr))
                 step, seen = step + 1, seen + len(targets)
                 advance(1, loss=float(loss.detach()), **figures, img_s=seen / (time.perf_counter() - start))
     return step, loss.detach()

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecl.host.backbones import embedding_dim
+from edgecl.core.cache import cache_key, cached_result, identity_key
 from edgecl.host.image_batches import image_loader, train_on_images
 from edgecl.core.methods.inflora import InfLoraBackboneConfig
 from edgecl.core.preprocess import PreprocessConfig
@@ -159,20 +160,24 @@ def cached_session(
     """`train_session` cached in `cache_dir`, keyed by the chain of sessions before it (`previous`:
     the key of the last session, or the base weights' hash) and this session's images, labels,
     config and seed; returns (model, memory, stats, this session's key)."""
-    from edgecl.core.cache import cache_key, identity_key, read_tensors_with_stats, write_tensors_with_stats
+    identity = {"previous": previous, "images": cache_key(paths, previous, preprocess), "labels": [int(v) for v in labels],
+                "config": dataclasses.asdict(config), "session": session, "seed": seed,
+                "device": torch.device(device).type, "version": CACHE_VERSION}
+    trained = {}
 
-    key = identity_key({"previous": previous, "images": cache_key(paths, previous, preprocess), "labels": [int(v) for v in labels],
-                        "config": dataclasses.asdict(config), "session": session, "seed": seed,
-                        "device": torch.device(device).type, "version": CACHE_VERSION})
-    file = Path(cache_dir) / f"{key}.safetensors"
-    if file.is_file():
-        state, stats = read_tensors_with_stats(file)
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(MEMORY_PREFIX)})
-        memory = config.memory().load_state_dict({k[len(MEMORY_PREFIX):]: v for k, v in state.items() if k.startswith(MEMORY_PREFIX)})
-        return model.eval(), memory, {**stats, "cached": True}, key
-    model, stats = train_session(model, memory, paths, labels, preprocess, config, session=session, device=device, seed=seed, show_progress=show_progress)
-    write_tensors_with_stats(file, {**model.state_dict(), **{MEMORY_PREFIX + k: v for k, v in memory.state_dict().items()}}, stats)
-    return model, memory, stats, key
+    def compute():
+        trained["model"], stats = train_session(model, memory, paths, labels, preprocess, config, session=session, device=device,
+                                                seed=seed, show_progress=show_progress)
+        return {**trained["model"].state_dict(), **{MEMORY_PREFIX + k: v for k, v in memory.state_dict().items()}}, stats
+
+    state, stats, hit = cached_result(cache_dir, identity, compute)
+    key = identity_key(identity)
+    if not hit:
+        return trained["model"], memory, stats, key
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(MEMORY_PREFIX)})
+    memory = SubspaceMemory.from_config(config).load_state_dict(
+        {k[len(MEMORY_PREFIX):]: v for k, v in state.items() if k.startswith(MEMORY_PREFIX)})
+    return model.eval(), memory, stats, key
 
 
 def output_change(before: nn.Module, after: nn.Module, targets: Sequence[Target], covariances: dict[str, torch.Tensor]) -> dict[str, float]:

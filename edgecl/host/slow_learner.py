@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from edgecl.core.cache import cache_key, cached_result
 from edgecl.errors import EdgeclError
 from edgecl.core.layers import CosineClassifier, class_means
 from edgecl.host.image_batches import image_loader, train_on_images
@@ -124,15 +125,17 @@ def tuned_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
     of several methods, or a rerun, tune the backbone once)."""
-    from edgecl.core.cache import cache_key, identity_key, read_tensors_with_stats, write_tensors_with_stats
+    identity = {"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
+                "config": dataclasses.asdict(config), "seed": seed, "device": torch.device(device).type}
+    trained = {}
 
-    key = identity_key({"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
-                        "config": dataclasses.asdict(config), "seed": seed, "device": torch.device(device).type})
-    file = Path(cache_dir) / f"{key}.safetensors"
-    if file.is_file():
-        state, stats = read_tensors_with_stats(file)
-        rebuild(model, stats["structure"]).load_state_dict(state)
-        return model.eval().requires_grad_(False), {**stats, "cached": True}
-    model, stats = train_slow_learner(model, paths, labels, preprocess, config, device=device, seed=seed, show_progress=show_progress)
-    write_tensors_with_stats(file, model.state_dict(), stats)
-    return model, stats
+    def compute():
+        trained["model"], stats = train_slow_learner(model, paths, labels, preprocess, config, device=device, seed=seed,
+                                                     show_progress=show_progress)
+        return trained["model"].state_dict(), stats
+
+    state, stats, hit = cached_result(cache_dir, identity, compute)
+    if not hit:
+        return trained["model"], stats
+    rebuild(model, stats["structure"]).load_state_dict(state)
+    return model.eval().requires_grad_(False), stats

@@ -15,7 +15,7 @@ slightly past its threshold.
 Energy: GPM measures it by the squared singular values of the inputs, i.e. the eigenvalues of their
 covariance (power 1, the default). The official InfLoRA code squares the covariance's spectrum
 instead (power 2); for a CNN's non-negative features that spectrum is dominated by the mean, and the
-memory kept 2.3% of Lite0's input dimensions: no protection (measured: README).
+memory kept 2.3% of Lite0's input dimensions: no protection (measured: docs/methods.md).
 
 Designing A (`design`): `projected` is the official rule, the top singular directions of the new
 covariance projected out of the memory. The energy the threshold leaves outside the memory (5% at
@@ -104,6 +104,11 @@ class SubspaceMemory:
         self.modes: dict[str, str] = {}
         self.old: dict[str, torch.Tensor] = {}  # mean input covariance of the sessions so far
         self.sessions: dict[str, int] = {}
+
+    @classmethod
+    def from_config(cls, config) -> "SubspaceMemory":
+        """The memory an InfLoRA backbone config (edgecl.core.methods.inflora) asks for."""
+        return cls(config.energy_power, config.design, config.max_leak)
 
     def project(self, name: str, covariance: torch.Tensor) -> torch.Tensor:
         """The part of `covariance` outside the old sessions' input subspace."""

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 
-from edgecl.errors import EdgeclError
+from edgecl.errors import EdgeclError, param
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -65,4 +65,4 @@ def load_target(name: str) -> TargetProfile:
         if name == profile.name or name in profile.aliases:
             return profile
     known = ", ".join(p.name + "".join(f" ({a})" for a in p.aliases) for p in profiles.values())
-    raise EdgeclError(f"--target {name}: unknown target (known: {known})")
+    raise EdgeclError(f"{param('target')} {name}: unknown target (known: {known})")

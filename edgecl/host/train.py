@@ -8,18 +8,43 @@ later host sessions."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgecl.core import bundle as bundles
-from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
-from edgecl.core.bundle import Bundle, Manifest
+from edgecl.core.bundle import Manifest
 from edgecl.core.cache import cache_root
-from edgecl.errors import EdgeclError
-from edgecl.host.export import host_embed_function
 from edgecl.core.images import paths_and_labels, scan_class_folders
 from edgecl.core.methods import method_class, method_config
-from edgecl.runtime.service import embed_classes, record_session, run_session
+from edgecl.core.session import embed_classes, record_session, run_session
+from edgecl.errors import EdgeclError, param
+from edgecl.host.backbone_onnx import host_embed_function
+from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
+from edgecl.host.devices import resolve_device
 from edgecl.host.slow_learner import check_slow_learner
+from edgecl.host.subspace import SubspaceMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    bundle: Path
+    classes: list[str]
+    images: int
+    skipped: list[str]  # "path: reason" of images that could not be read
+    backbone: str
+    embedding_dim: int
+    method: str
+    seconds_heads: float
+    slow_learner: dict | None  # its stats, when the method tuned the backbone
+
+
+def setting_texts(settings: dict[str, Any] | None) -> dict[str, str]:
+    """Method settings as the texts `MethodConfig.setting` parses: Python values are welcome too."""
+    return {key: (str(value).lower() if isinstance(value, bool) else str(value)) for key, value in (settings or {}).items()}
 
 
 def train(
@@ -31,19 +56,21 @@ def train(
     random_init: bool = False,
     method: str = "edgecl",
     epochs: int | None = None,
-    settings: dict[str, str] | None = None,
-    device: str = "cpu",
+    settings: dict[str, Any] | None = None,
+    device: str | None = None,
     seed: int = 0,
     force: bool = False,
     lock_timeout: float = 60.0,
     show_progress: bool = True,
-) -> tuple[Bundle, list[str]]:
-    """Session 0 on DATA/<class>/<images>; returns the new bundle and the images it skipped."""
+) -> TrainReport:
+    """Session 0 on DATA/<class>/<images>: a new bundle at `out`."""
     bundles.check_creatable(out, force)
+    device = resolve_device(device)
+    settings = setting_texts(settings)
     classes = scan_class_folders(data)
     config = method_config(method, epochs=epochs, settings=settings)
     if epochs is not None and not config.has_setting("epochs"):
-        raise EdgeclError(f"--epochs: method {method} trains nothing by epochs")
+        raise EdgeclError(f"{param('epochs')}: method {method} trains nothing by epochs")
     check_slow_learner(config.slow_learner())
     config.check_session(len(classes))
     model, spec = create_backbone(backbone, weights, random_init=random_init)
@@ -55,6 +82,11 @@ def train(
     if slow is not None:
         from edgecl.host.slow_learner import train_slow_learner
 
+        if device == "cpu":
+            log.info("the slow learner trains %d epoch(s) on %d images through the backbone on the CPU, which takes long "
+                     "(the bar's eta says how long; Lite0 on 2 cores: about 70 s an epoch per 600 images); a GPU host takes "
+                     "minutes, and fewer slow-learner epochs (0: none) take less", slow.epochs, len(paths))
+
         model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
         backbone_info["tuner"] = stats.pop("structure")
         backbone_info["slow_learner"] = stats
@@ -63,7 +95,7 @@ def train(
     if adapted is not None:
         from edgecl.host.inflora_training import train_session
 
-        memory = adapted.memory()
+        memory = SubspaceMemory.from_config(adapted)
         model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=0, device=device, seed=seed, show_progress=show_progress)
         memory_bytes = bundles.tensors_to_bytes(memory.state_dict())
         extra_files[bundles.INFLORA_MEMORY_FILE] = memory_bytes
@@ -83,4 +115,6 @@ def train(
     )
     record_session(manifest, learner, heads_entry, session)
     files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes, **extra_files}
-    return bundles.create(out, manifest, files, force=force, lock_timeout=lock_timeout), embedded.skipped
+    created = bundles.create(out, manifest, files, force=force, lock_timeout=lock_timeout)
+    return TrainReport(created.path, created.manifest.class_names, session.images, embedded.skipped, spec.name, spec.embedding_dim,
+                       method, session.stats["seconds"], backbone_info.get("slow_learner"))

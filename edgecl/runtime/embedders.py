@@ -7,6 +7,7 @@ profile's order), PyTorch (rebuilds the timm architecture: a host-only import, d
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,11 +15,20 @@ import numpy as np
 import torch
 
 from edgecl.core.bundle import Bundle
-from edgecl.core.embedding import CPU_BATCH_SIZE
 from edgecl.core.cache import cache_root
-from edgecl.errors import DamagedFile, EdgeclError
+from edgecl.core.embedding import CPU_BATCH_SIZE
+from edgecl.errors import DamagedFile, EdgeclError, param, python_text
 from edgecl.runtime import tensorrt_engines as trt_runtime
-from edgecl.runtime.ort import GPU_PROVIDERS, ort_embed_function, ort_session, tensorrt_provider_options, usable_providers
+from edgecl.runtime.onnx_graph import MalformedGraph, references_external_data
+from edgecl.runtime.ort import (
+    GPU_PROVIDERS,
+    ort_embed_function,
+    ort_session,
+    tensorrt_provider_options,
+    usable_providers,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,8 +39,9 @@ class Embedder:
     batch_size: int = CPU_BATCH_SIZE
     passed_over: list[str] = field(default_factory=list)  # preferred runtimes that could not serve, and why
     # PyTorch threads for the heads: 1 when another runtime works the same CPU cores (two thread pools
-    # on 2 cores slow each other down: benchmarks/classify.py); None leaves PyTorch's default.
+    # on 2 cores slow each other down: docs/benchmarks.md); None leaves PyTorch's default.
     head_threads: int | None = None
+    backbone_sha256: str = ""  # of the bundle's backbone this embedder serves
 
     def claim_threads(self) -> None:
         if self.head_threads is not None:
@@ -87,7 +98,11 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
         model = bundle.read_bytes(export)
     except DamagedFile as err:
         raise RuntimeUnavailable(f"{err}; {EXPORT_AGAIN}") from err
-    session = ort_session(model, providers, options)
+    check_whole(model, bundle.path / export["file"])
+    try:
+        session = ort_session(model, providers, options)
+    except Exception as err:  # noqa: BLE001 - a graph onnxruntime refuses (an unknown op, garbage): the next runtime serves
+        raise RuntimeUnavailable(f"onnxruntime cannot load {export['file']} ({first_line(err)}); {EXPORT_AGAIN}") from None
     used = session.get_providers()
     skipped += [f"{p}: failed to start (onnxruntime's message is on stderr)" for p in providers if p not in used]
     reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
@@ -108,6 +123,20 @@ def _torch(bundle: Bundle) -> Embedder:
     return Embedder("torch", reason, embed_function(model, device), 32 if device == "cuda" else CPU_BATCH_SIZE)
 
 
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def check_whole(model: bytes, where) -> None:
+    """An ONNX graph of a bundle carries its tensors itself: one that points at other files is refused."""
+    try:
+        external = references_external_data(model)
+    except MalformedGraph as err:
+        raise RuntimeUnavailable(f"{where}: not an ONNX graph ({err}); {EXPORT_AGAIN}") from None
+    if external:
+        raise RuntimeUnavailable(f"{where}: refers to tensors in files outside the graph, which a bundle never does; {EXPORT_AGAIN}")
+
+
 RUNTIMES: dict[str, Callable[[Bundle], Embedder]] = {"tensorrt": _tensorrt, "onnxruntime": _onnxruntime, "torch": _torch}
 
 
@@ -115,11 +144,13 @@ def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     """The named runtime (an error if it cannot serve), or the first that can in RUNTIMES order."""
     if runtime is not None:
         if runtime not in RUNTIMES:
-            raise EdgeclError(f"--runtime {runtime}: unknown runtime (known: {', '.join(RUNTIMES)})")
+            raise EdgeclError(f"{param('runtime')} {runtime}: unknown runtime (known: {', '.join(RUNTIMES)})")
         try:
-            return RUNTIMES[runtime](bundle)
+            embedder = RUNTIMES[runtime](bundle)
         except RuntimeUnavailable as err:
-            raise EdgeclError(f"--runtime {runtime}: not available: {err}") from err
+            raise EdgeclError(f"{param('runtime')} {runtime}: not available: {err}") from err
+        embedder.backbone_sha256 = bundle.manifest.backbone["sha256"]
+        return embedder
     passed_over = []
     for name, make in RUNTIMES.items():
         try:
@@ -128,5 +159,9 @@ def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
             passed_over.append(f"{name}: {err}")
             continue
         embedder.passed_over = passed_over
+        embedder.backbone_sha256 = bundle.manifest.backbone["sha256"]
+        if name == "torch" and bundle.manifest.export:  # exported, yet neither engine could run it: say why, once
+            log.warning("the exported backbone cannot run here, so PyTorch runs it (slower): %s",
+                        python_text(next((r for r in passed_over if r.startswith("onnxruntime")), passed_over[-1])))
         return embedder
     raise EdgeclError(f"{bundle.path}: no runtime can run the backbone ({'; '.join(passed_over)})")

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from edgecl.core.bundle import Bundle
-from edgecl.errors import DamagedFile, EdgeclError
 from edgecl.core.methods import ContinualMethod
-from edgecl.runtime.embedders import EXPORT_AGAIN
+from edgecl.errors import DamagedFile, EdgeclError
+from edgecl.runtime.embedders import EXPORT_AGAIN, RuntimeUnavailable, check_whole
 from edgecl.runtime.ort import session_options
 
 FEATURES = "features"
 PROBABILITIES = "probabilities"
-CHECK_ATOL = 1e-4  # on probabilities, against PyTorch, at load
+HEADS_LOAD_ATOL = 1e-4  # on the probabilities, against PyTorch, when a bundle's heads.onnx is loaded
 HEADS_RUNTIMES = ("onnxruntime", "torch")
 
 
@@ -67,8 +67,8 @@ class OrtHeads:
             diff = float((self(probe) - method.predict(probe)).abs().max())
         except Exception as err:  # noqa: BLE001
             raise HeadsUnavailable(f"heads.onnx does not run on these heads ({err})") from err
-        if not diff <= CHECK_ATOL:
-            raise HeadsUnavailable(f"heads.onnx differs from the heads in PyTorch by {diff:.1e} (> {CHECK_ATOL:g})")
+        if not diff <= HEADS_LOAD_ATOL:
+            raise HeadsUnavailable(f"heads.onnx differs from the heads in PyTorch by {diff:.1e} (> {HEADS_LOAD_ATOL:g})")
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(features.detach().numpy(), dtype=np.float32)
@@ -92,6 +92,10 @@ def open_heads(bundle: Bundle, method: ContinualMethod, backbone_runtime: str, r
             graph = bundle.read_bytes(entry)
         except DamagedFile as err:
             raise HeadsUnavailable(f"{err}; {EXPORT_AGAIN}") from err
+        try:
+            check_whole(graph, bundle.path / entry["file"])
+        except RuntimeUnavailable as err:
+            raise HeadsUnavailable(str(err)) from None
         predict = OrtHeads(graph, method)
         return Heads("onnxruntime", "heads.onnx on the CPU, the bundle's head tensors bound as inputs", predict)
     except HeadsUnavailable as err:

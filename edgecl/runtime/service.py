@@ -6,96 +6,27 @@ cached embeddings, so a session costs one backbone pass per image plus milliseco
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from edgecl import __version__
 from edgecl.core import bundle as bundles
-from edgecl.core.bundle import Bundle, ClassEntry, Manifest, SessionEntry
-from edgecl.core.embedding import CPU_BATCH_SIZE, EmbedBatch, embed_paths
-from edgecl.errors import EdgeclError
-from edgecl.core.images import ClassFolder, find_images, paths_and_labels, scan_new_classes
-from edgecl.core.methods import METHODS, ContinualMethod, MethodConfig, method_config, restore_method
+from edgecl.core.bundle import Bundle, SessionEntry
+from edgecl.core.embedding import iter_embedded
+from edgecl.core.images import UNKNOWN, ClassImages, ImageLike, scan_new_classes
 from edgecl.core.preprocess import PreprocessConfig
+from edgecl.core.progress import progress_bar
+from edgecl.core.methods import METHODS
+from edgecl.core.methods.interface import restrict
+from edgecl.core.session import embed_classes, load_method, record_session, run_session, stored_config
+from edgecl.errors import EdgeclError, param
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
-
-@dataclass
-class LabeledEmbeddings:
-    features: torch.Tensor
-    targets: torch.Tensor  # 0.. within the session, one per class folder
-    skipped: list[str] = field(default_factory=list)
-
-
-def session_generator(seed: int, session: int) -> torch.Generator:
-    """Every random choice of session `session` of a bundle seeded `seed` comes from this."""
-    state = np.random.SeedSequence([seed, session]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
-def embed_classes(
-    classes: Sequence[ClassFolder], embed: EmbedBatch, preprocess: PreprocessConfig, *, batch_size: int = CPU_BATCH_SIZE, show_progress: bool = True
-) -> LabeledEmbeddings:
-    paths, indices = paths_and_labels(classes)
-    labels = torch.tensor(indices)
-    result = embed_paths(paths, embed, preprocess, batch_size=batch_size, show_progress=show_progress)
-    targets = labels[result.kept]
-    for i, folder in enumerate(classes):
-        if not bool((targets == i).any()):
-            raise EdgeclError(f"class {folder.name}: none of its {len(folder.images)} images could be read")
-    return LabeledEmbeddings(result.features, targets, result.skipped)
-
-
-def stored_config(bundle: Bundle) -> MethodConfig:
-    """The config of the bundle's method; a method this edgecl does not know is named as such."""
-    m = bundle.manifest
-    if m.method["name"] not in METHODS:
-        raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: method {m.method['name']!r} is not one edgecl {__version__} knows "
-                          f"({', '.join(sorted(METHODS))}); a newer edgecl wrote it, or the manifest is damaged")
-    return method_config(m.method["name"], m.method["config"])
-
-
-def load_method(bundle: Bundle) -> ContinualMethod:
-    m = bundle.manifest
-    stored_config(bundle)  # names a method this edgecl does not know, before its heads are read
-    method = restore_method(m.method["name"], m.backbone["embedding_dim"], m.method["config"], m.heads["structure"], bundle.heads())
-    if method.num_classes != len(m.classes):  # a hand-edited class list would shift or drop labels
-        raise EdgeclError(f"{bundle.path / bundles.MANIFEST}: lists {len(m.classes)} classes but the heads have {method.num_classes}; "
-                          "the bundle is damaged")
-    return method
-
-
-def run_session(
-    method: ContinualMethod, data: LabeledEmbeddings, names: Sequence[str], seed: int, index: int, *, show_progress: bool = True
-) -> SessionEntry:
-    empty = [name for i, name in enumerate(names) if not bool((data.targets == i).any())]
-    if empty:  # eval's splits reach here unchecked: a class whose every training image was unreadable
-        raise EdgeclError(f"class {empty[0]!r}: no readable training image, so the session cannot learn it")
-    method.config.check_session(len(names))
-    start = time.perf_counter()
-    stats = method.learn(data.features, data.targets + method.num_classes, session_generator(seed, index), show_progress=show_progress)
-    stats["seconds"] = round(time.perf_counter() - start, 3)
-    return SessionEntry(index, list(names), len(data.targets), len(data.skipped), seed, bundles.now(), stats)
-
-
-def record_session(manifest: Manifest, method: ContinualMethod, heads: dict[str, str], session: SessionEntry) -> None:
-    manifest.heads = {**heads, "structure": method.structure()}
-    manifest.classes.extend(ClassEntry(name, session.index) for name in session.classes)
-    manifest.sessions.append(session)
-
-
-def check_new_names(classes: Sequence[ClassFolder], manifest: Manifest, label: str | None = None) -> None:
-    known = {c.name: c.session for c in manifest.classes}
-    for folder in classes:
-        if folder.name in known:
-            fix = ("choose another --label" if label is not None else
-                   "use --label to give the new class another name" if len(classes) == 1 else "rename its folder")
-            raise EdgeclError(f"class {folder.name!r} already exists (learned in session {known[folder.name]}); {fix}")
 
 
 @dataclass
@@ -109,79 +40,141 @@ class LearnResult:
 
 def learn(
     bundle_path: Path,
-    folder: Path,
+    images: Path | Sequence[ClassImages],
     *,
     label: str | None = None,
     runtime: str | None = None,
+    embedder: Embedder | None = None,
     lock_timeout: float = 60.0,
     show_progress: bool = True,
 ) -> LearnResult:
-    """One session: the classes in `folder` become new classes of the bundle, or nothing changes."""
+    """One session: the classes in `images` (a folder: one class's images, or class folders; or the
+    classes' images given) become new classes of the bundle, or nothing changes. `label` names a
+    folder's one class; `embedder` reuses a backbone already open."""
     bundle = Bundle.open(bundle_path)
-    classes = scan_new_classes(folder, label)
-    check_new_names(classes, bundle.manifest, label)
-    stored_config(bundle).check_session(len(classes))  # before the backbone runs
-    embedder = open_embedder(bundle, runtime)
+    classes = scan_new_classes(images, label) if isinstance(images, (str, os.PathLike)) else list(images)
+    if not classes:
+        raise EdgeclError("a session needs at least one class with images")
+    check_session_classes(bundle, classes)  # before the backbone runs
+    own = embedder is None
+    embedder = embedder or open_embedder(bundle, runtime)
+    if embedder.backbone_sha256 != bundle.manifest.backbone["sha256"]:
+        raise EdgeclError(f"{bundle_path}: its backbone changed since it was loaded; reload it and learn again")
     start = time.perf_counter()
     data = embed_classes(
         classes, embedder, PreprocessConfig.from_dict(bundle.manifest.preprocess), batch_size=embedder.batch_size, show_progress=show_progress
     )
     seconds_backbone = time.perf_counter() - start
     used = embedder.runtime
-    del embedder  # an idle onnxruntime thread pool slows the heads' training down (benchmarks/learn_cost.py)
+    if own:
+        del embedder  # its onnxruntime threads would compete with the heads' training for the same cores
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != bundle.manifest.backbone:
             raise EdgeclError(f"{bundle_path}: its backbone changed while embedding; run learn again")
-        check_new_names(classes, change.manifest, label)
         method = load_method(change.bundle)
         index = len(change.manifest.sessions)
-        session = run_session(method, data, [c.name for c in classes], change.manifest.seed, index, show_progress=show_progress)
+        session = run_session(method, data, [c.name for c in classes], change.manifest.seed, index,
+                              known_classes=active_positions(change.manifest), show_progress=show_progress)
+        change.manifest.remember()  # for `undo`
         record_session(change.manifest, method, change.write_tensors(bundles.HEADS_STEM, method.state_dict()), session)
     return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"])
 
 
+def active_positions(manifest) -> list[str | None]:
+    """The manifest's classes in the heads' order, a forgotten one as None: a new class may take its name."""
+    return [None if c.forgotten else c.name for c in manifest.classes]
+
+
+def check_session_classes(bundle: Bundle, classes: Sequence[ClassImages]) -> None:
+    """A class the bundle knows gets more images, if its method can add to a class; the new ones must be a
+    session the method can learn."""
+    known = set(bundle.manifest.active_class_names)
+    added = [c.name for c in classes if c.name in known]
+    if added and not METHODS[bundle.manifest.method["name"]].adds_to_classes:
+        raise EdgeclError(f"class {added[0]!r} exists already, and this bundle's method ({bundle.manifest.method['name']}) cannot "
+                          f"add images to a class; give the new class another name ({param('label')})")
+    stored_config(bundle).check_session(len(classes) - len(added))
+
+
 @dataclass
 class Prediction:
-    path: str
-    label: str
-    score: float
-    top_k: list[dict[str, float | str]]
+    path: str | None  # the image's file, None for an image handed over in memory
+    label: str  # the class, or "unknown" when `known` is under the threshold
+    score: float  # the top class's probability
+    top_k: list[dict[str, float | str]]  # [{"label", "score"}], best first, whatever `known` is
+    known: float = 1.0  # 0..1: how much the image looks like the class it is most like (edgecl.Model: min_score)
+
+
+def check_min_score(min_score: float | None) -> float | None:
+    if min_score is not None and not (isinstance(min_score, (int, float)) and 0 <= min_score <= 1):
+        raise EdgeclError(f"{param('min_score')} {min_score!r}: must be a number from 0 to 1 (0: never unknown)")
+    return min_score
+
+
+@dataclass
+class Skipped:
+    index: int  # in the images given
+    reason: str  # "path: why"
 
 
 class Classifier:
     """A bundle loaded once for classifying many images."""
 
-    def __init__(self, bundle_path: Path, runtime: str | None = None, heads: str | None = None) -> None:
+    def __init__(self, bundle_path: Path, runtime: str | None = None, heads: str | None = None, *,
+                 reuse: Classifier | None = None, min_score: float | None = None) -> None:
+        """`reuse`: a Classifier of an earlier version of this bundle whose backbone runtime serves this
+        one too (same backbone and export): its engine is kept instead of opened again. `min_score`: under
+        it an image is "unknown" (None: the threshold the bundle calibrated, 0: never)."""
+        if min_score is None and reuse is not None:  # a reload keeps the threshold its caller asked for
+            min_score = reuse.requested_min_score
+        self.requested_min_score = check_min_score(min_score)
         self.bundle, self.method = bundles.open_consistent(bundle_path, load_method)
+        self.min_score = bundles.min_score_of(self.bundle.manifest.sessions) if min_score is None else float(min_score)
         self.classes = self.bundle.manifest.class_names
+        entries = self.bundle.manifest.classes
+        self.active = None if not any(c.forgotten for c in entries) else torch.tensor([not c.forgotten for c in entries])
         self.preprocess = PreprocessConfig.from_dict(self.bundle.manifest.preprocess)
-        self.embedder: Embedder = open_embedder(self.bundle, runtime)
+        m = self.bundle.manifest
+        if reuse is not None and (reuse.bundle.manifest.backbone, reuse.bundle.manifest.export, reuse.bundle.manifest.engines) == (
+                m.backbone, m.export, m.engines) and reuse.requested == (runtime, heads):
+            self.embedder = reuse.embedder
+        else:
+            self.embedder = open_embedder(self.bundle, runtime)
+        self.requested = (runtime, heads)
         self.embedder.claim_threads()
         self.heads: Heads = open_heads(self.bundle, self.method, self.embedder.runtime, heads)
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
-        return self.heads.predict(features)
+        return restrict(self.heads.predict(features), self.active)  # a forgotten class: never predicted
 
     def predict_arrays(self, images: np.ndarray) -> torch.Tensor:
         """Preprocessed float32 (N, 3, H, W) -> class probabilities (N, classes)."""
-        return self.heads.predict(self.embedder(images))
+        return self.predict_features(self.embedder(images))
 
-    def classify(self, paths: Sequence[Path], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
-        result = embed_paths(
-            paths, self.embedder, self.preprocess, batch_size=self.embedder.batch_size, description="classifying", show_progress=show_progress
-        )
-        if not result.kept:  # nothing readable: no embedding width to give the heads
-            return [], result.skipped
-        probs = self.predict_features(result.features)
-        scores, indices = probs.topk(min(max(top_k, 1), len(self.classes)), dim=1)
-        predictions = []
-        for row, path_index in enumerate(result.kept):
-            ranked = [{"label": self.classes[i], "score": float(s)} for s, i in zip(scores[row].tolist(), indices[row].tolist())]
-            predictions.append(Prediction(str(paths[path_index]), ranked[0]["label"], ranked[0]["score"], ranked))
-        return predictions, result.skipped
+    def iter_classify(self, images: Sequence[ImageLike], *, top_k: int = 1) -> Iterator[Prediction | Skipped]:
+        """Each image's prediction (or why it was skipped), in order, one batch at a time: memory stays
+        constant in the number of images."""
+        k = min(max(top_k, 1), len(self.classes) if self.active is None else int(self.active.sum()))
+        for chunk in iter_embedded(images, self.embedder, self.preprocess, batch_size=self.embedder.batch_size):
+            results: dict[int, Prediction | Skipped] = {i: Skipped(i, reason) for i, reason in chunk.skipped}
+            if chunk.features is not None:
+                scores, indices = self.predict_features(chunk.features).topk(k, dim=1)
+                known = self.method.known_scores(chunk.features, self.active).tolist()
+                for index, row_scores, row_indices, sure in zip(chunk.kept, scores.tolist(), indices.tolist(), known):
+                    top = [{"label": self.classes[i], "score": float(s)} for s, i in zip(row_scores, row_indices)]
+                    source = images[index]
+                    path = str(source) if isinstance(source, (str, os.PathLike)) else None
+                    label = UNKNOWN if sure < self.min_score else top[0]["label"]
+                    results[index] = Prediction(path, label, top[0]["score"], top, round(float(sure), 4))
+            yield from (results[i] for i in sorted(results))
 
-
-def classify(bundle_path: Path, targets: Sequence[Path], *, top_k: int = 1, runtime: str | None = None, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
-    Bundle.open(bundle_path)  # a bad --bundle is reported before the images are searched
-    paths = find_images(targets)
-    return Classifier(bundle_path, runtime).classify(paths, top_k=top_k, show_progress=show_progress)
+    def classify(self, images: Sequence[ImageLike], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
+        predictions, skipped = [], []
+        with progress_bar("classifying", len(images), enabled=show_progress, unit="images") as advance:
+            for item in self.iter_classify(images, top_k=top_k):
+                if isinstance(item, Prediction):
+                    predictions.append(item)
+                else:
+                    skipped.append(item.reason)
+                advance(1)
+        return predictions, skipped

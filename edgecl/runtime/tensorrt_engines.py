@@ -8,7 +8,7 @@ Written for the TensorRT 8.6 (JetPack 6.0) and 10.x Python APIs.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,10 @@ import torch
 
 from edgecl.core import bundle as bundles
 from edgecl.core.bundle import Bundle
-from edgecl.errors import EdgeclError
+from edgecl.errors import EdgeclError, param
 from edgecl.runtime.ort import INPUT_NAME, OUTPUT_NAME
+
+log = logging.getLogger(__name__)
 
 
 class TensorRTUnavailable(Exception):
@@ -161,18 +163,15 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0, keep_ex
     profile = export["profile"]
     if not for_tensorrt(profile):
         raise EdgeclError(f"{bundle_path}: exported for target {profile['name']}, which has no TensorRT settings; "
-                          "export again with --target jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda")
+                          f"export again with {param('target')} jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda")
     key = current_key(trt, profile)
     if keep_existing and key in bundle.manifest.engines:
         return EngineReport(key, bundle.manifest.engines[key], time.perf_counter() - start)
     others = [k for k in bundle.manifest.engines if k != key]
-    print(
-        f"building TensorRT engine {key} on {torch.cuda.get_device_name()}"
-        + (f" (the bundle's other engines, {', '.join(others)}, are for another GPU or TensorRT)" if others else ""),
-        file=sys.stderr,
-    )
+    log.info("building TensorRT engine %s on %s%s", key, torch.cuda.get_device_name(),
+             f" (the bundle's other engines, {', '.join(others)}, are for another GPU or TensorRT)" if others else "")
     same_gpu = [e for k, e in bundle.manifest.engines.items() if k.split("-")[:2] == key.split("-")[:2] and "timing_cache" in e]
-    cache = (bundle.path / same_gpu[0]["timing_cache"]).read_bytes() if same_gpu else b""
+    cache = bundle.files.read(same_gpu[0]["timing_cache"]) if same_gpu else b""
     input_size = tuple(bundle.manifest.preprocess["input_size"])
     built = build_engine(bundle.read_bytes(export), profile, input_size, cache)
     with bundles.update(bundle_path, lock_timeout) as change:

@@ -1,6 +1,7 @@
 """Continual-learning methods behind one interface; importing this package registers them all."""
 
-from edgecl.core.methods.base import (
+from edgecl.core.methods import edgecl, inflora, safe, simplecil, tosca  # noqa: F401  (registration)
+from edgecl.core.methods.interface import (
     METHODS,
     ContinualMethod,
     MethodConfig,
@@ -10,7 +11,6 @@ from edgecl.core.methods.base import (
     register_method,
     restore_method,
 )
-from edgecl.core.methods import edgecl, inflora, safe, simplecil, tosca  # noqa: F401  (registration)
 
 __all__ = [
     "METHODS",

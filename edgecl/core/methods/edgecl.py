@@ -5,10 +5,10 @@ then on its embedding a TOSCA LuCA module and the analytic classifiers. Device, 
 LuCA module, a fast-learner update, analytic updates. Inference blends, per sample, TOSCA's chosen
 module, the fast and the slow analytic predictions by entropy (SAFE's rule, softmax(-gamma * H)).
 The analytic logits are least-squares one-hot estimates (about 0..1) while TOSCA's are sigma-scaled
-cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: README) before
+cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measured: docs/methods.md) before
 the entropies are compared, or TOSCA's sharper logits would win every sample. The scores are the
 blend's softmax at `temperature`, so that they rank and mean something rather than read 1.0000.
-Every head sees the embedding power-normalised (`feature_power`, measured: README), which the
+Every head sees the embedding power-normalised (`feature_power`, measured: docs/methods.md), which the
 published TOSCA and SAFE do not do.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from edgecl.errors import EdgeclError
 from edgecl.core.layers import power_normalize
-from edgecl.core.methods.base import ContinualMethod, MethodConfig, register_method
+from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.methods.safe import Safe, SafeConfig, blend
 from edgecl.core.methods.tosca import Tosca, ToscaConfig
+from edgecl.errors import EdgeclError
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class EdgeclConfig(MethodConfig):
     use_slow: bool = True
     analytic_scale: float = 80.0
     gamma: float = 1.0
-    temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: README)
-    feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: README)
+    temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: docs/methods.md)
+    feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: docs/methods.md)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +93,14 @@ class Edgecl(ContinualMethod):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(features) / self.config.temperature, dim=-1)
+
+    @torch.inference_mode()
+    def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        return self.safe.known_scores(power_normalize(features, self.config.feature_power), active)  # SAFE's class means
+
+    @torch.inference_mode()
+    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.safe.held_out_known_scores(power_normalize(features, self.config.feature_power), targets)
 
     def structure(self) -> dict[str, Any]:
         return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}

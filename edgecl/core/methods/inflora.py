@@ -2,7 +2,7 @@
 down-projections are designed outside the input subspace of earlier sessions, merged after each
 session (the host trainer: edgecl/inflora.py). This module is the part that lives on embeddings:
 
-- `heads="task"` (the official code's, measured far below the analytic head: README): one linear head with bias per session, trained with
+- `heads="task"` (the official code's, measured far below the analytic head: docs/methods.md): one linear head with bias per session, trained with
   cross-entropy on that session's classes only; inference concatenates them and takes the argmax.
   The official code trains the head together with the LoRA branches; here the head is fitted
   afterwards on the embeddings of the merged backbone (the same function, without augmentation).
@@ -22,11 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecl.core.analytic import AnalyticClassifier, check_projection, legacy_projection
-from edgecl.errors import EdgeclError
-from edgecl.core.methods.base import ContinualMethod, MethodConfig, register_method
+from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.sgd import SGDSchedule, train_minibatches
+from edgecl.errors import EdgeclError
 
 HEADS = ("task", "analytic")
+# the names of what the host's code implements (edgecl/host/tuners/lora.py, edgecl/host/subspace.py),
+# spelt here so that a config is checked without importing host code
+LAYER_SETS = ("auto", "kv", "qkv", "conv1x1")
+DESIGNS = ("contrast", "projected")
 
 
 @dataclass(frozen=True)
@@ -42,20 +46,12 @@ class InfLoraBackboneConfig(MethodConfig):
     eps_begin: float = 0.95  # DualGPM threshold at the first session (official: .95 CIFAR/DomainNet, .98 IN-R)
     eps_end: float = 1.0  # ... rising linearly to this at session `sessions`
     sessions: int = 10  # the planned number of sessions T in that schedule (eval sets its own)
-    energy_power: int = 1  # memory energy = covariance eigenvalues ** this (official code: 2; README)
+    energy_power: int = 1  # memory energy = covariance eigenvalues ** this (official code: 2; docs/methods.md)
     design: str = "contrast"  # how A is chosen in the free space: contrast | projected (official; edgecl/subspace.py)
     max_leak: float = 0.01  # contrast: the most old-input energy a designed direction may carry, per unit of new
 
-    def memory(self):
-        from edgecl.host.subspace import SubspaceMemory
-
-        return SubspaceMemory(self.energy_power, self.design, self.max_leak)
-
     def __post_init__(self) -> None:
         super().__post_init__()
-        from edgecl.host.subspace import DESIGNS
-        from edgecl.host.tuners.lora import LAYER_SETS
-
         if self.layers not in LAYER_SETS:
             raise EdgeclError(f"backbone.layers={self.layers}: unknown layer set (known: {', '.join(LAYER_SETS)})")
         if self.design not in DESIGNS or not self.max_leak > 0:
@@ -73,12 +69,12 @@ class InfLoraBackboneConfig(MethodConfig):
 @dataclass(frozen=True)
 class InfLoraConfig(MethodConfig):
     backbone: InfLoraBackboneConfig = field(default_factory=InfLoraBackboneConfig)
-    heads: str = "analytic"  # analytic | task (the official per-session heads; README: 0.881 vs 0.502 on Fashion-MNIST)
+    heads: str = "analytic"  # analytic | task (the official per-session heads; docs/methods.md: 0.881 vs 0.502 on Fashion-MNIST)
     head_epochs: int = 20
     head_batch_size: int = 48
     head_lr: float = 0.05
     head_min_steps: int = 400
-    projection: int = 2048  # M of the analytic head (its figures in README were measured at 2048)
+    projection: int = 2048  # M of the analytic head (its figures in docs/methods.md were measured at 2048)
     projection_seed: int = 0
     projection_kind: str = "hadamard"  # as SafeConfig's
     repick_ridge: bool = False  # as SafeConfig's

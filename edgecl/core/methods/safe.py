@@ -22,22 +22,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecl.core.analytic import PROJECTION, AnalyticClassifier, check_projection, legacy_projection
-from edgecl.errors import EdgeclError
-from edgecl.core.layers import CosineClassifier, LuCA, class_means, entropy
-from edgecl.core.methods.base import ContinualMethod, MethodConfig, register_method
+from edgecl.core.layers import (
+    CosineClassifier,
+    LuCA,
+    ScaleShift,
+    class_means,
+    entropy,
+    held_out_known,
+    known_from_means,
+    merge_class_statistics,
+)
+from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.sgd import SGDSchedule, train_minibatches
-
-
-class ScaleShift(nn.Module):
-    """f -> gamma * f + beta on the embedding: SSF's operation, starting as the identity."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-        self.shift = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+from edgecl.errors import EdgeclError
 
 
 class ResidualLuCA(nn.Module):
@@ -67,7 +64,7 @@ class SlowLearnerConfig(MethodConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     l_diag: float = 0.01  # transfer loss: sum (C_ii - 1)^2 (SAFE ImageNet-A)
-    l_rdn: float = 0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: README)
+    l_rdn: float = 0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: docs/methods.md)
 
     @property
     def enabled(self) -> bool:
@@ -83,8 +80,8 @@ _LEGACY_SLOW = {"slow_tuner": "tuner", "slow_epochs": "epochs", "slow_batch_size
 class SafeConfig(MethodConfig):
     projection: int = PROJECTION  # M of the analytic classifiers
     projection_seed: int = 0
-    projection_kind: str = "hadamard"  # hadamard | gaussian (RanPAC's dense matrix: 0.1-0.3 points more, 0.6-0.9 ms slower per image: README)
-    repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: README)
+    projection_kind: str = "hadamard"  # hadamard | gaussian (RanPAC's dense matrix: 0.1-0.3 points more, 0.6-0.9 ms slower per image: docs/methods.md)
+    repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: docs/methods.md)
     gamma: float = 1.0  # entropy blending (SAFE: 1 on CIFAR, 100 on ImageNet-A)
     fast_learner: bool = True  # off: the slow learner alone
     fast: str = "scale_shift"  # the fast learner's module on the embedding: scale_shift | luca
@@ -144,25 +141,33 @@ class Safe(ContinualMethod):
         self.slow_classifier = CosineClassifier(dim, 0, config.sigma_init)  # prototypes of the embedding
         self.fast_classifier = CosineClassifier(dim, 0, config.sigma_init)
         self.register_buffer("sessions", torch.tensor(0))
+        self.register_buffer("class_count", torch.zeros(0))  # images each class was learned from
+        self.register_buffer("class_similarity", torch.zeros(0))  # each class's images' mean cosine to its mean
 
     @property
     def num_classes(self) -> int:
         return self.slow_classifier.num_classes
 
+    adds_to_classes = True
+
     def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
         old = self.num_classes
-        new = self.check_new_classes(targets)
-        local = targets - old
+        new = self.session_classes(targets)
+        fresh = targets >= old
+        local = targets[fresh] - old
         stats: dict[str, float] = {}
-        self.slow_classifier.add_classes(class_means(features, local, new))
+        # the slow classifier's rows are the class means: a known class's images update its mean exactly
+        means, self.class_count, self.class_similarity = merge_class_statistics(
+            self.slow_classifier.weight.detach(), self.class_count, self.class_similarity, features, targets, old + new)
+        self.slow_classifier.weight = torch.nn.Parameter(means.to(self.slow_classifier.weight.dtype))
         with torch.no_grad():
-            self.fast_classifier.add_classes(class_means(self.fast(features), local, new))
+            self.fast_classifier.add_classes(class_means(self.fast(features[fresh]), local, new))
         if old and self.config.fast_learner:
             stats["loss"] = self._train_fast(features, targets, old, generator, show_progress)
         with torch.no_grad():
             fast_features = self.fast(features)
-            if old and self.config.fast_learner:
-                self.fast_classifier.weight[old:] = class_means(fast_features, local, new)
+            if old and self.config.fast_learner and new:  # a known class keeps the row its training left
+                self.fast_classifier.weight[old:] = class_means(fast_features[fresh], local, new)
         order = torch.randperm(len(targets), generator=generator)  # the ridge's cross-validation folds
         stats["ridge_slow"] = self.slow_head.add(features[order], targets[order], old + new)
         stats["ridge_fast"] = self.fast_head.add(fast_features[order], targets[order], old + new)
@@ -206,6 +211,22 @@ class Safe(ContinualMethod):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)
 
+    @torch.inference_mode()
+    def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        means, similarity = self.slow_classifier.weight, self.class_similarity  # the slow classifier's rows: the class means
+        return known_from_means(features, *((means, similarity) if active is None else (means[active], similarity[active])))
+
+    @torch.inference_mode()
+    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return held_out_known(features, targets, self.slow_classifier.weight, self.class_count, self.class_similarity)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        rows = state_dict.get(f"{prefix}slow_classifier.weight")
+        for name in ("class_count", "class_similarity"):  # bundles written before they were kept: unknown (0)
+            if rows is not None and f"{prefix}{name}" not in state_dict:
+                state_dict[f"{prefix}{name}"] = torch.zeros(len(rows))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def structure(self) -> dict[str, Any]:
         return {"classes": self.num_classes}
 
@@ -214,4 +235,5 @@ class Safe(ContinualMethod):
         self.slow_head, self.fast_head = (AnalyticClassifier.from_settings(dim, self.config, classes) for _ in range(2))
         self.slow_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
         self.fast_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
+        self.class_count, self.class_similarity = torch.zeros(classes), torch.zeros(classes)
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgecl.errors import EdgeclError
-from edgecl.host.tuners.base import Tuner
+from edgecl.host.tuners.tuner import Tuner
 
 
 class Adapter(nn.Module):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from edgecl.errors import EdgeclError
-from edgecl.host.tuners.base import Tuner
+from edgecl.host.tuners.tuner import Tuner
 
 
 @dataclass

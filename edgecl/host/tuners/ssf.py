@@ -14,16 +14,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from edgecl.host.tuners.base import Tuner
+from edgecl.core.layers import ScaleShift
+from edgecl.host.tuners.tuner import Tuner
 
 TARGETS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
-
-
-class ScaleShift(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(channels))
-        self.shift = nn.Parameter(torch.zeros(channels))
 
 
 class _ScaledWeight(nn.Module):

@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from edgecl.errors import EdgeclError
-
+from edgecl.errors import EdgeclError, param
 
 # settings that must be above zero; every other number must be zero or more (and finite)
 _POSITIVE = frozenset({"batch_size", "head_batch_size", "projection", "bottleneck", "fast_bottleneck", "rank", "lr", "head_lr",
                        "sigma_init", "analytic_scale", "sessions", "temperature", "feature_power"})
+# sizes of tensors: a stored config (a bundle from elsewhere) cannot ask for more than a device holds
+_AT_MOST = {"projection": 1 << 16, "bottleneck": 1 << 14, "fast_bottleneck": 1 << 14, "rank": 1 << 10}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ class MethodConfig:
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name in _POSITIVE and value == 0):
                 bound = "above 0" if name in _POSITIVE else "0 or more"
                 raise EdgeclError(f"{type(self).__name__}.{name}={value!r}: must be a number {bound}")
+            if name in _AT_MOST and value > _AT_MOST[name]:
+                raise EdgeclError(f"{type(self).__name__}.{name}={value!r}: must be at most {_AT_MOST[name]}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -79,23 +82,23 @@ class MethodConfig:
         hints, name = typing.get_type_hints(type(self)), _group + key
         head, _, rest = key.partition(".")
         if head not in hints:
-            raise EdgeclError(f"--set {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
+            raise EdgeclError(f"{param('settings')} {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
         kind = hints[head]
         if rest:
             if not _is_config(kind):
-                raise EdgeclError(f"--set {name}: {_group}{head} is not a group of settings")
+                raise EdgeclError(f"{param('settings')} {name}: {_group}{head} is not a group of settings")
             return dataclasses.replace(self, **{head: getattr(self, head).setting(rest, text, f"{_group}{head}.")})
         if _is_config(kind):
             known = ", ".join(f"{_group}{head}.{field}" for field in typing.get_type_hints(kind))
-            raise EdgeclError(f"--set {name}={text}: {name} is a group of settings; set one of them ({known})")
+            raise EdgeclError(f"{param('settings')} {name}={text}: {name} is a group of settings; set one of them ({known})")
         try:
             value = _parse_bool(text) if kind is bool else kind(text)
         except (TypeError, ValueError) as err:
-            raise EdgeclError(f"--set {name}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
+            raise EdgeclError(f"{param('settings')} {name}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
         try:
             return dataclasses.replace(self, **{head: value})
         except EdgeclError as err:
-            raise EdgeclError(f"--set {name}={text}: {err}") from None
+            raise EdgeclError(f"{param('settings')} {name}={text}: {err}") from None
 
     def check_session(self, new_classes: int) -> None:
         """Refuse, in one line, a session of this many new classes that the method cannot learn."""
@@ -117,6 +120,7 @@ class ContinualMethod(nn.Module, ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]]
+    adds_to_classes: ClassVar[bool] = False  # whether a session may bring more images of a known class
 
     def __init__(self, config: MethodConfig, embedding_dim: int) -> None:
         super().__init__()
@@ -151,6 +155,30 @@ class ContinualMethod(nn.Module, ABC):
         self.eval()
         return self(features)
 
+    @torch.inference_mode()
+    def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) in [0, 1], per sample: how much it looks like a class the method knows, for saying
+        "unknown" under a threshold. This default is the top probability; methods that keep class
+        means use the embedding's similarity to the nearest one, which separates unseen classes
+        far better (docs/methods.md). `active`: a mask of the classes still predicted (forgotten ones out)."""
+        return restrict(self.predict(features), active).max(dim=1).values
+
+    @torch.inference_mode()
+    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """known_scores of a session's own training images as if each were not among them (calibrates the
+        threshold); this default scores them as they are."""
+        return self.known_scores(features)
+
+    def session_classes(self, targets: torch.Tensor) -> int:
+        """The number of new classes of a session that may also bring images of known classes (methods that
+        can add to a class: `adds_to_classes`); the new ones continue the numbering without gaps."""
+        if not self.adds_to_classes:
+            return self.check_new_classes(targets)
+        fresh = torch.unique(targets[targets >= self.num_classes])
+        if not torch.equal(fresh, torch.arange(self.num_classes, self.num_classes + len(fresh))):
+            raise ValueError(f"a session's new classes must be numbered {self.num_classes}.. without gaps, got {fresh.tolist()}")
+        return len(fresh)
+
     def check_new_classes(self, targets: torch.Tensor) -> int:
         """The number of new classes; they must continue the numbering without gaps."""
         present = torch.unique(targets)
@@ -158,6 +186,14 @@ class ContinualMethod(nn.Module, ABC):
         if not torch.equal(present, expected):
             raise ValueError(f"a session's classes must be numbered {self.num_classes}.. without gaps, got {present.tolist()}")
         return len(present)
+
+
+def restrict(probabilities: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """Probabilities over the `active` classes only (the others 0), summing to 1 again."""
+    if active is None:
+        return probabilities
+    kept = probabilities * active.to(probabilities.dtype)
+    return kept / kept.sum(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 METHODS: dict[str, type[ContinualMethod]] = {}
@@ -177,7 +213,7 @@ def _parse_bool(text: str) -> bool:
 
 def method_class(name: str) -> type[ContinualMethod]:
     if name not in METHODS:
-        raise EdgeclError(f"--method {name}: unknown method (known: {', '.join(sorted(METHODS))})")
+        raise EdgeclError(f"{param('method')} {name}: unknown method (known: {', '.join(sorted(METHODS))})")
     return METHODS[name]
 
 

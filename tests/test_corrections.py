@@ -1,0 +1,197 @@
+"""The device loop: add images to a class, forget, rename, undo, say "unknown", check a bundle
+(random-init backbones: plumbing, not accuracy; the accuracy of these is in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import PLUMBING_BACKBONE, make_image_folder, write_class
+from edgecl.core.analytic import AnalyticClassifier
+from edgecl.core.bundle import Bundle, min_score_of
+from edgecl.core.images import find_images
+from edgecl.core.layers import held_out_known, known_from_means, merge_class_statistics
+from edgecl.core.methods import create_method
+from edgecl.errors import EdgeclError
+from edgecl.host.train import train
+from edgecl.runtime.corrections import forget, rename, undo
+from edgecl.runtime.service import Classifier, learn
+from test_cli import edgecl, one_line_error
+
+SMALL = {"safe.slow.epochs": "0", "safe.projection": "128", "safe.min_steps": "0", "safe.epochs": "1"}
+
+
+@pytest.fixture(scope="module")
+def safe_bundle(tmp_path_factory, base_images):
+    path = tmp_path_factory.mktemp("safe") / "bundle"
+    train(base_images, path, backbone=PLUMBING_BACKBONE, random_init=True, method="safe",
+          settings={"slow.epochs": "0", "projection": "128", "min_steps": "0", "epochs": "1"}, show_progress=False)
+    return path
+
+
+@pytest.fixture
+def adds(safe_bundle, tmp_path):
+    return shutil.copytree(safe_bundle, tmp_path / "bundle")
+
+
+def test_the_analytic_classifier_learns_added_images_exactly_as_if_learned_together():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 16, generator=g), torch.arange(3).repeat(20)
+    together, apart = AnalyticClassifier(16, 64, 0), AnalyticClassifier(16, 64, 0)
+    together.add(x, y, 3, ridges=(0.5,))
+    first = torch.cat([torch.arange(0, 60, 3)[:5], torch.arange(1, 60, 3), torch.arange(2, 60, 3)])
+    rest = torch.arange(0, 60, 3)[5:]
+    apart.add(x[first], y[first], 3, ridges=(0.5,))
+    apart.add(x[rest], y[rest], 3, ridges=(0.5,))  # 15 more images of class 0, a class it knows
+    assert torch.allclose(apart.weight, together.weight, atol=1e-4, rtol=1e-4)
+
+
+def test_class_means_counts_and_typical_similarity_merge_exactly():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(20, 8, generator=g)
+    y = torch.zeros(20, dtype=torch.long)
+    means, counts, sims = merge_class_statistics(torch.zeros(0, 8), torch.zeros(0), torch.zeros(0), x[:5], y[:5], 1)
+    means, counts, sims = merge_class_statistics(means, counts, sims, x[5:], y[5:], 1)
+    assert counts.tolist() == [20] and torch.allclose(means[0], x.mean(0), atol=1e-6)
+    assert 0 < sims[0] <= 1
+    # held out: an image scores against its class mean without itself
+    loo = held_out_known(x, y, means, counts, sims)
+    inside = known_from_means(x, means, sims)
+    assert (loo <= inside + 1e-6).all() and (loo < inside).any()
+
+
+def test_learn_with_a_known_label_adds_to_that_class(adds, new_images, tmp_path):
+    before = Bundle.open(adds).manifest
+    more = make_image_folder(tmp_path / "more", ["red"], count=4, seed=50) / "red"
+    result = learn(adds, more, label="red", show_progress=False)
+    after = Bundle.open(adds).manifest
+    assert result.session.classes == [] and result.session.added_to == ["red"]
+    assert after.class_names == before.class_names and len(after.sessions) == 2
+    # and through the command line, with a new class in the same folder
+    mixed = make_image_folder(tmp_path / "mixed", ["green", "purple"], count=3, seed=60)
+    done = edgecl("learn", "--images", mixed, "--bundle", adds, "-q")
+    assert done.exit_code == 0 and "learned purple and added to green as session 2" in done.stdout
+    assert Bundle.open(adds).manifest.class_names == [*before.class_names, "purple"]
+
+
+def test_a_method_that_cannot_add_to_a_class_says_so_before_any_work(bundle, new_images, tmp_path):
+    more = make_image_folder(tmp_path / "more", ["red"], count=2) / "red"
+    one_line_error(edgecl("learn", "--images", more, "--label", "red", "--bundle", bundle), "class 'red' exists already",
+                   "(tosca) cannot add images to a class", "--label")
+
+
+def test_forget_rename_and_undo(adds, base_images):
+    paths = find_images([base_images])
+    original = Bundle.open(adds).manifest
+    expected, _ = Classifier(adds, min_score=0).classify(paths, top_k=3, show_progress=False)
+    forget(adds, "red")
+    after, _ = Classifier(adds, min_score=0).classify(paths, top_k=3, show_progress=False)
+    assert all(p.label != "red" and all(t["label"] != "red" for t in p.top_k) for p in after)
+    assert all(abs(sum(t["score"] for t in p.top_k) - 1) < 1e-4 for p in after)  # two classes left: the top 2 sum to 1
+    with pytest.raises(EdgeclError, match="name red: the bundle has no class of that name"):
+        forget(adds, "red")
+    rename(adds, "green", "lime")
+    assert Bundle.open(adds).manifest.active_class_names == ["blue", "lime"]
+    with pytest.raises(EdgeclError, match="new blue: the bundle has a class of that name already"):
+        rename(adds, "lime", "blue")
+    with pytest.raises(EdgeclError, match="old nope: the bundle has no class"):
+        rename(adds, "nope", "x")
+    undo(adds)
+    undo(adds)
+    m = Bundle.open(adds).manifest
+    assert (m.heads, m.classes, m.sessions) == (original.heads, original.classes, original.sessions)
+    again, _ = Classifier(adds, min_score=0).classify(paths, top_k=3, show_progress=False)
+    assert [(p.label, p.top_k) for p in again] == [(p.label, p.top_k) for p in expected]
+    with pytest.raises(EdgeclError, match="nothing to undo"):
+        undo(adds)
+
+
+def test_undo_after_a_learn_gives_back_the_bundle_before_it(adds, new_images):
+    before = Bundle.open(adds)
+    learn(adds, new_images, show_progress=False)
+    assert len(Bundle.open(adds).manifest.history) == 1
+    undo(adds)
+    after = Bundle.open(adds)
+    assert (after.manifest.heads, after.manifest.classes, after.manifest.sessions) == (
+        before.manifest.heads, before.manifest.classes, before.manifest.sessions)
+    assert after.read_bytes(after.manifest.heads) == before.read_bytes(before.manifest.heads)
+    assert sorted(p.name for p in adds.glob("heads-*")) == [before.manifest.heads["file"]]  # the undone heads are gone
+
+
+def test_the_history_is_bounded(adds, tmp_path):
+    for i in range(5):
+        learn(adds, make_image_folder(tmp_path / f"s{i}", ["purple"], count=2, seed=70 + i) / "purple", label=f"p{i}",
+              show_progress=False)
+    m = Bundle.open(adds).manifest
+    assert len(m.history) == m.history_limit == 3
+    assert len(list(adds.glob("heads-*"))) == 4  # the live heads and the three it can go back to
+
+
+KILL = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from edgecl.core.bundle_files import BundleFiles
+    from edgecl.runtime import corrections
+    real_write = BundleFiles.write
+
+    def die_on_the_manifest(self, name, data):
+        if name == "manifest.json":
+            (self.root / f".{name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_write(self, name, data)
+
+    BundleFiles.write = die_on_the_manifest
+    verb, *args = sys.argv[2:]
+    getattr(corrections, verb)(Path(sys.argv[1]), *args)
+    """
+)
+
+
+@pytest.mark.parametrize("verb, args", [("forget", ["red"]), ("rename", ["red", "crimson"]), ("undo", [])])
+def test_a_killed_correction_leaves_the_bundle_as_it_was(adds, new_images, verb, args):
+    learn(adds, new_images / "grey", show_progress=False)
+    before = (adds / "manifest.json").read_bytes()
+    done = subprocess.run([sys.executable, "-c", KILL, str(adds), verb, *args], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    assert (adds / "manifest.json").read_bytes() == before
+    Classifier(adds).classify(find_images([new_images / "grey"]), show_progress=False)
+
+
+def test_unknown_is_calibrated_at_train_and_said_under_the_threshold(adds, base_images, tmp_path):
+    m = Bundle.open(adds).manifest
+    threshold = min_score_of(m.sessions)
+    assert 0 < threshold < 1 and sum(m.sessions[0].known_histogram) == 18
+    write_class(tmp_path / "odd" / "odd", (10, 240, 250), 6, seed=90)
+    everything = find_images([base_images, tmp_path / "odd"])
+    never, _ = Classifier(adds, min_score=0).classify(everything, show_progress=False)
+    always, _ = Classifier(adds, min_score=1).classify(everything, show_progress=False)
+    assert all(p.label != "unknown" for p in never) and all((p.label == "unknown") == (p.known < 1) for p in always)
+    assert any(p.label == "unknown" for p in always)
+    default, _ = Classifier(adds).classify(everything, show_progress=False)
+    assert all((p.label == "unknown") == (p.known < threshold) for p in default)
+    with pytest.raises(EdgeclError, match="min_score 1.5: must be a number from 0 to 1"):
+        Classifier(adds, min_score=1.5)
+    one_line_error(edgecl("classify", base_images, "--bundle", adds, "--min-score", "-0.1"), "--min-score -0.1: must be a number from 0 to 1")
+
+
+def test_val_reports_accuracy_confusion_and_the_unknown_rate(adds, base_images, tmp_path):
+    folder = tmp_path / "check"
+    shutil.copytree(base_images, folder)
+    write_class(folder / "odd", (10, 240, 250), 6, seed=91)
+    result = edgecl("val", folder, "--bundle", adds, "--json", tmp_path / "val.json", "-q")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "val.json").read_text())
+    assert report["known"] == ["blue", "green", "red"] and report["unseen"] == ["odd"]
+    assert report["confusion"]["columns"] == ["blue", "green", "red", "unknown"]
+    assert sum(map(sum, report["confusion"]["counts"])) == 24 and 0 <= report["unknown_rate_of_unseen_classes"] <= 1
+    assert "accuracy" in result.stdout and "odd (not a class of the bundle)" in result.stdout
+    lone = tmp_path / "lone"
+    write_class(lone / "nothing_known", (1, 2, 3), 2, seed=92)
+    one_line_error(edgecl("val", lone, "--bundle", adds), "DIR", "none of its class folders")
