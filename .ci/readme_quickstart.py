@@ -30,8 +30,11 @@ def check_installed_modules(source: Path) -> None:
     installed = Path(edgecl.__file__).resolve().parent
     if installed == source.resolve():
         raise SystemExit(f"edgecl is imported from the checkout ({installed}), not from the installed wheel")
-    names = sorted(".".join(("edgecl", *p.relative_to(source).with_suffix("").parts)).removesuffix(".__init__")
-                   for p in source.rglob("*.py") if "__pycache__" not in p.parts and p.name != "__main__.py")
+    names = sorted(
+        ".".join(("edgecl", *p.relative_to(source).with_suffix("").parts)).removesuffix(".__init__")
+        for p in source.rglob("*.py")
+        if "__pycache__" not in p.parts and p.name != "__main__.py"
+    )
     for name in names:
         importlib.import_module(name)
     print(f"all {len(names)} modules of the source tree import from {installed}")

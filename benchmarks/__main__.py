@@ -7,9 +7,16 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import analytic, classify, interference, learn_cost, training
+from benchmarks import analytic, classify, device_loop, interference, learn_cost, training
 
-BENCHMARKS = {"classify": classify.run, "learn": learn_cost.run, "analytic": analytic.run, "interference": interference.run, "training": training.run}
+BENCHMARKS = {
+    "classify": classify.run,
+    "device-loop": device_loop.run,
+    "learn": learn_cost.run,
+    "analytic": analytic.run,
+    "interference": interference.run,
+    "training": training.run,
+}
 
 
 def main() -> None:

@@ -46,8 +46,17 @@ def run(out) -> dict:
         head.solve(factor)
         solve_seconds = time.perf_counter() - start
         stored = len(save({k: v.contiguous() for k, v in head.state_dict().items()}))
-        results[size] = {"first_session_s": round(first_seconds, 3), "add_one_class_s": round(add_seconds, 3), "add_one_class_repick_s": round(repick_seconds, 3),
-                         "solve_s": round(solve_seconds, 3), "stored_mb": round(stored / 1e6, 2)}
-        print(f"M={size}: first session ({KNOWN} x 100, with the ridge pick) {first_seconds:.2f} s, add one class of {NEW} {add_seconds:.2f} s (with a ridge pick, as RanPAC: {repick_seconds:.2f} s), solve alone {solve_seconds:.2f} s, "
-              f"stored {stored / 1e6:.1f} MB per classifier (SAFE/edgecl keep two)")
+        results[size] = {
+            "first_session_s": round(first_seconds, 3),
+            "add_one_class_s": round(add_seconds, 3),
+            "add_one_class_repick_s": round(repick_seconds, 3),
+            "solve_s": round(solve_seconds, 3),
+            "stored_mb": round(stored / 1e6, 2),
+        }
+        print(
+            f"M={size}: first session ({KNOWN} x 100, with the ridge pick) {first_seconds:.2f} s, "
+            f"add one class of {NEW} {add_seconds:.2f} s (with a ridge pick, as RanPAC: {repick_seconds:.2f} s), "
+            f"solve alone {solve_seconds:.2f} s, "
+            f"stored {stored / 1e6:.1f} MB per classifier (SAFE/edgecl keep two)"
+        )
     return results

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from benchmarks.timing import median_seconds
-from edgecl.eval import fashion_mnist
 from edgecl.core.bundle import Bundle
 from edgecl.core.images import load_image
 from edgecl.core.preprocess import PreprocessConfig, preprocess
+from edgecl.eval import fashion_mnist
 
 VARIANTS = ("torch-backbone", "onnx-backbone", "onnxruntime", "onnxruntime-torch-heads", "torch")
 GPU_VARIANTS = ("torch-cuda-backbone", "torch-cuda-fp16-backbone", "torch-cuda-compile-backbone", "onnx-cuda-backbone")
@@ -40,17 +40,24 @@ def machine_variants() -> tuple[tuple[str, ...], dict[str, str]]:
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return VARIANTS + GPU_VARIANTS, {}
-    return VARIANTS + GPU_VARIANTS[:-1], {GPU_VARIANTS[-1]: f"onnxruntime {onnxruntime.__version__} has no CUDA provider (onnxruntime-gpu)"}
+    return VARIANTS + GPU_VARIANTS[:-1], {
+        GPU_VARIANTS[-1]: f"onnxruntime {onnxruntime.__version__} has no CUDA provider (onnxruntime-gpu)"
+    }
 
 
 def edgecl(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 # name -> (sessions' classes, extra `edgecl train` settings)
 BUNDLES = {
     "3 sessions": ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], []),
-    "3 sessions, Gaussian projection": ([[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]], ["--set", "safe.projection_kind=gaussian"]),
+    "3 sessions, Gaussian projection": (
+        [[0, 1, 2, 3, 4, 5], [6, 7], [8, 9]],
+        ["--set", "safe.projection_kind=gaussian"],
+    ),
     "9 sessions": ([[0, 1]] + [[c] for c in range(2, 10)], []),
 }
 
@@ -60,7 +67,9 @@ def make_bundle(out: Path, name: str, sessions: list[list[int]], settings: list[
     shutil.rmtree(bundle, ignore_errors=True)
     for index, classes in enumerate(sessions):
         fashion_mnist.write_image_folders(out / f"s{len(sessions)}-{index}", "train", 60, classes, seed=index)
-    edgecl("train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow.epochs=1", *settings, "-q")
+    edgecl(
+        "train", str(out / f"s{len(sessions)}-0"), "--out", str(bundle), "--set", "safe.slow.epochs=1", *settings, "-q"
+    )
     edgecl("export", "--target", "cpu", "-b", str(bundle), "--images", str(out / f"s{len(sessions)}-0"))
     for index in range(1, len(sessions)):
         edgecl("learn", "--images", str(out / f"s{len(sessions)}-{index}"), "-b", str(bundle), "-q")
@@ -68,8 +77,12 @@ def make_bundle(out: Path, name: str, sessions: list[list[int]], settings: list[
 
 
 def timed(variant: str, bundle: Path, images: Path, batch: int) -> float:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.worker", variant, str(bundle), str(images), str(batch)],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker", variant, str(bundle), str(images), str(batch)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])["ms_per_image"]
 
 
@@ -100,15 +113,30 @@ def run(out: Path) -> dict:
                 "torch_heads_path_over_bare_onnx": ms["onnxruntime-torch-heads"] / ms["onnx-backbone"],
                 "torch_path_over_onnxruntime_path": ms["torch"] / ms["onnxruntime"],
             }
-            print(f"{name}, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, onnx {ms['onnx-backbone']:.2f} "
-                  f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); classify path onnxruntime {ms['onnxruntime']:.2f} "
-                  f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx; heads in PyTorch {ms['onnxruntime-torch-heads']:.2f}, "
-                  f"{ms['onnxruntime-torch-heads'] / ms['onnx-backbone']:.2f}x), torch {ms['torch']:.2f}")
+            print(
+                f"{name}, batch {batch:2d}: backbone torch {ms['torch-backbone']:.2f} ms/image, "
+                f"onnx {ms['onnx-backbone']:.2f} "
+                f"({ms['torch-backbone'] / ms['onnx-backbone']:.2f}x faster); "
+                f"classify path onnxruntime {ms['onnxruntime']:.2f} "
+                f"({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare onnx; "
+                f"heads in PyTorch {ms['onnxruntime-torch-heads']:.2f}, "
+                f"{ms['onnxruntime-torch-heads'] / ms['onnx-backbone']:.2f}x), torch {ms['torch']:.2f}"
+            )
             if len(ms) > len(VARIANTS):
-                print(f"{name}, batch {batch:2d} on {results['gpu']}: backbone " + ", ".join(
-                    f"{v.removesuffix('-backbone')} {ms[v]:.2f} ms/image ({ms['onnx-backbone'] / ms[v]:.1f}x onnx on the CPU)"
-                    for v in GPU_VARIANTS if v in ms))
-        decode_ms = median_seconds(lambda: [preprocess(load_image(p), config) for p in files], repeats=3) / len(files) * 1e3
+                print(
+                    f"{name}, batch {batch:2d} on {results['gpu']}: backbone "
+                    + ", ".join(
+                        f"{v.removesuffix('-backbone')} {ms[v]:.2f} ms/image "
+                        f"({ms['onnx-backbone'] / ms[v]:.1f}x onnx on the CPU)"
+                        for v in GPU_VARIANTS
+                        if v in ms
+                    )
+                )
+        decode_ms = (
+            median_seconds(lambda config=config: [preprocess(load_image(p), config) for p in files], repeats=3)
+            / len(files)
+            * 1e3
+        )
         row["decode_preprocess_ms"] = decode_ms
         print(f"{name}: decode + preprocess of a 28x28 PNG {decode_ms:.2f} ms/image")
         results[name] = row

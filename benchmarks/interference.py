@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import statistics
 
+from edgecl.core.methods.inflora import InfLoraBackboneConfig
 from edgecl.eval import fashion_mnist
 from edgecl.host.backbones import create_backbone, preprocess_config
 from edgecl.host.inflora_training import interference_ratios
-from edgecl.core.methods.inflora import InfLoraBackboneConfig
 from edgecl.host.subspace import SubspaceMemory
 
 MEMORIES = {  # name -> (power, design, max_leak, threshold)
@@ -28,7 +28,9 @@ MEMORIES = {  # name -> (power, design, max_leak, threshold)
 
 
 def run(out) -> dict:
-    written = fashion_mnist.write_image_folders(out / "fashion-mnist-interference", "train", 20, classes=[0, 1, 7, 8], seed=0)
+    written = fashion_mnist.write_image_folders(
+        out / "fashion-mnist-interference", "train", 20, classes=[0, 1, 7, 8], seed=0
+    )
     names = list(written)
 
     def task(classes):
@@ -36,17 +38,34 @@ def run(out) -> dict:
 
     model, _ = create_backbone()
     config = InfLoraBackboneConfig(epochs=2, batch_size=16)
-    memories = {name: (SubspaceMemory(power, design, leak or config.max_leak), threshold)
-                for name, (power, design, leak, threshold) in MEMORIES.items()}
-    plain_loss, measured = interference_ratios(model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories)
+    memories = {
+        name: (SubspaceMemory(power, design, leak or config.max_leak), threshold)
+        for name, (power, design, leak, threshold) in MEMORIES.items()
+    }
+    plain_loss, measured = interference_ratios(
+        model, task(names[:2]), task(names[2:]), preprocess_config(model), config, memories
+    )
     results = {"plain LoRA": {"final_loss": round(plain_loss, 3)}}
     print(f"plain LoRA: session 1 ends at loss {plain_loss:.3f}")
     for name, m in measured.items():
-        adapted = [v for v in m.ratios.values() if math.isfinite(v)] or [math.inf]  # a layer with no direction does not move
+        adapted = [v for v in m.ratios.values() if math.isfinite(v)] or [
+            math.inf
+        ]  # a layer with no direction does not move
         low, mid, high = min(adapted), statistics.median(adapted), max(adapted)
-        results[name] = {"min": round(low, 2), "median": round(mid, 2), "max": round(high, 2), "layers_adapted": sum(map(math.isfinite, m.ratios.values())),
-                         "protected": round(m.protected, 3), "directions": m.directions, "final_loss": m.final_loss and round(m.final_loss, 3)}
-        print(f"{name} ({m.protected:.0%} of the input space in memory, {m.directions} of {config.rank * len(m.ratios)} directions, loss {results[name]['final_loss']}): "
-              f"plain LoRA / InfLoRA output change on session-0 inputs, over the {results[name]['layers_adapted']} of {len(m.ratios)} layers adapted: "
-              f"min {low:.1f}x, median {mid:.1f}x, max {high:.1f}x")
+        results[name] = {
+            "min": round(low, 2),
+            "median": round(mid, 2),
+            "max": round(high, 2),
+            "layers_adapted": sum(map(math.isfinite, m.ratios.values())),
+            "protected": round(m.protected, 3),
+            "directions": m.directions,
+            "final_loss": m.final_loss and round(m.final_loss, 3),
+        }
+        print(
+            f"{name} ({m.protected:.0%} of the input space in memory, "
+            f"{m.directions} of {config.rank * len(m.ratios)} directions, loss {results[name]['final_loss']}): "
+            f"plain LoRA / InfLoRA output change on session-0 inputs, "
+            f"over the {results[name]['layers_adapted']} of {len(m.ratios)} layers adapted: "
+            f"min {low:.1f}x, median {mid:.1f}x, max {high:.1f}x"
+        )
     return results

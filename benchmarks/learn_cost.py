@@ -14,14 +14,28 @@ from pathlib import Path
 
 from edgecl.eval import fashion_mnist
 
-
 # A forked child's peak RSS starts at its parent's size, so a small wrapper process forks the learner.
-PEAK = "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); " \
-       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(done.returncode)"
+PEAK = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(done.returncode)"
+)
 
 
 def _learn(bundle: Path, images: Path, runtime: str) -> tuple[dict, float]:
-    command = [sys.executable, "-m", "edgecl", "learn", "--images", str(images), "--bundle", str(bundle), "--runtime", runtime, "--json", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "edgecl",
+        "learn",
+        "--images",
+        str(images),
+        "--bundle",
+        str(bundle),
+        "--runtime",
+        runtime,
+        "--json",
+        "-q",
+    ]
     done = subprocess.run([sys.executable, "-c", PEAK, *command], capture_output=True, text=True, check=True)
     return json.loads(done.stdout), int(done.stderr.strip().splitlines()[-1]) / 1024  # KiB -> MiB
 
@@ -35,16 +49,44 @@ def run(out: Path) -> dict:
     for method in ("edgecl", "tosca"):
         base = data / f"bundle-{method}"
         shutil.rmtree(base, ignore_errors=True)
-        train = [sys.executable, "-m", "edgecl", "train", str(data / "base"), "--out", str(base), "--method", method, "-q"]
+        train = [
+            sys.executable,
+            "-m",
+            "edgecl",
+            "train",
+            str(data / "base"),
+            "--out",
+            str(base),
+            "--method",
+            method,
+            "-q",
+        ]
         subprocess.run(train + (["--set", "safe.slow.epochs=1"] if method == "edgecl" else []), check=True)
-        subprocess.run([sys.executable, "-m", "edgecl", "export", "--target", "cpu", "-b", str(base), "--images", str(data / "base")],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgecl",
+                "export",
+                "--target",
+                "cpu",
+                "-b",
+                str(base),
+                "--images",
+                str(data / "base"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for runtime in ("onnxruntime", "torch"):
             results[f"{method}/{runtime}"] = _measure(base, data / f"bundle-{method}-{runtime}", new_class, runtime)
             print(f"{method}: learn 1 class on {runtime}: {_summary(results[f'{method}/{runtime}'])}")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        beside = results["edgecl/onnxruntime, one core busy"] = _measure(data / "bundle-edgecl", data / "bundle-edgecl-busy", new_class, "onnxruntime")
+        beside = results["edgecl/onnxruntime, one core busy"] = _measure(
+            data / "bundle-edgecl", data / "bundle-edgecl-busy", new_class, "onnxruntime"
+        )
     finally:
         busy.kill()
     ratio = beside["seconds_heads"] / results["edgecl/onnxruntime"]["seconds_heads"]
@@ -56,10 +98,17 @@ def _measure(base: Path, bundle: Path, images: Path, runtime: str) -> dict:
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(base, bundle)
     record, peak_mib = _learn(bundle, images, runtime)
-    return {"images": record["images"], "seconds_backbone": record["seconds_backbone"], "seconds_heads": record["seconds_heads"],
-            "peak_rss_mib": peak_mib}
+    return {
+        "images": record["images"],
+        "seconds_backbone": record["seconds_backbone"],
+        "seconds_heads": record["seconds_heads"],
+        "peak_rss_mib": peak_mib,
+    }
 
 
 def _summary(result: dict) -> str:
-    return (f"{result['images']} images, backbone {result['seconds_backbone']:.2f} s, heads {result['seconds_heads']:.2f} s, "
-            f"peak memory {result['peak_rss_mib']:.0f} MiB")
+    return (
+        f"{result['images']} images, backbone {result['seconds_backbone']:.2f} s, "
+        f"heads {result['seconds_heads']:.2f} s, "
+        f"peak memory {result['peak_rss_mib']:.0f} MiB"
+    )

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
+from edgecl.core.methods.inflora import InfLoraBackboneConfig
+from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.eval import fashion_mnist
 from edgecl.host.backbones import create_backbone, preprocess_config
 from edgecl.host.inflora_training import train_session
-from edgecl.core.methods.inflora import InfLoraBackboneConfig
-from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.host.slow_learner import train_slow_learner
 from edgecl.host.subspace import SubspaceMemory
 
@@ -21,10 +21,22 @@ PER_CLASS = 96
 def _seconds(device: str, paths, labels) -> dict[str, float]:
     model, _ = create_backbone()
     preprocess = preprocess_config(model)
-    _, slow = train_slow_learner(model, paths, labels, preprocess, SlowLearnerConfig(epochs=1), device=device, show_progress=False)
+    _, slow = train_slow_learner(
+        model, paths, labels, preprocess, SlowLearnerConfig(epochs=1), device=device, show_progress=False
+    )
     config = InfLoraBackboneConfig(epochs=1)
     model, _ = create_backbone()
-    _, inflora = train_session(model, SubspaceMemory.from_config(config), paths, labels, preprocess, config, session=0, device=device, show_progress=False)
+    _, inflora = train_session(
+        model,
+        SubspaceMemory.from_config(config),
+        paths,
+        labels,
+        preprocess,
+        config,
+        session=0,
+        device=device,
+        show_progress=False,
+    )
     return {"slow_learner_s": slow["seconds"], "inflora_session_s": inflora["seconds"]}
 
 
@@ -40,9 +52,16 @@ def run(out) -> dict:
         print("CUDA: not run (no CUDA GPU)")
     for device, seconds in results.items():
         name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-        print(f"{name}: slow learner {len(paths) / seconds['slow_learner_s']:.1f} images/s ({seconds['slow_learner_s']:.1f} s), "
-              f"InfLoRA session {len(paths) / seconds['inflora_session_s']:.1f} images/s ({seconds['inflora_session_s']:.1f} s) over {len(paths)} images, 1 epoch")
+        print(
+            f"{name}: slow learner {len(paths) / seconds['slow_learner_s']:.1f} images/s "
+            f"({seconds['slow_learner_s']:.1f} s), "
+            f"InfLoRA session {len(paths) / seconds['inflora_session_s']:.1f} images/s "
+            f"({seconds['inflora_session_s']:.1f} s) over {len(paths)} images, 1 epoch"
+        )
     if "cuda" in results:
-        print("CUDA over CPU: slow learner {:.1f}x, InfLoRA {:.1f}x".format(
-            *(results["cpu"][k] / results["cuda"][k] for k in ("slow_learner_s", "inflora_session_s"))))
+        print(
+            "CUDA over CPU: slow learner {:.1f}x, InfLoRA {:.1f}x".format(
+                *(results["cpu"][k] / results["cuda"][k] for k in ("slow_learner_s", "inflora_session_s"))
+            )
+        )
     return results

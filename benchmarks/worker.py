@@ -32,8 +32,8 @@ TORCH_HEADS = {"onnxruntime-torch-heads": "onnxruntime"}  # classify path with t
 
 
 def _torch_backbone(bundle: Path, device: str, mode: str):
-    from edgecl.host.backbones import rebuild
     from edgecl.core.bundle import Bundle
+    from edgecl.host.backbones import rebuild
 
     b = Bundle.open(bundle)
     model = rebuild(b.manifest.backbone, b.backbone_weights()).to(device).eval()
@@ -49,9 +49,8 @@ def _torch_backbone(bundle: Path, device: str, mode: str):
 
 
 def _ort_backbone(bundle: Path, provider: str):
-    from edgecl.runtime.ort import INPUT_NAME, ort_session
-
     from edgecl.core.bundle import Bundle
+    from edgecl.runtime.ort import INPUT_NAME, ort_session
 
     session = ort_session(bundle / Bundle.open(bundle).manifest.export["file"], [provider])
     if session.get_providers()[0] != provider:

@@ -10,9 +10,9 @@ Device side: imports no timm and no onnx (the PyTorch runtime, asked for or fall
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -40,7 +40,9 @@ def _checked(image: object, where: str) -> ImageLike:
         if not Path(image).is_file():
             raise EdgeclError(f"{where}: {image}: no such file")
     elif not isinstance(image, Image.Image):
-        raise EdgeclError(f"{where}: {type(image).__name__} is not an image (a path, a PIL image or an H x W x 3 uint8 array)")
+        raise EdgeclError(
+            f"{where}: {type(image).__name__} is not an image (a path, a PIL image or an H x W x 3 uint8 array)"
+        )
     return image
 
 
@@ -74,7 +76,10 @@ class Model:
         return self._classifier.embedder.runtime
 
     def __repr__(self) -> str:
-        return f"edgecl.Model({str(self.path)!r}: {len(self.classes)} classes, {len(self.sessions)} sessions, {self.runtime})"
+        return (
+            f"edgecl.Model({str(self.path)!r}: {len(self.classes)} classes, "
+            f"{len(self.sessions)} sessions, {self.runtime})"
+        )
 
     def classify(self, images: Images, top_k: int = 1) -> Prediction | list[Prediction]:
         """One image (an H x W x 3 uint8 RGB array, a PIL image, a path) -> its Prediction; a list of
@@ -84,15 +89,19 @@ class Model:
             raise EdgeclError(f"{param('top_k')} {top_k!r}: must be a whole number of at least 1")
         single = not isinstance(images, (list, tuple)) and not (isinstance(images, np.ndarray) and images.ndim == 4)
         items = [images] if single else list(images)
-        checked = [_checked(image, f"{param('images')}[{i}]" if not single else param("images")) for i, image in enumerate(items)]
+        checked = [
+            _checked(image, f"{param('images')}[{i}]" if not single else param("images"))
+            for i, image in enumerate(items)
+        ]
         results = list(self._classifier.iter_classify(checked, top_k=top_k))
         failed = next((r for r in results if isinstance(r, Skipped)), None)
         if failed is not None:
             raise EdgeclError(f"{param('images')}[{failed.index}]: cannot be read ({failed.reason})")
         return results[0] if single else results
 
-    def learn(self, examples: Mapping[str, Sequence[ImageLike]], *, lock_timeout: float = 60.0,
-              show_progress: bool = False) -> LearnResult:
+    def learn(
+        self, examples: Mapping[str, Sequence[ImageLike]], *, lock_timeout: float = 60.0, show_progress: bool = False
+    ) -> LearnResult:
         """One new session: {class name: its images}. Committed exactly as `edgecl learn` commits it
         (the bundle's lock, one atomic commit), after which this model predicts with it."""
         if not isinstance(examples, Mapping) or not examples:
@@ -104,8 +113,13 @@ class Model:
             if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or not len(images):
                 raise EdgeclError(f"{where}: give a list of at least one image")
             classes.append(ClassImages(name, tuple(_checked(image, f"{where}[{i}]") for i, image in enumerate(images))))
-        result = learn(self.path, classes, embedder=self._classifier.embedder, lock_timeout=lock_timeout,
-                       show_progress=show_progress)
+        result = learn(
+            self.path,
+            classes,
+            embedder=self._classifier.embedder,
+            lock_timeout=lock_timeout,
+            show_progress=show_progress,
+        )
         self.reload()
         return result
 

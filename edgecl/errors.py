@@ -7,7 +7,7 @@ the command line (edgecl/cli/messages.py holds the one table from parameters to 
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _MARK = "\x1f"  # a control character no file name or class name in a message is expected to hold
 _MARKED = re.compile(f"{_MARK}([a-z_]+){_MARK}([^{_MARK}]*){_MARK}")

@@ -18,7 +18,14 @@ from edgecl.eval import fashion_mnist
 PLUMBING_BACKBONE = "test_efficientnet"  # a tiny timm CNN; random weights
 # the default method (edgecl) on short schedules, for tests about plumbing rather than accuracy
 QUICK_EDGECL = {"safe.slow.epochs": "1", "tosca.min_steps": "0", "safe.min_steps": "0", "safe.projection": "256"}
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40), "grey": (128, 128, 128), "purple": (150, 40, 160)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 60, 220),
+    "yellow": (230, 220, 40),
+    "grey": (128, 128, 128),
+    "purple": (150, 40, 160),
+}
 
 
 def write_class(folder: Path, colour: tuple[int, int, int], count: int, seed: int, size=(48, 40)) -> list[Path]:
@@ -64,7 +71,9 @@ def trained_bundle(tmp_path_factory, base_images) -> Path:
     from edgecl.host.train import train
 
     path = tmp_path_factory.mktemp("bundles") / "base"
-    train(base_images, path, backbone=PLUMBING_BACKBONE, random_init=True, method="tosca", epochs=2, show_progress=False)
+    train(
+        base_images, path, backbone=PLUMBING_BACKBONE, random_init=True, method="tosca", epochs=2, show_progress=False
+    )
     return path
 
 
@@ -80,4 +89,7 @@ requires_fashion_mnist = pytest.mark.skipif(
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]  # host training: CPU always, CUDA (bf16 autocast) where present
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=requires_cuda),
+]  # host training: CPU always, CUDA (bf16 autocast) where present

@@ -7,8 +7,8 @@ default is 20, for a GPU host: an epoch takes over a minute on a 2-core CPU).
 """
 
 import pytest
-
 from conftest import requires_fashion_mnist
+
 from edgecl.eval import fashion_mnist
 from edgecl.eval.protocol import evaluate
 
@@ -31,7 +31,10 @@ def test_methods_learn_five_sessions_and_edgecl_leads(report, capsys):
         print("\nFashion-MNIST B2 Inc2 (300 train / 100 test per class), tf_efficientnet_lite0, seed 1993")
         for r in report.results:
             sessions = " ".join(f"{a:.3f}" for a in r.accuracy_per_session)
-            print(f"  {r.method:12s} sessions [{sessions}]  A_last {r.A_last:.3f}  A_avg {r.A_avg:.3f}  forgetting {r.forgetting:.3f}")
+            print(
+                f"  {r.method:12s} sessions [{sessions}]  A_last {r.A_last:.3f}  A_avg {r.A_avg:.3f}  "
+                f"forgetting {r.forgetting:.3f}"
+            )
     tosca, ncm, edgecl = results["tosca"], results["simplecil"], results["edgecl"]
     assert all(len(r.accuracy_per_session) == 5 for r in report.results)
     assert tosca.A_last >= 0.70

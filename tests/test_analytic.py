@@ -4,13 +4,21 @@ import numpy as np
 import pytest
 import torch
 
+from edgecl.core import analytic
 from edgecl.core.analytic import (
-    PROJECTIONS, RIDGES, AnalyticClassifier, HadamardProjection, cholesky_factor, cholesky_update, hadamard, pack_upper, random_projection,
+    PROJECTIONS,
+    RIDGES,
+    AnalyticClassifier,
+    HadamardProjection,
+    cholesky_factor,
+    cholesky_update,
+    hadamard,
+    pack_upper,
+    random_projection,
     unpack_upper,
 )
-from edgecl.core import analytic
-from edgecl.errors import EdgeclError
 from edgecl.core.methods import create_method, method_config, restore_method
+from edgecl.errors import EdgeclError
 
 DIM, SIZE = 24, 300
 
@@ -130,7 +138,9 @@ def test_a_state_that_kept_g_is_factored_when_a_session_is_added(ridges):
         head.add(x, y, total, ridges=ridges)
     h = torch.cat([head.expand(x) for x, _, _ in parts[:2]]).double()
     ridge = float(head.ridge)
-    kept = unpack_upper(pack_upper(h.T @ h), SIZE) + ridge * torch.eye(SIZE, dtype=torch.float64)  # G in float32, as kept
+    kept = unpack_upper(pack_upper(h.T @ h), SIZE) + ridge * torch.eye(
+        SIZE, dtype=torch.float64
+    )  # G in float32, as kept
     assert bool(torch.linalg.eigvalsh(kept)[0] < 0) == (ridges != RIDGES)  # tiny: indefinite, Cholesky cannot factor it
     restored = AnalyticClassifier(DIM, SIZE, seed=3, num_classes=5)
     restored.load_state_dict(legacy_state(head, h.T @ h))
@@ -142,7 +152,9 @@ def test_a_state_that_kept_g_is_factored_when_a_session_is_added(ridges):
     if ridges == RIDGES:
         assert relative_error(restored.solve(), exact) < 1e-4
     else:  # the nearest positive semi-definite G: no further from the ridge solution than LU on the kept G was
-        assert relative_error(restored.solve(), exact) < relative_error(torch.linalg.solve(kept, restored.moment), exact)
+        assert relative_error(restored.solve(), exact) < relative_error(
+            torch.linalg.solve(kept, restored.moment), exact
+        )
     assert "factor_packed" in restored.state_dict()
     x, y, total = parts[2]
     restored.add(x, y, total)

@@ -3,9 +3,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from edgecl.errors import EdgeclError
 from edgecl.host import backbones
 from edgecl.host.backbones import create_backbone, create_model
-from edgecl.errors import EdgeclError
 
 
 def test_vit_embedding_is_the_cls_token_after_the_final_norm():

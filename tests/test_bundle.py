@@ -14,8 +14,8 @@ import torch
 from edgecl.core import bundle as bundles
 from edgecl.core import files as file_primitives
 from edgecl.core.bundle import FORMAT_VERSION, Bundle
-from edgecl.errors import EdgeclError
 from edgecl.core.session import load_method
+from edgecl.errors import EdgeclError
 from edgecl.runtime.service import Classifier, learn
 
 
@@ -71,12 +71,21 @@ def test_a_malformed_class_entry_is_a_one_line_error(bundle):
         Bundle.open(bundle)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(heads=None), r"heads.file = None is not of type str; the bundle is damaged"),
-    (lambda m: m["backbone"].update(embedding_dim="abc"), r"backbone.embedding_dim = 'abc' is not of type int; the bundle is damaged"),
-    (lambda m: m["method"].update(name="nope"), r"method 'nope' is not one edgecl .* knows \(.*tosca.*\); a newer edgecl wrote it"),
-    (lambda m: m["preprocess"].update(interpolation="foo"), r"preprocess: interpolation 'foo' is not one of"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(heads=None), r"heads.file = None is not of type str; the bundle is damaged"),
+        (
+            lambda m: m["backbone"].update(embedding_dim="abc"),
+            r"backbone.embedding_dim = 'abc' is not of type int; the bundle is damaged",
+        ),
+        (
+            lambda m: m["method"].update(name="nope"),
+            r"method 'nope' is not one edgecl .* knows \(.*tosca.*\); a newer edgecl wrote it",
+        ),
+        (lambda m: m["preprocess"].update(interpolation="foo"), r"preprocess: interpolation 'foo' is not one of"),
+    ],
+)
 def test_a_hand_edited_manifest_is_named_in_one_line(bundle, edit, message):
     manifest = json.loads((bundle / "manifest.json").read_text())
     edit(manifest)
@@ -113,7 +122,7 @@ KILLER = textwrap.dedent(
     real_write = BundleFiles.write
 
     def write_then_die(self, name, data):
-        if where == "heads" and name.startswith("heads-"):
+        if where == "heads" and name.startswith(("heads-", "journal-")):
             (self.root / f".{name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         if where == "manifest" and name == "manifest.json":
@@ -131,7 +140,9 @@ def test_killed_learner_leaves_the_previous_bundle_intact(bundle, new_images, ba
     before = referenced_snapshot(bundle)
     probe = sorted((base_images / "red").iterdir())[:3]
     expected, _ = Classifier(bundle).classify(probe, show_progress=False)
-    done = subprocess.run([sys.executable, "-c", KILLER, str(bundle), str(new_images), where], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", KILLER, str(bundle), str(new_images), where], capture_output=True, text=True
+    )
     assert done.returncode == -9, done.stderr  # SIGKILL, mid-write
     assert referenced_snapshot(bundle) == before
     after, _ = Classifier(bundle).classify(probe, show_progress=False)
@@ -220,7 +231,9 @@ def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundl
     assert holding.wait(10)
     checks, waiting = [], threading.Event()
     real_same_file, real_open_lock = file_primitives._same_file, file_primitives._open_lock
-    monkeypatch.setattr(file_primitives, "_same_file", lambda fd, path: checks.append(real_same_file(fd, path)) or checks[-1])
+    monkeypatch.setattr(
+        file_primitives, "_same_file", lambda fd, path: checks.append(real_same_file(fd, path)) or checks[-1]
+    )
     monkeypatch.setattr(file_primitives, "_open_lock", lambda path: (real_open_lock(path), waiting.set())[0])
     try:
         with pytest.raises(EdgeclError, match="another edgecl process"):
@@ -236,7 +249,10 @@ def test_train_force_waits_for_a_writer_and_a_waiting_writer_locks_the_new_bundl
         release.set()
         holder.join()
     waiter.join(30)
-    assert waiter_holds == [True] and checks == [False, True]  # it got the replaced bundle's lock first, then the new one's
+    assert waiter_holds == [True] and checks == [
+        False,
+        True,
+    ]  # it got the replaced bundle's lock first, then the new one's
 
 
 def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folder(bundle, tmp_path, monkeypatch):
@@ -255,14 +271,17 @@ def test_an_interrupted_write_leaves_no_copy_and_a_killed_train_no_staging_folde
     no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        killed, fresh, running = (tmp_path / f".{bundle.name}.new-{pid}" for pid in (no_such_pid, no_such_pid + 1, sleeper.pid))
+        killed, fresh, running = (
+            tmp_path / f".{bundle.name}.new-{pid}" for pid in (no_such_pid, no_such_pid + 1, sleeper.pid)
+        )
         for folder in (killed, fresh, running):
             folder.mkdir()
         an_hour_ago = time.time() - bundles.STALE_STAGING_SECONDS - 60
         for folder in (killed, running):
             os.utime(folder, (an_hour_ago, an_hour_ago))
         bundles.create(bundle, old.manifest, files, force=True)
-        # removed: a dead train's, an hour old; kept: one a few seconds old (a train in another container?) and a live one
+        # removed: a dead train's, an hour old; kept: one a few seconds old (a train in another container?)
+        # and a live one
         assert sorted(p.name for p in tmp_path.glob(".*.new-*")) == sorted([fresh.name, running.name])
     finally:
         sleeper.kill()
@@ -274,7 +293,9 @@ def test_train_force_replaces_the_bundle_and_leaves_nothing_beside_it(bundle, tm
     old = Bundle.open(bundle)
     files = {name: (bundle / name).read_bytes() for name in bundles.referenced(old.manifest)}
     exchanged, real_exchange = [], bundles.exchange
-    monkeypatch.setattr(bundles, "exchange", lambda a, b: exchanged.append(swap == "exchange" and real_exchange(a, b)) or exchanged[-1])
+    monkeypatch.setattr(
+        bundles, "exchange", lambda a, b: exchanged.append(swap == "exchange" and real_exchange(a, b)) or exchanged[-1]
+    )
     bundles.create(bundle, dataclasses.replace(old.manifest, seed=7), files, force=True)
     if swap == "exchange" and exchanged != [True]:
         pytest.skip("this file system cannot exchange two paths in one step (renameat2)")
@@ -284,7 +305,11 @@ def test_train_force_replaces_the_bundle_and_leaves_nothing_beside_it(bundle, tm
 
 def test_a_stopped_train_force_names_the_previous_bundle(bundle):
     bundle.rename(bundle.parent / f".{bundle.name}.old-4242")
-    with pytest.raises(EdgeclError, match=rf"no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: the previous bundle is .*\.{bundle.name}\.old-4242"):
+    with pytest.raises(
+        EdgeclError,
+        match=rf"no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: "
+        rf"the previous bundle is .*\.{bundle.name}\.old-4242",
+    ):
         Bundle.open(bundle)
 
 
@@ -293,8 +318,14 @@ def test_two_concurrent_learners_both_land(bundle, tmp_path):
 
     first = make_image_folder(tmp_path / "a", ["yellow"], seed=1) / "yellow"
     second = make_image_folder(tmp_path / "b", ["purple"], seed=2) / "purple"
-    code = "import sys; from pathlib import Path; from edgecl.runtime.service import learn; learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)"
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(bundle), str(f)], stderr=subprocess.PIPE, text=True) for f in (first, second)]
+    code = (
+        "import sys; from pathlib import Path; from edgecl.runtime.service import learn; "
+        "learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(bundle), str(f)], stderr=subprocess.PIPE, text=True)
+        for f in (first, second)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     m = Bundle.open(bundle).manifest
@@ -315,7 +346,9 @@ def test_a_bundle_written_by_release_0_1_0_still_loads_classifies_and_learns(tmp
     make_image_folder(tmp_path / "base", ["red", "green", "blue"], count=4)
     make_image_folder(tmp_path / "new", ["yellow"], count=4, seed=10)
     expected = json.loads((data / "bundle-0.1.0-expected.json").read_text())
-    predictions, skipped = Classifier(old, "torch").classify([tmp_path / e["image"] for e in expected], top_k=4, show_progress=False)
+    predictions, skipped = Classifier(old, "torch").classify(
+        [tmp_path / e["image"] for e in expected], top_k=4, show_progress=False
+    )
     assert skipped == [] and len(predictions) == len(expected)
     for got, want in zip(predictions, expected):
         assert [t["label"] for t in got.top_k] == [t["label"] for t in want["top_k"]]
@@ -323,3 +356,46 @@ def test_a_bundle_written_by_release_0_1_0_still_loads_classifies_and_learns(tmp
     make_image_folder(tmp_path / "more", ["purple"], count=4, seed=20)
     learn(old, tmp_path / "more" / "purple", show_progress=False)
     assert Bundle.open(old).manifest.class_names == ["blue", "green", "red", "yellow", "purple"]
+
+
+HOLD_THEN_DIE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from edgecl.core import bundle as bundles
+    from edgecl.core.files import held_scratch
+    path = Path(sys.argv[1])
+    with held_scratch(path.parent / f".{path.name}.{sys.argv[2]}-{os.getpid()}") as scratch:
+        (scratch / "part.onnx").write_bytes(b"half an export")
+        if sys.argv[3] == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        print("holding", flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+def test_leftovers_of_killed_trains_and_exports_are_removed_by_the_next_writer_at_once(bundle, new_images):
+    for kind in ("new", "export"):
+        done = subprocess.run(
+            [sys.executable, "-c", HOLD_THEN_DIE, str(bundle), kind, "die"], capture_output=True, text=True
+        )
+        assert done.returncode == -9, done.stderr
+    live = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_DIE, str(bundle), "export", "live"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout.readline().strip() == "holding"
+        beside = lambda: sorted(p.name for p in bundle.parent.iterdir() if p.name.startswith(f".{bundle.name}."))  # noqa: E731
+        assert len(beside()) == 6  # three folders, each with its marker
+        learn(bundle, new_images / "grey", show_progress=False)
+        assert beside() == [
+            f".{bundle.name}.export-{live.pid}",
+            f".{bundle.name}.export-{live.pid}.alive",
+        ]  # the live one stays
+    finally:
+        live.communicate("")
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(f".{bundle.name}.")]

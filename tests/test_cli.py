@@ -4,15 +4,13 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
+from conftest import PLUMBING_BACKBONE, make_image_folder
+from test_bundle import snapshot
 from typer.testing import CliRunner
 
-from conftest import PLUMBING_BACKBONE, make_image_folder
-from edgecl.core.bundle import Bundle
 from edgecl.cli.app import app
-from edgecl.errors import EdgeclError
-from test_bundle import snapshot
+from edgecl.core.bundle import Bundle
 
 runner = CliRunner()
 
@@ -41,7 +39,13 @@ def test_help_explains_every_command():
 def test_methods_lists_every_setting_with_its_default():
     result = edgecl("methods")
     assert result.exit_code == 0
-    for line in ("edgecl: TOSCA + SAFE", "  safe.slow.epochs = 20", "  tosca.bottleneck = 48", "  use_tosca = true", "simplecil:"):
+    for line in (
+        "edgecl: TOSCA + SAFE",
+        "  safe.slow.epochs = 20",
+        "  tosca.bottleneck = 48",
+        "  use_tosca = true",
+        "simplecil:",
+    ):
         assert line in result.output
     one_line_error(edgecl("methods", "nope"), "nope: unknown method (known: edgecl, ")
 
@@ -55,12 +59,27 @@ def test_usage_errors_exit_2(bundle):
 
 def test_train_learn_classify_info(tmp_path, base_images, new_images):
     out = tmp_path / "b"
-    short = ["--epochs", "2", "--set", "tosca.min_steps=0", "--set", "safe.min_steps=0", "--set", "safe.slow.epochs=1", "--set", "safe.projection=256"]
+    short = [
+        "--epochs",
+        "2",
+        "--set",
+        "tosca.min_steps=0",
+        "--set",
+        "safe.min_steps=0",
+        "--set",
+        "safe.slow.epochs=1",
+        "--set",
+        "safe.projection=256",
+    ]
     result = edgecl("train", base_images, "--out", out, "--backbone", PLUMBING_BACKBONE, "--random-init", *short, "-q")
     assert result.exit_code == 0, result.stderr
     assert "created" in result.output and "3 classes" in result.output and "method edgecl" in result.output
     backbone = Bundle.open(out).manifest.backbone
-    assert backbone["slow_learner"]["tuner"] == "ssf" and backbone["slow_learner"]["epochs"] == 1 and backbone["tuner"] is None
+    assert (
+        backbone["slow_learner"]["tuner"] == "ssf"
+        and backbone["slow_learner"]["epochs"] == 1
+        and backbone["tuner"] is None
+    )
     assert backbone["slow_learner"]["device"] == "cpu"
     result = edgecl("learn", "--images", new_images / "yellow", "--label", "yellow[m6]", "--bundle", out, "-q")
     assert result.exit_code == 0, result.stderr
@@ -69,7 +88,13 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.output)["classes"] == ["silver"]
     m = Bundle.open(out).manifest
-    assert [(c.name, c.session) for c in m.classes] == [("blue", 0), ("green", 0), ("red", 0), ("yellow[m6]", 1), ("silver", 2)]
+    assert [(c.name, c.session) for c in m.classes] == [
+        ("blue", 0),
+        ("green", 0),
+        ("red", 0),
+        ("yellow[m6]", 1),
+        ("silver", 2),
+    ]
 
     images = sorted((base_images / "red").iterdir())[:2]
     result = edgecl("classify", *images, "--bundle", out, "-q")
@@ -89,8 +114,19 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
 
     result = edgecl("info", "--bundle", out)
     assert result.exit_code == 0, result.stderr
-    for text in ("test_efficientnet", "tosca", "silver", "runtime", "torch", "slow learner ssf: 1 epoch on", "merged into the weights",
-                 "settings other than the defaults: ", "tosca.min_steps=0", "safe.slow.epochs=1", "safe.projection=256"):
+    for text in (
+        "test_efficientnet",
+        "tosca",
+        "silver",
+        "runtime",
+        "torch",
+        "slow learner ssf: 1 epoch on",
+        "merged into the weights",
+        "settings other than the defaults: ",
+        "tosca.min_steps=0",
+        "safe.slow.epochs=1",
+        "safe.projection=256",
+    ):
         assert text in result.output
     info = json.loads(edgecl("info", "--bundle", out, "--json").output)
     assert info["runtime"] == "torch" and len(info["manifest"]["sessions"]) == 3
@@ -111,31 +147,76 @@ def test_train_input_errors(tmp_path, base_images):
     one_line_error(edgecl("train", tmp_path / "noimages", "--out", tmp_path / "o", *common), "cat: no images")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", *common), "taken: exists and is not an edgecl bundle")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken", "--force", *common), "taken: exists and is not an edgecl bundle")
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "taken", *common), "taken: exists and is not an edgecl bundle"
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "taken", "--force", *common),
+        "taken: exists and is not an edgecl bundle",
+    )
     assert (tmp_path / "taken" / "file").read_text() == "x"  # --force replaces bundles only
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "taken" / "file" / "b", *common), "cannot be created", "taken/file is not a folder")
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "taken" / "file" / "b", *common),
+        "cannot be created",
+        "taken/file is not a folder",
+    )
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "manifest.json").write_text("{}")
     one_line_error(edgecl("train", base_images, "--out", tmp_path / "old", *common), "already exists; pass --force")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--method", "simplecil", "--epochs", "5", *common),
-                   "--epochs: method simplecil trains nothing by epochs")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.epochs=many", *common), "not a valid int")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "use_tosca", *common), "expected KEY=VALUE")
-    one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.tuner=xyz", "--backbone", "resnet_9000"),
-                   "slow learner tuner 'xyz': unknown")  # before the backbone: its name is wrong too
-    if not torch.cuda.is_available():
-        one_line_error(edgecl("train", base_images, "--out", tmp_path / "o", "--device", "cuda", *common), "--device cuda", "not available")
     one_line_error(
-        edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", PLUMBING_BACKBONE, "--weights", tmp_path / "w.pth", "-q"),
-        "--weights", "no such file",
+        edgecl("train", base_images, "--out", tmp_path / "o", "--backbone", "resnet_9000", "-q"), "not a timm model"
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--method", "magic", *common), "unknown method"
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--method", "simplecil", "--epochs", "5", *common),
+        "--epochs: method simplecil trains nothing by epochs",
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--set", "nope=1", *common), "--set nope", "no setting"
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.epochs=many", *common),
+        "not a valid int",
+    )
+    one_line_error(
+        edgecl("train", base_images, "--out", tmp_path / "o", "--set", "use_tosca", *common), "expected KEY=VALUE"
+    )
+    one_line_error(
+        edgecl(
+            "train", base_images, "--out", tmp_path / "o", "--set", "safe.slow.tuner=xyz", "--backbone", "resnet_9000"
+        ),
+        "slow learner tuner 'xyz': unknown",
+    )  # before the backbone: its name is wrong too
+    if not torch.cuda.is_available():
+        one_line_error(
+            edgecl("train", base_images, "--out", tmp_path / "o", "--device", "cuda", *common),
+            "--device cuda",
+            "not available",
+        )
+    one_line_error(
+        edgecl(
+            "train",
+            base_images,
+            "--out",
+            tmp_path / "o",
+            "--backbone",
+            PLUMBING_BACKBONE,
+            "--weights",
+            tmp_path / "w.pth",
+            "-q",
+        ),
+        "--weights",
+        "no such file",
     )
     mixed = Path(shutil.copytree(base_images, tmp_path / "mixed"))
     shutil.copy(mixed / "red" / "img_000.png", mixed / "loose.png")
-    one_line_error(edgecl("train", mixed, "--out", tmp_path / "o", *common), "holds 1 image(s) beside its class folders", "loose.png")
+    one_line_error(
+        edgecl("train", mixed, "--out", tmp_path / "o", *common),
+        "holds 1 image(s) beside its class folders",
+        "loose.png",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -144,10 +225,17 @@ def test_learn_errors_leave_the_bundle_unchanged(bundle, tmp_path, new_images, b
     one_line_error(edgecl("learn", "--images", tmp_path / "missing", "--bundle", bundle), "no such folder")
     (tmp_path / "empty").mkdir()
     one_line_error(edgecl("learn", "--images", tmp_path / "empty", "--bundle", bundle), "no images")
-    one_line_error(edgecl("learn", "--images", base_images / "red", "--bundle", bundle), "class 'red' exists already", "--label")
-    one_line_error(edgecl("learn", "--images", new_images / "grey", "--label", "red", "--bundle", bundle), "class 'red' exists already",
-                   "cannot add images to a class")
-    one_line_error(edgecl("learn", "--images", new_images, "--label", "x", "--bundle", bundle), "--label names one class")
+    one_line_error(
+        edgecl("learn", "--images", base_images / "red", "--bundle", bundle), "class 'red' exists already", "--label"
+    )
+    one_line_error(
+        edgecl("learn", "--images", new_images / "grey", "--label", "red", "--bundle", bundle),
+        "class 'red' exists already",
+        "cannot add images to a class",
+    )
+    one_line_error(
+        edgecl("learn", "--images", new_images, "--label", "x", "--bundle", bundle), "--label names one class"
+    )
     mixed = Path(shutil.copytree(new_images, tmp_path / "mixed"))
     shutil.copy(mixed / "grey" / "img_000.png", mixed / "loose.png")
     one_line_error(edgecl("learn", "--images", mixed, "--bundle", bundle), "both images and class folders")
@@ -155,7 +243,12 @@ def test_learn_errors_leave_the_bundle_unchanged(bundle, tmp_path, new_images, b
     broken.mkdir()
     (broken / "a.jpg").write_bytes(b"not a jpeg")
     (broken / "b.png").write_bytes((new_images / "grey" / "img_000.png").read_bytes()[:60])
-    one_line_error(edgecl("learn", "--images", broken, "--bundle", bundle, "-q"), "class broken", "none of its 2 image(s) could be read", "a.jpg")
+    one_line_error(
+        edgecl("learn", "--images", broken, "--bundle", bundle, "-q"),
+        "class broken",
+        "none of its 2 image(s) could be read",
+        "a.jpg",
+    )
     one_line_error(edgecl("learn", "--images", new_images, "--bundle", tmp_path / "nobundle"), "no such bundle")
     one_line_error(edgecl("learn", "--images", new_images, "--bundle", tmp_path), "not an edgecl bundle")
     assert snapshot(bundle) == before
@@ -174,7 +267,9 @@ def test_unreadable_images_are_skipped_with_a_warning(bundle, tmp_path):
 
 def test_classify_of_only_unreadable_images_is_a_one_line_error(bundle, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    one_line_error(edgecl("classify", tmp_path / "broken.jpg", "--bundle", bundle, "-q"), "none of the 1 image(s) could be read")
+    one_line_error(
+        edgecl("classify", tmp_path / "broken.jpg", "--bundle", bundle, "-q"), "none of the 1 image(s) could be read"
+    )
 
 
 def test_classify_errors(bundle, tmp_path):
@@ -188,14 +283,20 @@ def test_classify_errors(bundle, tmp_path):
 
 def test_an_os_error_is_one_line_naming_the_file(bundle, base_images, tmp_path):
     (tmp_path / "a-file").write_text("")
-    one_line_error(edgecl("watch", base_images / "red", "--log", tmp_path / "a-file" / "log.jsonl", "--once", "--bundle", bundle), "a-file: ")
+    one_line_error(
+        edgecl("watch", base_images / "red", "--log", tmp_path / "a-file" / "log.jsonl", "--once", "--bundle", bundle),
+        "a-file: ",
+    )
 
 
 def test_a_reader_that_closes_the_pipe_early_gets_no_error(bundle, base_images):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgecl", "classify", str(base_images), "--bundle", str(bundle), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecl", "classify", str(base_images), "--bundle", str(bundle), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # `edgecl classify dir | head -0`
     assert proc.wait(timeout=300) == 1 and proc.stderr.read() == b""

@@ -11,18 +11,17 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import PLUMBING_BACKBONE, make_image_folder, write_class
+from test_cli import edgecl, one_line_error
+
 from edgecl.core.analytic import AnalyticClassifier
 from edgecl.core.bundle import Bundle, min_score_of
 from edgecl.core.images import find_images
 from edgecl.core.layers import held_out_known, known_from_means, merge_class_statistics
-from edgecl.core.methods import create_method
 from edgecl.errors import EdgeclError
 from edgecl.host.train import train
 from edgecl.runtime.corrections import forget, rename, undo
 from edgecl.runtime.service import Classifier, learn
-from test_cli import edgecl, one_line_error
 
 SMALL = {"safe.slow.epochs": "0", "safe.projection": "128", "safe.min_steps": "0", "safe.epochs": "1"}
 
@@ -30,8 +29,15 @@ SMALL = {"safe.slow.epochs": "0", "safe.projection": "128", "safe.min_steps": "0
 @pytest.fixture(scope="module")
 def safe_bundle(tmp_path_factory, base_images):
     path = tmp_path_factory.mktemp("safe") / "bundle"
-    train(base_images, path, backbone=PLUMBING_BACKBONE, random_init=True, method="safe",
-          settings={"slow.epochs": "0", "projection": "128", "min_steps": "0", "epochs": "1"}, show_progress=False)
+    train(
+        base_images,
+        path,
+        backbone=PLUMBING_BACKBONE,
+        random_init=True,
+        method="safe",
+        settings={"slow.epochs": "0", "projection": "128", "min_steps": "0", "epochs": "1"},
+        show_progress=False,
+    )
     return path
 
 
@@ -82,8 +88,12 @@ def test_learn_with_a_known_label_adds_to_that_class(adds, new_images, tmp_path)
 
 def test_a_method_that_cannot_add_to_a_class_says_so_before_any_work(bundle, new_images, tmp_path):
     more = make_image_folder(tmp_path / "more", ["red"], count=2) / "red"
-    one_line_error(edgecl("learn", "--images", more, "--label", "red", "--bundle", bundle), "class 'red' exists already",
-                   "(tosca) cannot add images to a class", "--label")
+    one_line_error(
+        edgecl("learn", "--images", more, "--label", "red", "--bundle", bundle),
+        "class 'red' exists already",
+        "(tosca) cannot add images to a class",
+        "--label",
+    )
 
 
 def test_forget_rename_and_undo(adds, base_images):
@@ -119,18 +129,30 @@ def test_undo_after_a_learn_gives_back_the_bundle_before_it(adds, new_images):
     undo(adds)
     after = Bundle.open(adds)
     assert (after.manifest.heads, after.manifest.classes, after.manifest.sessions) == (
-        before.manifest.heads, before.manifest.classes, before.manifest.sessions)
+        before.manifest.heads,
+        before.manifest.classes,
+        before.manifest.sessions,
+    )
     assert after.read_bytes(after.manifest.heads) == before.read_bytes(before.manifest.heads)
     assert sorted(p.name for p in adds.glob("heads-*")) == [before.manifest.heads["file"]]  # the undone heads are gone
 
 
 def test_the_history_is_bounded(adds, tmp_path):
     for i in range(5):
-        learn(adds, make_image_folder(tmp_path / f"s{i}", ["purple"], count=2, seed=70 + i) / "purple", label=f"p{i}",
-              show_progress=False)
+        learn(
+            adds,
+            make_image_folder(tmp_path / f"s{i}", ["purple"], count=2, seed=70 + i) / "purple",
+            label=f"p{i}",
+            show_progress=False,
+        )
     m = Bundle.open(adds).manifest
     assert len(m.history) == m.history_limit == 3
-    assert len(list(adds.glob("heads-*"))) == 4  # the live heads and the three it can go back to
+    from edgecl.core.bundle import referenced
+
+    on_disk = {p.name for p in [*adds.glob("heads-*"), *adds.glob("journal-*")]}
+    assert on_disk == {
+        n for n in referenced(m) if n.startswith(("heads-", "journal-"))
+    }  # the live heads, those undo needs
 
 
 KILL = textwrap.dedent(
@@ -178,7 +200,10 @@ def test_unknown_is_calibrated_at_train_and_said_under_the_threshold(adds, base_
     assert all((p.label == "unknown") == (p.known < threshold) for p in default)
     with pytest.raises(EdgeclError, match="min_score 1.5: must be a number from 0 to 1"):
         Classifier(adds, min_score=1.5)
-    one_line_error(edgecl("classify", base_images, "--bundle", adds, "--min-score", "-0.1"), "--min-score -0.1: must be a number from 0 to 1")
+    one_line_error(
+        edgecl("classify", base_images, "--bundle", adds, "--min-score", "-0.1"),
+        "--min-score -0.1: must be a number from 0 to 1",
+    )
 
 
 def test_val_reports_accuracy_confusion_and_the_unknown_rate(adds, base_images, tmp_path):

@@ -3,10 +3,10 @@
 import shutil
 
 import pytest
-
 from conftest import make_image_folder
-from edgecl.eval.datasets import load_train_test
+
 from edgecl.errors import EdgeclError
+from edgecl.eval.datasets import load_train_test
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ def test_a_class_without_test_images_is_an_error(folders):
 
 
 def test_lists_with_an_excluded_class(folders):
-    images = sorted(p.relative_to(folders / "train").as_posix() for p in (folders / "train").rglob("*.png"))  # two per class
+    images = sorted(
+        p.relative_to(folders / "train").as_posix() for p in (folders / "train").rglob("*.png")
+    )  # two per class
     (folders / "train.txt").write_text("\n".join(images[0::2]) + "\n")
     (folders / "test.txt").write_text("\n".join(images[1::2]) + "\n")
     data = load_train_test(folders / "train", folders / "train.txt", folders / "test.txt", exclude=["blue"])

@@ -68,9 +68,16 @@ def test_service_unit_runs_an_existing_command_as_the_edgecl_user():
     for flag in (a for a in command if a.startswith("--")):
         assert flag in help_of("watch"), flag
     assert {"--done", "--keep-done-mb", "--log-max-mb"} <= set(command)  # months of frames must not fill the disk
-    for line in ("User=edgecl", "StateDirectory=edgecl", "StateDirectoryMode=2775", "UMask=0002",
-                 "RuntimeDirectory=edgecl", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "Environment=EDGECL_BUNDLE=/var/lib/edgecl/bundle"):
+    for line in (
+        "User=edgecl",
+        "StateDirectory=edgecl",
+        "StateDirectoryMode=2775",
+        "UMask=0002",
+        "RuntimeDirectory=edgecl",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "Environment=EDGECL_BUNDLE=/var/lib/edgecl/bundle",
+    ):
         assert re.search(f"^{line}$", unit, re.M), line
     # each of these would stop the GPU
     assert not re.search(r"^(PrivateDevices|ProtectClock|MemoryDenyWriteExecute)=", unit, re.M)
@@ -155,7 +162,9 @@ esac
 
 
 def run_install(
-    tmp_path: Path, *args: str, **env: str,
+    tmp_path: Path,
+    *args: str,
+    **env: str,
 ) -> tuple[Path, list[list[str]], subprocess.CompletedProcess, Path]:
     """install.sh into tmp_path/root with the fake python; as root, or under fakeroot for the owners."""
     root, log, python = tmp_path / "root", tmp_path / "python.log", tmp_path / "jetpack" / "python3"
@@ -186,7 +195,7 @@ def listing(root: Path, state: Path) -> dict[str, tuple[str, int, int]]:
 
 
 def pip_installs(calls: list[list[str]]) -> list[list[str]]:
-    return [c[c.index("install") + 1:] for c in calls if c[:2] == ["-m", "pip"] and "install" in c]
+    return [c[c.index("install") + 1 :] for c in calls if c[:2] == ["-m", "pip"] and "install" in c]
 
 
 @needs_systemd
@@ -244,8 +253,9 @@ def test_install_refuses_a_python_other_than_jetpacks(tmp_path):
 def test_container_entrypoint_makes_the_volume_layout_then_runs_the_command(tmp_path):
     data = tmp_path / "volume"
     env = {"PATH": os.environ["PATH"], "EDGECL_DATA": str(data), "EDGECL": "echo"}
-    result = subprocess.run([str(DEVICE / "container-entrypoint.sh"), "watch", str(data / "inbox")], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(DEVICE / "container-entrypoint.sh"), "watch", str(data / "inbox")], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stdout.split() == ["watch", str(data / "inbox")]
     for folder in ("bundle", "inbox", "done", "log", "cache"):
         assert (data / folder).is_dir() and (data / folder).stat().st_mode & 0o070 == 0o070, folder  # group-writable
@@ -277,11 +287,14 @@ def camera(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(DEVICE / "camera-to-inbox.sh"), "--print", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("args, source, leaves_gpu", [
-    ((), "nvarguscamerasrc", "nvvidconv"),
-    (("--rtsp", "rtsp://camera/stream", "--codec", "h265"), "rtspsrc", "nvvidconv"),
-    (("--usb", "/dev/video1"), "v4l2src", "videoconvert"),
-])
+@pytest.mark.parametrize(
+    "args, source, leaves_gpu",
+    [
+        ((), "nvarguscamerasrc", "nvvidconv"),
+        (("--rtsp", "rtsp://camera/stream", "--codec", "h265"), "rtspsrc", "nvvidconv"),
+        (("--usb", "/dev/video1"), "v4l2src", "videoconvert"),
+    ],
+)
 def test_camera_drops_frames_before_they_leave_the_gpu(args, source, leaves_gpu):
     result = camera(*args, "--rate", "1/5", "--keep", "7", "--inbox", "/tmp/in")
     assert result.returncode == 0, result.stderr
@@ -298,17 +311,25 @@ def test_camera_drops_frames_before_they_leave_the_gpu(args, source, leaves_gpu)
         assert words[3] == "location=rtsp://camera/stream" and "rtph265depay" in words and "nvv4l2decoder" in words
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--rate", "0"), "--rate 0"), (("--rate", "fast"), "--rate fast"), (("--size", "720p"), "--size 720p"),
-    (("--codec", "vp9", "--rtsp", "rtsp://c/s"), "--codec vp9"), (("--usb",), "--usb needs a value"),
-    (("--fps", "1"), "unknown option --fps"), (("--csi", "front"), "--csi front"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--rate", "0"), "--rate 0"),
+        (("--rate", "fast"), "--rate fast"),
+        (("--size", "720p"), "--size 720p"),
+        (("--codec", "vp9", "--rtsp", "rtsp://c/s"), "--codec vp9"),
+        (("--usb",), "--usb needs a value"),
+        (("--fps", "1"), "unknown option --fps"),
+        (("--csi", "front"), "--csi front"),
+    ],
+)
 def test_camera_refuses_bad_options(args, message):
     result = camera(*args)
     assert result.returncode == 2 and message in result.stderr and not result.stdout
 
 
 # The bundle's lock, shared by the group that shares /var/lib/edgecl.
+
 
 def test_lock_is_created_group_writable_whatever_the_umask(tmp_path):
     previous = os.umask(0o022)
@@ -383,10 +404,12 @@ def as_user(uid: int, action, *, groups=(GROUP,)) -> tuple[int, str, int]:
 
 def take(folder: Path, timeout: float = 1.0, hold: float = 0.0):
     """An action: lock the bundle, hold it `hold` seconds, return what the lock file says."""
+
     def action():
         with locked(folder, timeout=timeout):
             time.sleep(hold)
             return (folder / ".lock").read_text().strip()
+
     return action
 
 
@@ -407,7 +430,7 @@ def test_lock_shared_by_two_users_of_one_group(shared_folder):
         time.sleep(0.02)
     code, said, _ = as_user(BOB, take(shared_folder, timeout=0.2))
     holder.join()
-    (alice_code, alice_said, alice_pid), = alice
+    ((alice_code, alice_said, alice_pid),) = alice
     assert alice_code == 0 and alice_said == str(alice_pid)
     assert code == 1 and f"another edgecl process (pid {alice_pid}) is updating this bundle" in said, said
 
@@ -417,6 +440,7 @@ def test_lock_shared_by_two_users_of_one_group(shared_folder):
 
 
 # Retention: done/ and the log stay bounded on a device that runs for months.
+
 
 def test_watch_keeps_done_bounded_and_rotates_the_log(bundle, base_images, tmp_path):
     inbox, done, log = tmp_path / "inbox", tmp_path / "done", tmp_path / "log" / "predictions.jsonl"
@@ -450,11 +474,14 @@ def test_watch_retention_needs_done_and_sane_values(tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     bundle = tmp_path / "no-bundle"  # each check comes before the bundle is opened
-    for kwargs, message in [({"keep_done": 5}, "keep_done bounds the images moved to done; give done too"),
-                            ({"keep_done_mb": 5.0}, "keep_done_mb bounds"),
-                            ({"done": tmp_path / "done", "keep_done": -1}, "keep_done -1: give 0 or more"),
-                            ({"done": tmp_path / "done", "keep_done_mb": 0.0}, "keep_done_mb 0.0: give a size above 0"),
-                            ({"log_max_mb": -2.0}, "log_max_mb -2.0"), ({"log_keep": -1}, "log_keep -1")]:
+    for kwargs, message in [
+        ({"keep_done": 5}, "keep_done bounds the images moved to done; give done too"),
+        ({"keep_done_mb": 5.0}, "keep_done_mb bounds"),
+        ({"done": tmp_path / "done", "keep_done": -1}, "keep_done -1: give 0 or more"),
+        ({"done": tmp_path / "done", "keep_done_mb": 0.0}, "keep_done_mb 0.0: give a size above 0"),
+        ({"log_max_mb": -2.0}, "log_max_mb -2.0"),
+        ({"log_keep": -1}, "log_keep -1"),
+    ]:
         with pytest.raises(EdgeclError, match=re.escape(message)):
             watch_folder(bundle, inbox, tmp_path / "log.jsonl", once=True, **kwargs)
     result = CliRunner().invoke(app, ["watch", str(inbox), "--log", str(tmp_path / "log.jsonl"), "--keep-done", "5"])

@@ -3,16 +3,16 @@ import json
 import numpy as np
 import onnx
 import pytest
-
 from conftest import QUICK_EDGECL, requires_fashion_mnist
-from edgecl.eval import fashion_mnist
+
 from edgecl.core.bundle import Bundle
 from edgecl.errors import EdgeclError
+from edgecl.eval import fashion_mnist
 from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL
 from edgecl.host.export import export_bundle
 from edgecl.host.targets import available_targets, load_target
-from edgecl.runtime.ort import INPUT_NAME, ort_session
 from edgecl.host.train import train
+from edgecl.runtime.ort import INPUT_NAME, ort_session
 
 
 def test_every_required_target_has_a_profile():
@@ -49,7 +49,15 @@ def test_export_writes_a_checked_onnx_with_a_dynamic_batch(bundle, base_images):
 
 def test_vit_exports_with_one_layernorm_op_and_unfused_attention(tmp_path, base_images):
     path = tmp_path / "vit"
-    train(base_images, path, backbone="vit_tiny_patch16_224", random_init=True, epochs=1, settings=QUICK_EDGECL, show_progress=False)
+    train(
+        base_images,
+        path,
+        backbone="vit_tiny_patch16_224",
+        random_init=True,
+        epochs=1,
+        settings=QUICK_EDGECL,
+        show_progress=False,
+    )
     report = export_bundle(path, "cpu", [base_images])
     assert report.max_abs_diff <= BACKBONE_PARITY_ATOL
     ops = [node.op_type for node in onnx.load(str(path / "backbone.onnx")).graph.node]

@@ -4,17 +4,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from test_methods import clustered, fast, learn_sessions
 
 from edgecl.core.bundle import Bundle
-from edgecl.errors import EdgeclError
-from edgecl.host.export import export_bundle
-from edgecl.host.heads_onnx import export_checked, export_heads
 from edgecl.core.images import find_images, load_image
 from edgecl.core.methods import METHODS
 from edgecl.core.preprocess import preprocess
+from edgecl.errors import EdgeclError
+from edgecl.host.export import export_bundle
+from edgecl.host.heads_onnx import export_checked, export_heads
 from edgecl.runtime.heads import FEATURES, HeadsUnavailable, OrtHeads, open_heads
 from edgecl.runtime.service import Classifier, learn
-from test_methods import clustered, fast, learn_sessions
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -22,7 +22,9 @@ def test_graph_exported_after_the_first_session_serves_later_sessions(name):
     method = learn_sessions(fast(name), sessions=((0, 3),))
     graph = export_heads(method)
     inputs = {i.name for i in onnx.load_from_string(graph).graph.input}
-    assert FEATURES in inputs and not any(".factor" in n or ".gram" in n or ".moment" in n for n in inputs)  # what inference never reads stays out
+    assert FEATURES in inputs and not any(
+        ".factor" in n or ".gram" in n or ".moment" in n for n in inputs
+    )  # what inference never reads stays out
     learn_sessions(method, sessions=((3, 2), (5, 1)))  # more sessions and classes than the graph was exported with
     heads = OrtHeads(graph, method)
     features, _ = clustered(6, 5, seed=7)

@@ -14,13 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cli import edgecl, one_line_error
 
 from edgecl.core.bundle import Bundle
 from edgecl.core.bundle_files import UnsafeName
 from edgecl.errors import DamagedFile, EdgeclError
-from test_cli import edgecl, one_line_error
 
-IN_EVENTS = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200  # access, modify, attrib, close, open, moves, create, delete
+IN_EVENTS = (
+    0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x100 | 0x200
+)  # access, modify, attrib, close, open, moves, create, delete
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify watches the file system on Linux only")
 
 
@@ -43,7 +45,7 @@ class Watched:
             at = 0
             while at < len(data):
                 _, mask, _, size = struct.unpack_from("iIII", data, at)
-                name = data[at + 16: at + 16 + size].rstrip(b"\0").decode()
+                name = data[at + 16 : at + 16 + size].rstrip(b"\0").decode()
                 found.append(f"{name or '.'}: {mask:#x}")
                 at += 16 + size
 
@@ -84,8 +86,21 @@ def exported(bundle, base_images):
 
 
 def names_pointing_outside(outside: Path) -> list[str]:
-    return ["../outside/victim", str(outside / "victim"), "engines/../../outside/victim", "../../" * 8 + str(outside)[1:] + "/victim",
-            "", ".", "..", "engines/", "a/b/c", "heads\\..\\x", ".hidden", "engines/.x", "other/x"]
+    return [
+        "../outside/victim",
+        str(outside / "victim"),
+        "engines/../../outside/victim",
+        "../../" * 8 + str(outside)[1:] + "/victim",
+        "",
+        ".",
+        "..",
+        "engines/",
+        "a/b/c",
+        "heads\\..\\x",
+        ".hidden",
+        "engines/.x",
+        "other/x",
+    ]
 
 
 @pytest.mark.parametrize("entry", ["heads", "backbone", "export", "export.heads", "engine", "timing_cache"])
@@ -93,10 +108,16 @@ def test_every_name_a_manifest_holds_is_checked_before_anything_is_opened(export
     data = manifest(exported)
     for name in names_pointing_outside(victim):
         hostile = json.loads(json.dumps(data))
-        target = {"heads": hostile["heads"], "backbone": hostile["backbone"], "export": hostile["export"],
-                  "export.heads": hostile["export"]["heads"]}.get(entry)
+        target = {
+            "heads": hostile["heads"],
+            "backbone": hostile["backbone"],
+            "export": hostile["export"],
+            "export.heads": hostile["export"]["heads"],
+        }.get(entry)
         if entry in ("engine", "timing_cache"):
-            hostile["engines"] = {"sm87-x": {"file": "engines/k.engine", "sha256": "0" * 64, "timing_cache": "engines/k.cache"}}
+            hostile["engines"] = {
+                "sm87-x": {"file": "engines/k.engine", "sha256": "0" * 64, "timing_cache": "engines/k.cache"}
+            }
             target, key = hostile["engines"]["sm87-x"], "file" if entry == "engine" else "timing_cache"
         else:
             key = "file"
@@ -126,7 +147,9 @@ def test_commands_on_hostile_bundles_touch_nothing_outside_them(exported, victim
                 entry["file"] = rng.choice(names_pointing_outside(victim))
             elif kind == "symlink":
                 (exported / entry["file"]).unlink()
-                (exported / entry["file"]).symlink_to(victim / rng.choice(["victim", "heads.safetensors", "backbone.onnx"]))
+                (exported / entry["file"]).symlink_to(
+                    victim / rng.choice(["victim", "heads.safetensors", "backbone.onnx"])
+                )
             elif kind == "fifo":
                 (exported / entry["file"]).unlink()
                 os.mkfifo(exported / entry["file"])
@@ -136,9 +159,15 @@ def test_commands_on_hostile_bundles_touch_nothing_outside_them(exported, victim
                 (exported / ".lock").unlink(missing_ok=True)
                 (exported / ".lock").symlink_to(victim / "victim")
             write_manifest(exported, hostile)
-            for command in (["info"], ["classify", str(base_images / "red")], ["learn", "--images", str(new_images / "grey")],
-                            ["export", "--target", "cpu"]):
-                result = edgecl(*command, "--bundle", exported, *(["-q"] if command[0] in ("classify", "learn") else []))
+            for command in (
+                ["info"],
+                ["classify", str(base_images / "red")],
+                ["learn", "--images", str(new_images / "grey")],
+                ["export", "--target", "cpu"],
+            ):
+                result = edgecl(
+                    *command, "--bundle", exported, *(["-q"] if command[0] in ("classify", "learn") else [])
+                )
                 assert result.exit_code in (0, 1), (kind, command, result.output, result.stderr)
                 if result.exit_code == 1:
                     assert len(result.stderr.strip().splitlines()) == 1, (kind, command, result.stderr)
@@ -152,13 +181,21 @@ def test_export_never_deletes_what_an_old_manifest_names_outside(exported, victi
     data = manifest(exported)
     data["export"]["file"] = "../outside/victim"
     write_manifest(exported, data)
-    one_line_error(edgecl("export", "--target", "cpu", "--bundle", exported), "export.file", "not a plain file name inside the bundle")
+    one_line_error(
+        edgecl("export", "--target", "cpu", "--bundle", exported),
+        "export.file",
+        "not a plain file name inside the bundle",
+    )
     assert (victim / "victim").read_bytes() == b"precious victim"
 
 
 def test_a_symlinked_engines_folder_is_refused_and_its_target_kept(exported, victim, new_images):
     (exported / "engines").symlink_to(victim / "dir")
-    one_line_error(edgecl("learn", "--images", new_images / "grey", "--bundle", exported, "-q"), "engines", "not a folder of the bundle")
+    one_line_error(
+        edgecl("learn", "--images", new_images / "grey", "--bundle", exported, "-q"),
+        "engines",
+        "not a folder of the bundle",
+    )
     assert (victim / "dir" / "file").exists()
 
 
@@ -198,11 +235,15 @@ def test_model_kwargs_that_reach_timm_are_an_allow_list(exported, base_images):
     data["backbone"]["model_kwargs"] = {"checkpoint_path": "/etc/passwd"}
     write_manifest(exported, data)
     images = base_images / "red"
-    one_line_error(edgecl("classify", images, "--bundle", exported, "--runtime", "torch", "-q"), "model_kwargs", "checkpoint_path")
+    one_line_error(
+        edgecl("classify", images, "--bundle", exported, "--runtime", "torch", "-q"), "model_kwargs", "checkpoint_path"
+    )
     data["backbone"]["model_kwargs"] = {}
     data["backbone"]["name"] = "hf-hub:someone/model"
     write_manifest(exported, data)
-    one_line_error(edgecl("classify", images, "--bundle", exported, "--runtime", "torch", "-q"), "not a timm model name")
+    one_line_error(
+        edgecl("classify", images, "--bundle", exported, "--runtime", "torch", "-q"), "not a timm model name"
+    )
 
 
 def test_an_onnx_graph_with_external_data_is_refused_and_pytorch_serves(exported, base_images):
@@ -284,7 +325,7 @@ def test_damaged_tensor_files_are_one_line(bundle, case):
     set_heads(bundle, data)
     if case == "structure":
         m = manifest(bundle)
-        m["heads"]["structure"] = {"sessions": 10 ** 6, "classes": 10 ** 6}
+        m["heads"]["structure"] = {"sessions": 10**6, "classes": 10**6}
         write_manifest(bundle, m)
     one_line_error(edgecl("info", "--bundle", bundle), "the bundle is damaged")
 
@@ -301,7 +342,7 @@ def test_a_hand_edited_manifest_is_one_line(bundle, case):
         elif case == "huge size":
             m["preprocess"]["input_size"] = [3, 40000, 40000]
         else:
-            m["backbone"]["embedding_dim"] = 10 ** 9
+            m["backbone"]["embedding_dim"] = 10**9
         write_manifest(bundle, m)
     one_line_error(edgecl("info", "--bundle", bundle), "manifest.json", "the bundle is damaged")
 
@@ -319,7 +360,9 @@ def test_a_full_disk_names_the_file_and_leaves_no_orphan(bundle, new_images, mon
     monkeypatch.setattr(bundle_files.os, "write", full_disk_on_the_manifest)
     result = edgecl("learn", "--images", new_images / "grey", "--bundle", bundle, "-q")
     one_line_error(result, "manifest.json: No space left on device")
-    assert sorted(p.name for p in bundle.iterdir() if p.name != ".lock") == before  # the new heads went with the failed commit
+    assert (
+        sorted(p.name for p in bundle.iterdir() if p.name != ".lock") == before
+    )  # the new heads went with the failed commit
 
 
 def test_damaged_file_errors_are_the_damaged_kind(bundle):

@@ -52,8 +52,11 @@ def linked_tree(root: Path) -> tuple[Path, dict[str, list[str]]]:
     _save(data / "boot" / "day" / "k1.webp", (230, 220, 40))  # a subfolder of a class folder
     _save(data / "boot" / ".thumb.png", (0, 0, 0))  # hidden: never an image
     (data / "boot" / "zz-same.png").symlink_to("k0.png")  # the same file again: counted once
-    expected = {"bag": ["bag/b0.png", "bag/b1.jpg"], "boot": ["boot/day/k1.webp", "boot/k0.png"],
-                "shirt": ["shirt/s0.tif", "shirt/s1.tif", "shirt/s2.tiff", "shirt/s3.gif", "shirt/shared.png"]}
+    expected = {
+        "bag": ["bag/b0.png", "bag/b1.jpg"],
+        "boot": ["boot/day/k1.webp", "boot/k0.png"],
+        "shirt": ["shirt/s0.tif", "shirt/s1.tif", "shirt/s2.tiff", "shirt/s3.gif", "shirt/shared.png"],
+    }
     return data, expected
 
 
@@ -104,8 +107,22 @@ def test_every_command_finds_the_same_images(tmp_path, bundle, decoded):
     assert sorted(decoded) == sorted(every)
 
     decoded.clear()
-    result = edgecl("train", data, "--out", tmp_path / "trained", "--backbone", PLUMBING_BACKBONE, "--random-init",
-                    "--method", "tosca", "--epochs", "1", "--set", "min_steps=0", "-q")
+    result = edgecl(
+        "train",
+        data,
+        "--out",
+        tmp_path / "trained",
+        "--backbone",
+        PLUMBING_BACKBONE,
+        "--random-init",
+        "--method",
+        "tosca",
+        "--epochs",
+        "1",
+        "--set",
+        "min_steps=0",
+        "-q",
+    )
     assert result.exit_code == 0, result.stderr
     _warnings(result.stderr, data)
     assert sorted(decoded) == sorted(every)
@@ -167,8 +184,10 @@ def test_eval_reads_linked_splits_as_the_commands_do(tmp_path):
     assert sets.test.paths == find_images([root / "test"])
     assert sets.train.labels.tolist() == [i for i, n in enumerate(CLASSES) for _ in expected[n]]
 
-    lists = {"train.txt": ["bag/b0.png", "shirt/s3.gif", "boot/k0.png"],
-             "test.txt": ["bag/b1.jpg", "shirt/s1.tif", "boot/day/k1.webp"]}
+    lists = {
+        "train.txt": ["bag/b0.png", "shirt/s3.gif", "boot/k0.png"],
+        "test.txt": ["bag/b1.jpg", "shirt/s1.tif", "boot/day/k1.webp"],
+    }
     for name, lines in lists.items():
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     sets = load_train_test(data, tmp_path / "train.txt", tmp_path / "test.txt")
@@ -184,8 +203,10 @@ def test_links_that_cannot_be_followed(tmp_path, bundle, messages):
     (data / "shirt" / "ping").symlink_to("pong")
     (data / "shirt" / "pong").symlink_to("ping")
     assert len(find_images([data / "shirt"])) == 5
-    assert messages[-1] == f"2 symlink loop(s) not followed: {data}/shirt/ping (a chain of links that never ends), " \
-                           f"{data}/shirt/pong (a chain of links that never ends)"
+    assert (
+        messages[-1] == f"2 symlink loop(s) not followed: {data}/shirt/ping (a chain of links that never ends), "
+        f"{data}/shirt/pong (a chain of links that never ends)"
+    )
     one_line_error(edgecl("classify", data / "shirt" / "gone.png", "--bundle", bundle), "gone.png: a dangling link (to")
     one_line_error(edgecl("classify", data / "shirt" / "ping", "--bundle", bundle), "ping: a symlink loop")
     (data / "pack").symlink_to("bag")  # two classes of one folder
@@ -203,6 +224,7 @@ def test_a_named_file_reached_twice_is_one_image(tmp_path, messages):
     data, _ = linked_tree(tmp_path)
     image = data / "boot" / "k0.png"
     assert find_images([image, data / "boot", image]) == [image, data / "boot" / "day" / "k1.webp"]
-    assert messages == [f"1 path(s) reaching files found already, counted once: {data}/boot/zz-same.png "
-                        f"(the same file as {image})"]  # naming a file twice is not worth a warning
+    assert messages == [
+        f"1 path(s) reaching files found already, counted once: {data}/boot/zz-same.png (the same file as {image})"
+    ]  # naming a file twice is not worth a warning
     assert find_images([os.path.relpath(image)]) == [Path(os.path.relpath(image))]  # paths stay as given

@@ -110,3 +110,14 @@ def test_a_decompression_bomb_is_unreadable_in_one_line(tmp_path, monkeypatch):
         load_image(tmp_path / "bomb.png")
     assert str(caught.value).startswith(f"{tmp_path / 'bomb.png'}: ") and "decompression bomb" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_an_image_past_the_pixel_limit_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("L", (30, 20)).save(tmp_path / "wide.png")
+    monkeypatch.setenv("EDGECL_MAX_IMAGE_PIXELS", "500")
+    with pytest.raises(UnreadableImage, match="30 x 20 pixels, more than the 500 edgecl decodes"):
+        load_image(tmp_path / "wide.png")
+    monkeypatch.setenv("EDGECL_MAX_IMAGE_PIXELS", "600")
+    assert load_image(tmp_path / "wide.png").size == (30, 20)

@@ -30,7 +30,10 @@ def imports(path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, id(node) in top) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [(f"{node.module}.{alias.name}" if node.module == "edgecl" else node.module, id(node) in top) for alias in node.names]
+            found += [
+                (f"{node.module}.{alias.name}" if node.module == "edgecl" else node.module, id(node) in top)
+                for alias in node.names
+            ]
     return found
 
 
@@ -52,8 +55,12 @@ def test_the_one_allowed_crossing_is_still_needed():
 
 @pytest.mark.parametrize("side", ["core", "runtime"])
 def test_core_and_runtime_never_import_host_only_libraries_at_module_level(side):
-    loaded = [f"{p.relative_to(PACKAGE)}: {m}" for p in (PACKAGE / side).rglob("*.py") for m, top in imports(p)
-              if top and m.split(".")[0] in ("timm", "onnx", "onnxscript", "torchvision")]
+    loaded = [
+        f"{p.relative_to(PACKAGE)}: {m}"
+        for p in (PACKAGE / side).rglob("*.py")
+        for m, top in imports(p)
+        if top and m.split(".")[0] in ("timm", "onnx", "onnxscript", "torchvision")
+    ]
     assert loaded == []
 
 

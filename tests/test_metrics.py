@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgecl.eval.datasets import class_order, session_sizes
 from edgecl.errors import EdgeclError
+from edgecl.eval.datasets import class_order, session_sizes
 from edgecl.eval.metrics import accuracy, forgetting, summarize
 
 

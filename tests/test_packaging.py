@@ -15,8 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     (found,) = out.glob("edgecl-*.whl")
     return zipfile.ZipFile(found)
@@ -24,11 +28,16 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 
 def test_every_module_and_profile_of_the_source_tree_is_in_the_wheel(wheel):
     names = set(wheel.namelist())
-    source = {p.relative_to(ROOT).as_posix() for p in (ROOT / "edgecl").rglob("*")
-              if p.is_file() and p.suffix in (".py", ".json") and "__pycache__" not in p.parts}
+    source = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "edgecl").rglob("*")
+        if p.is_file() and p.suffix in (".py", ".json") and "__pycache__" not in p.parts
+    }
     assert source and not source - names, sorted(source - names)
     assert any(n.startswith("edgecl/host/profiles/") and n.endswith(".json") for n in names)
-    assert not [n for n in names if n.split("/")[0] not in ("edgecl",) and not n.startswith("edgecl-")], "only edgecl is installed"
+    assert not [n for n in names if n.split("/")[0] not in ("edgecl",) and not n.startswith("edgecl-")], (
+        "only edgecl is installed"
+    )
 
 
 def test_the_wheel_declares_the_console_script_and_the_extras(wheel):

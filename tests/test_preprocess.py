@@ -4,9 +4,9 @@ import timm
 import torch
 from PIL import Image
 
-from edgecl.host.backbones import preprocess_config
-from edgecl.errors import EdgeclError
 from edgecl.core.preprocess import PreprocessConfig, preprocess
+from edgecl.errors import EdgeclError
+from edgecl.host.backbones import preprocess_config
 
 SIZES = [(300, 200), (200, 300), (28, 28), (256, 256), (640, 97), (224, 224)]
 

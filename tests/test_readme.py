@@ -19,8 +19,13 @@ def test_readme_stays_a_short_guide():
 
 @requires_fashion_mnist
 def test_the_quick_start_runs_as_printed(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / ".ci" / "readme_quickstart.py"), str(ROOT / "README.md")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / ".ci" / "readme_quickstart.py"), str(ROOT / "README.md")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "$ edgecl classify" in done.stdout and "$ python" in done.stdout

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import QUICK_EDGECL, requires_fashion_mnist
-from edgecl.eval import fashion_mnist
+
 from edgecl.core import bundle as bundles
 from edgecl.core.bundle import Bundle
-from edgecl.errors import EdgeclError
-from edgecl.host.export import export_bundle
 from edgecl.core.images import find_images
+from edgecl.errors import EdgeclError
+from edgecl.eval import fashion_mnist
+from edgecl.host.export import export_bundle
+from edgecl.host.train import train
 from edgecl.runtime.embedders import open_embedder
 from edgecl.runtime.service import Classifier, learn
 from edgecl.runtime.tensorrt_engines import engine_key
-from edgecl.host.train import train
 
 
 def tensorrt_present() -> bool:
@@ -32,7 +32,9 @@ def tensorrt_present() -> bool:
     return torch.cuda.is_available()
 
 
-requires_tensorrt = pytest.mark.skipif(not tensorrt_present(), reason="needs the tensorrt package and a CUDA GPU (a Jetson, or an x86 host with TensorRT)")
+requires_tensorrt = pytest.mark.skipif(
+    not tensorrt_present(), reason="needs the tensorrt package and a CUDA GPU (a Jetson, or an x86 host with TensorRT)"
+)
 
 
 @pytest.fixture
@@ -65,14 +67,16 @@ def test_onnxruntime_and_torch_classify_alike_and_learn_works(exported, base_ima
     paths = find_images([base_images])
     via_torch, _ = Classifier(exported, "torch").classify(paths, show_progress=False)
     via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)
-    assert [p.label for p in via_ort] == [p.label for p in via_torch]
+    assert [p.top_k[0]["label"] for p in via_ort] == [p.top_k[0]["label"] for p in via_torch]
     assert max(abs(a.score - b.score) for a, b in zip(via_ort, via_torch)) < 1e-3
     result = learn(exported, new_images, runtime="onnxruntime", show_progress=False)
     assert result.runtime == "onnxruntime" and Bundle.open(exported).manifest.export is not None
     paths = find_images([base_images, new_images])
     via_torch, _ = Classifier(exported, "torch").classify(paths, show_progress=False)
-    via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)  # heads.onnx on the grown heads
-    assert [p.label for p in via_ort] == [p.label for p in via_torch]
+    via_ort, _ = Classifier(exported, "onnxruntime").classify(
+        paths, show_progress=False
+    )  # heads.onnx on the grown heads
+    assert [p.top_k[0]["label"] for p in via_ort] == [p.top_k[0]["label"] for p in via_torch]
 
 
 BOUNDARY = textwrap.dedent(
@@ -84,7 +88,15 @@ BOUNDARY = textwrap.dedent(
         main()
     except SystemExit as done:
         code = done.code
-    host_only = ("timm", "onnx", "torchvision", "edgecl.host.backbones", "edgecl.host.train", "edgecl.host.export", "edgecl.eval.protocol")
+    host_only = (
+        "timm",
+        "onnx",
+        "torchvision",
+        "edgecl.host.backbones",
+        "edgecl.host.train",
+        "edgecl.host.export",
+        "edgecl.eval.protocol",
+    )
     loaded = sorted(m for m in sys.modules if m in host_only or m.split(".")[0] in ("timm", "onnx", "torchvision"))
     print(json.dumps({"code": code, "host_only": loaded}), file=sys.stderr)
     """
@@ -102,16 +114,29 @@ def test_classify_and_learn_on_an_exported_bundle_import_no_host_code(exported, 
     learned = run_console("learn", "--images", str(new_images), "--bundle", str(exported), "-q")
     assert learned == {"code": 0, "host_only": []}
     # and the check can fail: the torch runtime needs timm
-    assert "timm" in run_console("classify", str(base_images / "red"), "--bundle", str(exported), "--runtime", "torch", "-q")["host_only"]
+    assert (
+        "timm"
+        in run_console("classify", str(base_images / "red"), "--bundle", str(exported), "--runtime", "torch", "-q")[
+            "host_only"
+        ]
+    )
 
 
 def test_engine_key_names_gpu_tensorrt_precision_and_batch():
     assert engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) == "sm87-trt10.3.0-fp16-b1.1.8"
-    assert engine_key((8, 9), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) != engine_key((8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8})
+    assert engine_key((8, 9), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}) != engine_key(
+        (8, 7), "10.3.0", "fp16", {"min": 1, "opt": 1, "max": 8}
+    )
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("TensorRT could not parse backbone.onnx: op X"), PermissionError("bundle is read-only"),
-                                     EdgeclError("another edgecl process (pid 7) is updating this bundle; gave up after 30s")])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        RuntimeError("TensorRT could not parse backbone.onnx: op X"),
+        PermissionError("bundle is read-only"),
+        EdgeclError("another edgecl process (pid 7) is updating this bundle; gave up after 30s"),
+    ],
+)
 def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(exported, monkeypatch, failure):
     from edgecl.runtime import tensorrt_engines as trt_runtime
 
@@ -125,7 +150,9 @@ def test_an_engine_that_cannot_be_built_passes_the_backbone_to_onnxruntime(expor
     embedder = open_embedder(Bundle.open(exported))
     assert embedder.runtime == "onnxruntime"
     assert embedder.passed_over == [f"tensorrt: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}"]
-    with pytest.raises(EdgeclError, match=re.escape(f"runtime tensorrt: not available: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}")):
+    with pytest.raises(
+        EdgeclError, match=re.escape(f"runtime tensorrt: not available: engine sm87-trt10.3.0-fp16-b1.1.8: {failure}")
+    ):
         open_embedder(Bundle.open(exported), "tensorrt")
 
 
@@ -154,8 +181,13 @@ def test_an_engine_another_process_built_meanwhile_is_kept_on_first_use(exported
     # `engine build` replaces it, under another name: a reader may be loading the live one
     rebuilt = trt_runtime.build_into_bundle(exported)
     b = Bundle.open(exported)
-    assert b.read_bytes(b.manifest.engines[key]) == b"this process's engine" and rebuilt.entry["file"] != kept.entry["file"]
-    assert sorted(p.name for p in (exported / "engines").iterdir()) == sorted(Path(rebuilt.entry[k]).name for k in ("file", "timing_cache"))
+    assert (
+        b.read_bytes(b.manifest.engines[key]) == b"this process's engine"
+        and rebuilt.entry["file"] != kept.entry["file"]
+    )
+    assert sorted(p.name for p in (exported / "engines").iterdir()) == sorted(
+        Path(rebuilt.entry[k]).name for k in ("file", "timing_cache")
+    )
 
 
 def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images, monkeypatch):
@@ -163,14 +195,18 @@ def test_engine_build_refuses_a_bundle_exported_for_the_cpu(bundle, base_images,
 
     export_bundle(bundle, "cpu", [base_images])
     monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda: types.SimpleNamespace(__version__="10.3.0"))
-    with pytest.raises(EdgeclError, match="exported for target cpu, which has no TensorRT settings; export again with target jetson"):
+    with pytest.raises(
+        EdgeclError, match="exported for target cpu, which has no TensorRT settings; export again with target jetson"
+    ):
         trt_runtime.build_into_bundle(bundle)
 
 
 def test_a_provider_that_fails_to_start_leaves_stdout_alone(exported, capfd):
     from edgecl.runtime.ort import ort_session
 
-    session = ort_session(Bundle.open(exported).path / "backbone.onnx", ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    session = ort_session(
+        Bundle.open(exported).path / "backbone.onnx", ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    )
     assert session.get_providers()[-1] == "CPUExecutionProvider"
     assert capfd.readouterr().out == ""  # onnxruntime prints its TensorRT fallback; `--json` output must stay JSON
 
@@ -188,12 +224,14 @@ def test_engine_build_without_tensorrt_is_a_clear_error(exported):
 def test_tensorrt_engine_is_built_once_keyed_and_agrees_with_onnxruntime(exported, base_images):
     embedder = open_embedder(Bundle.open(exported), "tensorrt")
     m = Bundle.open(exported).manifest
-    (key, entry), = m.engines.items()
-    assert key in embedder.reason and (exported / entry["file"]).is_file() and (exported / entry["timing_cache"]).is_file()
+    ((key, entry),) = m.engines.items()
+    assert (
+        key in embedder.reason and (exported / entry["file"]).is_file() and (exported / entry["timing_cache"]).is_file()
+    )
     paths = find_images([base_images])
     via_trt, _ = Classifier(exported, "tensorrt").classify(paths, show_progress=False)
     via_ort, _ = Classifier(exported, "onnxruntime").classify(paths, show_progress=False)
-    agree = sum(a.label == b.label for a, b in zip(via_trt, via_ort)) / len(paths)
+    agree = sum(a.top_k[0]["label"] == b.top_k[0]["label"] for a, b in zip(via_trt, via_ort)) / len(paths)
     assert agree >= 0.95
     assert Bundle.open(exported).manifest.engines.keys() == m.engines.keys()  # reused, not rebuilt
 
@@ -220,8 +258,8 @@ def test_onnxruntime_matches_pytorch_labels_on_fashion_mnist(tmp_path):
     ort = Classifier(path, "onnxruntime")
     assert ort.heads.runtime == "onnxruntime"  # edgecl's heads (TOSCA + SAFE) through heads.onnx
     via_ort, _ = ort.classify(paths, show_progress=False)
-    assert [p.label for p in via_ort] == [p.label for p in via_torch]
-    correct = sum(p.label == p.path.split("/")[-2] for p in via_ort) / len(paths)
+    assert [p.top_k[0]["label"] for p in via_ort] == [p.top_k[0]["label"] for p in via_torch]
+    correct = sum(p.top_k[0]["label"] == p.path.split("/")[-2] for p in via_ort) / len(paths)
     assert correct > 0.6, correct  # real weights and real images: far above chance (1/6)
 
 
@@ -232,8 +270,11 @@ def test_onnxruntime_tensorrt_provider_gets_the_profile(tmp_path):
     options = tensorrt_provider_options(load_target("jetson").to_dict(), [3, 224, 224], tmp_path)
     assert options["trt_fp16_enable"] == "True" and options["trt_layer_norm_fp32_fallback"] == "True"
     assert options["trt_max_workspace_size"] == str(1024 << 20)
-    assert (options["trt_profile_min_shapes"], options["trt_profile_opt_shapes"], options["trt_profile_max_shapes"]) == (
-        "images:1x3x224x224", "images:1x3x224x224", "images:8x3x224x224")
+    assert (
+        options["trt_profile_min_shapes"],
+        options["trt_profile_opt_shapes"],
+        options["trt_profile_max_shapes"],
+    ) == ("images:1x3x224x224", "images:1x3x224x224", "images:8x3x224x224")
     assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
     x86 = tensorrt_provider_options(load_target("x86-cuda").to_dict(), [3, 256, 256], tmp_path)
     assert x86["trt_profile_max_shapes"] == f"images:{load_target('x86-cuda').batch.max}x3x256x256"
@@ -246,7 +287,9 @@ def test_a_damaged_export_passes_the_work_to_pytorch_and_says_why(exported, base
     (exported / "heads.onnx").unlink()
     damaged = "backbone.onnx: checksum mismatch; the bundle is damaged; run `edgecl export` on the host again"
     embedder = open_embedder(Bundle.open(exported))
-    assert embedder.runtime == "torch" and any(r.startswith("onnxruntime: ") and r.endswith(damaged) for r in embedder.passed_over)
+    assert embedder.runtime == "torch" and any(
+        r.startswith("onnxruntime: ") and r.endswith(damaged) for r in embedder.passed_over
+    )
     with pytest.raises(EdgeclError, match="runtime onnxruntime: not available: .*" + damaged.replace("`", ".")):
         open_embedder(Bundle.open(exported), "onnxruntime")
     classifier = Classifier(exported)
@@ -254,7 +297,10 @@ def test_a_damaged_export_passes_the_work_to_pytorch_and_says_why(exported, base
     from edgecl.runtime.heads import open_heads
 
     heads = open_heads(Bundle.open(exported), classifier.method, "onnxruntime")
-    assert heads.runtime == "torch" and "heads.onnx: missing; the bundle is damaged; run `edgecl export` on the host again" in heads.reason
+    assert (
+        heads.runtime == "torch"
+        and "heads.onnx: missing; the bundle is damaged; run `edgecl export` on the host again" in heads.reason
+    )
     # info says so too, and lists the missing file instead of failing on its size
     from test_cli import edgecl
 

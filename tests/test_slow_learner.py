@@ -4,11 +4,11 @@ a tiny random-init CNN; accuracy is measured on real data in test_accuracy.py)."
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import DEVICES, PLUMBING_BACKBONE
-from edgecl.host.backbones import create_backbone, preprocess_config
+
 from edgecl.core.images import scan_class_folders
 from edgecl.core.methods.safe import SlowLearnerConfig
+from edgecl.host.backbones import create_backbone, preprocess_config
 from edgecl.host.slow_learner import train_slow_learner, transfer_loss, tuned_backbone
 
 
@@ -29,7 +29,9 @@ def test_transfer_loss_stays_float32_under_mixed_precision():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what CUDA training runs under (bfloat16 autocast)
         mixed = transfer_loss(s.bfloat16(), t.bfloat16(), 0.01, 10.0)
     assert mixed.dtype == torch.float32
-    torch.testing.assert_close(mixed, transfer_loss(s.bfloat16().float(), t.bfloat16().float(), 0.01, 10.0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        mixed, transfer_loss(s.bfloat16().float(), t.bfloat16().float(), 0.01, 10.0), rtol=1e-6, atol=0
+    )
     assert float(transfer_loss(s, t, 0.0, 0.0)) == 0.0
 
 
@@ -44,7 +46,9 @@ def test_slow_learner_tunes_and_merges_into_a_plain_backbone(base_images, device
     before = {k: v.clone() for k, v in model.state_dict().items()}
     paths, labels = session_zero(base_images)
     config = SlowLearnerConfig(epochs=2, batch_size=8, lr=0.05)
-    tuned, stats = train_slow_learner(model, paths, labels, preprocess_config(model), config, device=device, show_progress=False)
+    tuned, stats = train_slow_learner(
+        model, paths, labels, preprocess_config(model), config, device=device, show_progress=False
+    )
     assert stats["steps"] == 2 * 2 and stats["images"] == 18 and stats["trainable_parameters"] > 0
     assert stats["structure"] is None  # SSF merged: nothing stays in the graph
     state = tuned.state_dict()
@@ -60,7 +64,16 @@ def test_tuned_backbone_is_cached(base_images, tmp_path):
 
     def tune():
         model, _ = create_backbone(PLUMBING_BACKBONE, random_init=True)
-        return tuned_backbone(model, paths, labels, preprocess_config(model), config, base_sha256="x", cache_dir=tmp_path, show_progress=False)
+        return tuned_backbone(
+            model,
+            paths,
+            labels,
+            preprocess_config(model),
+            config,
+            base_sha256="x",
+            cache_dir=tmp_path,
+            show_progress=False,
+        )
 
     first, stats = tune()
     again, cached = tune()

@@ -64,15 +64,21 @@ def test_a_later_session_adds_directions_and_the_state_round_trips():
     assert restored.modes == memory.modes and restored.sessions == {"l": 2} and restored.design_rule is contrast_design
     torch.testing.assert_close(restored.bases["l"], basis, atol=1e-6, rtol=0)
     torch.testing.assert_close(restored.old["l"], memory.old["l"], atol=1e-6, rtol=0)
-    square = SubspaceMemory(design="contrast").load_state_dict({**memory.state_dict(), "l.old": memory.old["l"].float()})  # as first saved
+    square = SubspaceMemory(design="contrast").load_state_dict(
+        {**memory.state_dict(), "l.old": memory.old["l"].float()}
+    )  # as first saved
     torch.testing.assert_close(square.old["l"], memory.old["l"], atol=1e-6, rtol=0)
-    legacy = {k: v for k, v in memory.state_dict().items() if not k.endswith((".old", ".sessions"))}  # saved before edgecl kept them
+    legacy = {
+        k: v for k, v in memory.state_dict().items() if not k.endswith((".old", ".sessions"))
+    }  # saved before edgecl kept them
     official = SubspaceMemory(design="projected")
     official.update("l", covariance(orthonormal(dim, 3, seed=5)), threshold=0.97)
     assert set(official.state_dict()) == {"l.basis", "l.retain"}  # the official rule needs no old covariance
     older = SubspaceMemory(design="contrast").load_state_dict(legacy)
     new = covariance(orthonormal(dim, 4, seed=7), seed=8)
-    torch.testing.assert_close(older.design("l", new, rank=3), SubspaceMemory().load_state_dict(legacy).design("l", new, rank=3))
+    torch.testing.assert_close(
+        older.design("l", new, rank=3), SubspaceMemory().load_state_dict(legacy).design("l", new, rank=3)
+    )
     older.update("l", new, threshold=0.97)
     assert "l" not in older.old  # one session's covariance would pass for all the old ones
 

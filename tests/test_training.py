@@ -58,10 +58,14 @@ def test_heads_train_on_one_thread_and_the_count_comes_back_even_after_an_error(
                 raise RuntimeError("a loss that fails halfway")
             return w.pow(2).sum()
 
-        train_minibatches([w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False)
+        train_minibatches(
+            [w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False
+        )
         assert threads == [1, 1] and torch.get_num_threads() == 2
         with pytest.raises(RuntimeError, match="fails halfway"):
-            train_minibatches([w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False)
+            train_minibatches(
+                [w], loss, 4, SGDSchedule(epochs=1, batch_size=2), torch.Generator().manual_seed(0), show_progress=False
+            )
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import requires_fashion_mnist
 from PIL import Image
 
-from conftest import requires_fashion_mnist
+from edgecl.core.preprocess import preprocess
+from edgecl.errors import EdgeclError
 from edgecl.eval import fashion_mnist
 from edgecl.host.backbones import create_backbone, create_model, preprocess_config, rebuild
-from edgecl.errors import EdgeclError
-from edgecl.core.preprocess import preprocess
 from edgecl.host.tuners import create_tuner
 
 

@@ -41,7 +41,11 @@ def test_a_rewritten_file_is_classified_again_and_done_never_overwrites(bundle, 
     inbox, done, log = tmp_path / "inbox", tmp_path / "done", tmp_path / "predictions.jsonl"
     inbox.mkdir()
     stop, counts = threading.Event(), []
-    service = threading.Thread(target=lambda: counts.append(watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set)))
+    service = threading.Thread(
+        target=lambda: counts.append(
+            watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set)
+        )
+    )
     service.start()
     try:
         deadline = time.time() + 60
@@ -106,7 +110,9 @@ def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_
     stop = threading.Event()
     counts = []
     service = threading.Thread(
-        target=lambda: counts.append(watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set))
+        target=lambda: counts.append(
+            watch_folder(bundle, inbox, log, interval=0.05, settle=0.1, should_stop=stop.is_set)
+        )
     )
     service.start()
     try:
@@ -128,7 +134,9 @@ def test_service_picks_up_new_images_and_a_new_session(bundle, base_images, new_
     assert counts == [2]
 
 
-def test_a_learn_committed_while_the_service_loads_the_bundle_is_picked_up(bundle, base_images, new_images, tmp_path, monkeypatch):
+def test_a_learn_committed_while_the_service_loads_the_bundle_is_picked_up(
+    bundle, base_images, new_images, tmp_path, monkeypatch
+):
     inbox, log = tmp_path / "inbox", tmp_path / "predictions.jsonl"
     shutil.copytree(base_images / "red", inbox)
     loaded = []

@@ -14,7 +14,8 @@ from edgecl.cli import device_commands, eval_commands, host_commands, review_com
 from edgecl.cli.messages import out
 
 app = typer.Typer(
-    help="Edge continual learning: train a base model on the host, teach the device new classes from folders of images.",
+    help="Edge continual learning: train a base model on the host, "
+    "teach the device new classes from folders of images.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -30,16 +31,27 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Edge continual learning: train a base model on the host, teach the device new classes."""
 
 
 for name, command in [
-    ("train", host_commands.train), ("learn", device_commands.learn), ("adapt", host_commands.adapt),
-    ("classify", device_commands.classify), ("val", review_commands.val), ("forget", review_commands.forget),
-    ("rename", review_commands.rename), ("undo", review_commands.undo), ("info", device_commands.info), ("export", host_commands.export),
-    ("watch", device_commands.watch), ("eval", eval_commands.evaluate), ("methods", eval_commands.methods),
+    ("train", host_commands.train),
+    ("learn", device_commands.learn),
+    ("adapt", host_commands.adapt),
+    ("classify", device_commands.classify),
+    ("val", review_commands.val),
+    ("forget", review_commands.forget),
+    ("rename", review_commands.rename),
+    ("undo", review_commands.undo),
+    ("info", device_commands.info),
+    ("export", host_commands.export),
+    ("watch", device_commands.watch),
+    ("eval", eval_commands.evaluate),
+    ("methods", eval_commands.methods),
     ("demo", eval_commands.demo),
 ]:
     app.command(name)(command)

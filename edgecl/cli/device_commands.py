@@ -10,8 +10,25 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from edgecl.cli.messages import cli_message, count, err, listed, out, print_table, user_errors, warn_skipped, writes_bundle
-from edgecl.cli.options import DEFAULT_BUNDLE, BundleOption, LockTimeoutOption, MinScoreOption, QuietOption, RuntimeOption
+from edgecl.cli.messages import (
+    cli_message,
+    count,
+    err,
+    listed,
+    out,
+    print_table,
+    user_errors,
+    warn_skipped,
+    writes_bundle,
+)
+from edgecl.cli.options import (
+    DEFAULT_BUNDLE,
+    BundleOption,
+    LockTimeoutOption,
+    MinScoreOption,
+    QuietOption,
+    RuntimeOption,
+)
 from edgecl.errors import EdgeclError
 
 
@@ -28,17 +45,36 @@ def learn(
     """Device: learn the classes in a folder as one new session."""
     from edgecl.runtime.service import learn as learn_session
 
-    result = learn_session(bundle, images, label=label, runtime=runtime, lock_timeout=lock_timeout, show_progress=not quiet)
+    result = learn_session(
+        bundle, images, label=label, runtime=runtime, lock_timeout=lock_timeout, show_progress=not quiet
+    )
     warn_skipped(result.skipped)
     if json_out:
-        out.print_json(json.dumps({**asdict(result.session), "skipped": result.skipped, "runtime": result.runtime,
-                                   "seconds_backbone": result.seconds_backbone, "seconds_heads": result.seconds_heads}))
+        out.print_json(
+            json.dumps(
+                {
+                    **asdict(result.session),
+                    "skipped": result.skipped,
+                    "runtime": result.runtime,
+                    "seconds_backbone": result.seconds_backbone,
+                    "seconds_heads": result.seconds_heads,
+                }
+            )
+        )
         return
     s = result.session
-    what = " and ".join(part for part in (f"learned {', '.join(s.classes)}" if s.classes else "",
-                                          f"added to {', '.join(s.added_to)}" if s.added_to else "") if part)
-    out.print(f"{what} as session {s.index} of {bundle} from {s.images} images "
-              f"(backbone {result.seconds_backbone:.1f} s on {result.runtime}, heads {result.seconds_heads:.1f} s)")
+    what = " and ".join(
+        part
+        for part in (
+            f"learned {', '.join(s.classes)}" if s.classes else "",
+            f"added to {', '.join(s.added_to)}" if s.added_to else "",
+        )
+        if part
+    )
+    out.print(
+        f"{what} as session {s.index} of {bundle} from {s.images} images "
+        f"(backbone {result.seconds_backbone:.1f} s on {result.runtime}, heads {result.seconds_heads:.1f} s)"
+    )
 
 
 def _plain(prediction, top_k: int) -> str:
@@ -57,7 +93,9 @@ def _field(text: str) -> str:
 def classify(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files or folders (searched recursively).")],
     bundle: BundleOption = DEFAULT_BUNDLE,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also print the K best labels, as label and score columns.")] = 1,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", min=1, help="Also print the K best labels, as label and score columns.")
+    ] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of {path, label, score, top_k}.")] = False,
     runtime: RuntimeOption = None,
     min_score: MinScoreOption = None,
@@ -98,7 +136,9 @@ def _settings_changed(name: str, config: dict) -> str:
     from edgecl.core.methods import method_config
 
     defaults = dict(flatten(method_config(name).to_dict()))
-    changed = [f"{key}={json.dumps(value)}" for key, value in flatten(config) if key not in defaults or defaults[key] != value]
+    changed = [
+        f"{key}={json.dumps(value)}" for key, value in flatten(config) if key not in defaults or defaults[key] != value
+    ]
     return f"settings other than the defaults: {', '.join(changed)}" if changed else "default settings"
 
 
@@ -120,36 +160,68 @@ def info(
     m = b.manifest
     sizes = b.size_bytes()
     if json_out:
-        print(json.dumps({"manifest": json.loads(m.to_json()), "files": sizes, "runtime": embedder.runtime,
-                          "runtime_reason": cli_message(embedder.reason), "passed_over": [cli_message(r) for r in embedder.passed_over],
-                          "heads_runtime": heads.runtime, "heads_reason": cli_message(heads.reason)}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "manifest": json.loads(m.to_json()),
+                    "files": sizes,
+                    "runtime": embedder.runtime,
+                    "runtime_reason": cli_message(embedder.reason),
+                    "passed_over": [cli_message(r) for r in embedder.passed_over],
+                    "heads_runtime": heads.runtime,
+                    "heads_reason": cli_message(heads.reason),
+                },
+                indent=1,
+            )
+        )
         return
-    out.print(f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(filter(None, sizes.values())) / 1e6:.1f} MB)")
-    out.print(f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  input {'x'.join(map(str, m.preprocess['input_size'][1:]))}"
-              f"  weights {m.backbone['weights_source']}")
+    out.print(
+        f"bundle     {b.path}  (format {m.format} v{m.version}, {sum(filter(None, sizes.values())) / 1e6:.1f} MB)"
+    )
+    out.print(
+        f"backbone   {m.backbone['name']}  {m.backbone['embedding_dim']}-d  "
+        f"input {'x'.join(map(str, m.preprocess['input_size'][1:]))}"
+        f"  weights {m.backbone['weights_source']}"
+    )
     slow = m.backbone.get("slow_learner")
     if slow:
-        kept = "merged into the weights" if not m.backbone.get("tuner") else f"{m.backbone['tuner']['name']} adapters kept in the graph"
-        out.print(f"           slow learner {slow['tuner']}: {count(slow['epochs'], 'epoch')} on {slow['images']} images, "
-                  f"{slow['seconds']:.0f} s on {slow.get('device', 'cpu')}, {kept}")
+        kept = (
+            "merged into the weights"
+            if not m.backbone.get("tuner")
+            else f"{m.backbone['tuner']['name']} adapters kept in the graph"
+        )
+        out.print(
+            f"           slow learner {slow['tuner']}: {count(slow['epochs'], 'epoch')} on {slow['images']} images, "
+            f"{slow['seconds']:.0f} s on {slow.get('device', 'cpu')}, {kept}"
+        )
     adapted = m.backbone.get("inflora")
     if adapted:
-        out.print(f"           inflora: {count(adapted['epochs'], 'epoch')} on {adapted['images']} images, {adapted['seconds']:.0f} s on "
-                  f"{adapted.get('device', 'cpu')}, merged into the weights; {adapted['protected_fraction']:.0%} of the adapted "
-                  "input space in memory")
+        out.print(
+            f"           inflora: {count(adapted['epochs'], 'epoch')} on {adapted['images']} images, "
+            f"{adapted['seconds']:.0f} s on "
+            f"{adapted.get('device', 'cpu')}, merged into the weights; "
+            f"{adapted['protected_fraction']:.0%} of the adapted "
+            "input space in memory"
+        )
     out.print(f"method     {m.method['name']}  {_settings_changed(m.method['name'], m.method['config'])}")
     out.print(f"runtime    {embedder.runtime}: {cli_message(embedder.reason)}")
     for reason in embedder.passed_over:
         out.print(f"           not {cli_message(reason)}")
     out.print(f"heads      {heads.runtime}: {cli_message(heads.reason)}")
     calibrated = sum(sum(x.known_histogram) for x in m.sessions)
-    out.print(f"unknown    under a known score of {min_score_of(m.sessions):.2f}, which keeps {KEEP_KNOWN:.0%} of the "
-              f"{calibrated} training images held out of their class" if calibrated else
-              "unknown    never (the bundle's sessions predate the calibration; pass --min-score)")
+    out.print(
+        f"unknown    under a known score of {min_score_of(m.sessions):.2f}, which keeps {KEEP_KNOWN:.0%} of the "
+        f"{calibrated} training images held out of their class"
+        if calibrated
+        else "unknown    never (the bundle's sessions predate the calibration; pass --min-score)"
+    )
     if m.export:
         parity = m.export["parity"]
-        out.print(f"export     {m.export['file']} for {m.export['target']} (opset {m.export['opset']}, parity {parity['max_abs_diff']:.1e} "
-                  f"on {parity['images']} {'real' if parity['real_images'] else 'random'} inputs)")
+        out.print(
+            f"export     {m.export['file']} for {m.export['target']} (opset {m.export['opset']}, "
+            f"parity {parity['max_abs_diff']:.1e} "
+            f"on {parity['images']} {'real' if parity['real_images'] else 'random'} inputs)"
+        )
     for key, engine in m.engines.items():
         out.print(f"engine     {key} ({engine['gpu']}, built {engine['built']})")
     table = Table("session", "classes", "images", "heads s", "created")
@@ -160,15 +232,23 @@ def info(
     forgotten = [c.name for c in m.classes if c.forgotten]
     if forgotten:
         out.print(f"forgotten  {', '.join(forgotten)} (never predicted)")
-    out.print(f"undo       {count(len(m.history), 'change')} can be taken back (the bundle keeps the last {m.history_limit})")
-    out.print("files      " + ", ".join(f"{name} {size / 1e6:.2f} MB" if size is not None else f"{name} MISSING"
-                                        for name, size in sizes.items()))
+    out.print(
+        f"undo       {count(len(m.history), 'change')} can be taken back (the bundle keeps the last {m.history_limit})"
+    )
+    out.print(
+        "files      "
+        + ", ".join(
+            f"{name} {size / 1e6:.2f} MB" if size is not None else f"{name} MISSING" for name, size in sizes.items()
+        )
+    )
 
 
 @writes_bundle
 def engine_build(
     bundle: BundleOption = DEFAULT_BUNDLE,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")] = 600.0,
+    lock_timeout: Annotated[
+        float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another writer.")
+    ] = 600.0,
 ) -> None:
     """Device: build and store the engine for this GPU and TensorRT version."""
     from edgecl.runtime.tensorrt_engines import build_into_bundle
@@ -184,36 +264,72 @@ def watch(
     bundle: BundleOption = DEFAULT_BUNDLE,
     runtime: RuntimeOption = None,
     min_score: MinScoreOption = None,
-    done: Annotated[Optional[Path], typer.Option("--done", help="Move classified images here, never overwriting (default: leave "
-                                                 "them); unreadable ones stay.")] = None,
+    done: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--done", help="Move classified images here, never overwriting (default: leave them); unreadable ones stay."
+        ),
+    ] = None,
     interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between polls.")] = 1.0,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Also log the K best labels.")] = 1,
     once: Annotated[bool, typer.Option("--once", help="Classify what is there now, then exit.")] = False,
-    keep_done: Annotated[Optional[int], typer.Option(
-        "--keep-done", metavar="N",
-        help="Keep at most N images in --done; the first moved there go first (default: all; 0: keep none).",
-    )] = None,
-    keep_done_mb: Annotated[Optional[float], typer.Option(
-        "--keep-done-mb", metavar="MB",
-        help="Keep at most MB megabytes (10^6 bytes) of images in --done; the first moved there go first.",
-    )] = None,
-    log_max_mb: Annotated[Optional[float], typer.Option(
-        "--log-max-mb", metavar="MB",
-        help="Rotate --log to LOG.1, LOG.2, ... before it grows past MB megabytes (default: never).",
-    )] = None,
-    log_keep: Annotated[int, typer.Option(
-        "--log-keep", metavar="K",
-        help="Rotated logs kept with --log-max-mb, the oldest removed (0: the log starts afresh).",
-    )] = 3,
+    keep_done: Annotated[
+        Optional[int],
+        typer.Option(
+            "--keep-done",
+            metavar="N",
+            help="Keep at most N images in --done; the first moved there go first (default: all; 0: keep none).",
+        ),
+    ] = None,
+    keep_done_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--keep-done-mb",
+            metavar="MB",
+            help="Keep at most MB megabytes (10^6 bytes) of images in --done; the first moved there go first.",
+        ),
+    ] = None,
+    log_max_mb: Annotated[
+        Optional[float],
+        typer.Option(
+            "--log-max-mb",
+            metavar="MB",
+            help="Rotate --log to LOG.1, LOG.2, ... before it grows past MB megabytes (default: never).",
+        ),
+    ] = None,
+    log_keep: Annotated[
+        int,
+        typer.Option(
+            "--log-keep",
+            metavar="K",
+            help="Rotated logs kept with --log-max-mb, the oldest removed (0: the log starts afresh).",
+        ),
+    ] = 3,
 ) -> None:
     """Device service: classify images dropped into FOLDER, one JSON line each in --log."""
     from edgecl.runtime.watch import watch_folder
 
     def started(classifier) -> None:
-        err.print(f"watching {folder} with {bundle} ({count(len(classifier.classes), 'class')}, backbone on "
-                  f"{classifier.embedder.runtime}, unknown under {classifier.min_score:.2f}); predictions to {log}" + (f", images then moved to {done}" if done else ""))
+        err.print(
+            f"watching {folder} with {bundle} ({count(len(classifier.classes), 'class')}, backbone on "
+            f"{classifier.embedder.runtime}, unknown under {classifier.min_score:.2f}); predictions to {log}"
+            + (f", images then moved to {done}" if done else "")
+        )
 
-    total = watch_folder(bundle, folder, log, runtime=runtime, min_score=min_score, interval=interval, done=done, top_k=top_k, once=once,
-                         keep_done=keep_done, keep_done_mb=keep_done_mb, log_max_mb=log_max_mb, log_keep=log_keep,
-                         on_start=started)
+    total = watch_folder(
+        bundle,
+        folder,
+        log,
+        runtime=runtime,
+        min_score=min_score,
+        interval=interval,
+        done=done,
+        top_k=top_k,
+        once=once,
+        keep_done=keep_done,
+        keep_done_mb=keep_done_mb,
+        log_max_mb=log_max_mb,
+        log_keep=log_keep,
+        on_start=started,
+    )
     err.print(f"classified {count(total, 'image')} into {log}")

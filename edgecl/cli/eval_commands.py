@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from edgecl.cli.host_commands import GlobalPoolOption, ImgSizeOption
 from edgecl.cli.messages import count, out, print_table, user_errors, warn_skipped
 from edgecl.cli.options import (
     BackboneOption,
@@ -36,6 +37,8 @@ def evaluate(
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
+    img_size: ImgSizeOption = None,
+    global_pool: GlobalPoolOption = None,
     epochs: EpochsOption = None,
     settings: SetOption = None,
     joint: Annotated[bool, typer.Option("--joint", help="Also report classifiers trained on all classes at once on the frozen embeddings (NCM, logistic probe, analytic).")] = False,
@@ -61,7 +64,8 @@ def evaluate(
         raise EdgeclError(f"--json {json_file}: folder {json_file.parent} does not exist")
     report = run_protocol(
         data, init, increment, methods, seed=seed, train_list=train_list, test_list=test_list,
-        exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init,
+        exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init, img_size=img_size,
+        global_pool=global_pool,
         epochs=epochs, settings=parse_settings(settings), joint=joint, device=device, shots=shots,
         cache_dir=cache_dir, show_progress=not quiet,
     )
@@ -142,9 +146,15 @@ def demo(
     train_per_class: Annotated[int, typer.Option("--train-per-class", min=1, help="Fashion-MNIST training images per class.")] = 300,
     test_per_class: Annotated[int, typer.Option("--test-per-class", min=1, help="Fashion-MNIST test images per class.")] = 100,
     slow_epochs: Annotated[Optional[int], typer.Option("--slow-epochs", min=0, help="Epochs of the slow learner (default: 20 on a GPU, 1 on a CPU; 0: off).")] = None,
+    backbone: Annotated[Optional[str], typer.Option("--backbone", help="timm model (default: tf_efficientnet_lite0), e.g. "
+                                                    "vit_small_patch14_dinov2 with --weights FILE --img-size 224.")] = None,
+    weights: WeightsOption = None,
+    img_size: ImgSizeOption = None,
+    global_pool: GlobalPoolOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """The whole loop on Fashion-MNIST: train on 6 classes, learn 2 + 2 more, classify, report."""
     from edgecl.eval.demo import run_demo
 
-    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, slow_epochs=slow_epochs, show_progress=not quiet)
+    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, slow_epochs=slow_epochs,
+             show_progress=not quiet, backbone=backbone, weights=weights, img_size=img_size, global_pool=global_pool)

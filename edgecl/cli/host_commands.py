@@ -22,6 +22,14 @@ from edgecl.cli.options import (
     parse_settings,
 )
 
+ImgSizeOption = Annotated[Optional[int], typer.Option(
+    "--img-size", metavar="N", help="Input size in pixels the backbone is built at (a ViT: a multiple of its patch "
+    "size, its position embeddings resampled; a CNN: the preprocessing's size). Default: timm's (518 for DINOv2).")]
+GlobalPoolOption = Annotated[Optional[str], typer.Option(
+    "--global-pool", metavar="POOL", help="The embedding: token (a ViT's [CLS]), avg (the mean of its normed patch "
+    "tokens), max, avgmax. Default: the model's own.")]
+
+
 @writes_bundle
 def train(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="Image folder: DATA/<class name>/<images>.")],
@@ -29,6 +37,8 @@ def train(
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
+    img_size: ImgSizeOption = None,
+    global_pool: GlobalPoolOption = None,
     method: Annotated[str, typer.Option("--method", help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper, "
                                         "inflora (`edgecl methods`).")] = "edgecl",
     epochs: EpochsOption = None,
@@ -51,8 +61,8 @@ def train(
     values = parse_settings(settings)
     if slow_epochs is not None:
         values["slow.epochs" if method == "safe" else "safe.slow.epochs"] = str(slow_epochs)
-    report = edgecl.train(data, bundle, backbone=backbone, weights=weights, random_init=random_init, method=method, epochs=epochs,
-                          settings=values, device=device, seed=seed, force=force, lock_timeout=lock_timeout, show_progress=not quiet)
+    report = edgecl.train(data, bundle, backbone=backbone, weights=weights, random_init=random_init, img_size=img_size,
+                          global_pool=global_pool, method=method, epochs=epochs, settings=values, device=device, seed=seed, force=force, lock_timeout=lock_timeout, show_progress=not quiet)
     warn_skipped(report.skipped)
     slow = report.slow_learner
     tuned = f"; slow learner {slow['tuner']} {count(slow['epochs'], 'epoch')} in {slow['seconds']:.0f} s on {slow['device']}" if slow else ""

@@ -26,7 +26,7 @@ FLAGS = {
     "label": "--label", "lock_timeout": "--lock-timeout", "log": "--log", "method": "--method", "out": "--bundle",
     "plot": "--plot", "runtime": "--runtime", "settings": "--set", "target": "--target", "test_list": "--test-list",
     "top_k": "--top-k", "train_list": "--train-list", "weights": "--weights", "examples": "--images",
-    "slow_epochs": "--slow-epochs", "img_size": "--img-size", "min_score": "--min-score", "shots": "--shots", "name": "CLASS", "old": "OLD", "new": "NEW", "folder": "DIR",
+    "slow_epochs": "--slow-epochs", "img_size": "--img-size", "global_pool": "--global-pool", "min_score": "--min-score", "shots": "--shots", "name": "CLASS", "old": "OLD", "new": "NEW", "folder": "DIR",
     "keep_done": "--keep-done", "keep_done_mb": "--keep-done-mb", "log_max_mb": "--log-max-mb", "log_keep": "--log-keep",
 }
 

@@ -11,7 +11,12 @@ from edgecl.errors import EdgeclError
 
 BundleOption = Annotated[
     Path,
-    typer.Option("--bundle", "-b", envvar="EDGECL_BUNDLE", help="Bundle directory (default: $EDGECL_BUNDLE, else ./edgecl-bundle)."),
+    typer.Option(
+        "--bundle",
+        "-b",
+        envvar="EDGECL_BUNDLE",
+        help="Bundle directory (default: $EDGECL_BUNDLE, else ./edgecl-bundle).",
+    ),
 ]
 DEFAULT_BUNDLE = Path("edgecl-bundle")
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -27,29 +32,64 @@ def _known_runtime(value: Optional[str]) -> Optional[str]:
 
 
 RuntimeOption = Annotated[
-    Optional[str], typer.Option("--runtime", callback=_known_runtime,
-                                help="Force the backbone runtime: tensorrt, onnxruntime or torch (default: the best available).")
+    Optional[str],
+    typer.Option(
+        "--runtime",
+        callback=_known_runtime,
+        help="Force the backbone runtime: tensorrt, onnxruntime or torch (default: the best available).",
+    ),
 ]
-BackboneOption = Annotated[str, typer.Option("--backbone", help="Any timm model name, pretrained tag included (vit_small_patch14_dinov2.lvd142m).")]
+BackboneOption = Annotated[
+    str,
+    typer.Option("--backbone", help="Any timm model name, pretrained tag included (vit_small_patch14_dinov2.lvd142m)."),
+]
 WeightsOption = Annotated[
     Optional[Path],
-    typer.Option("--weights", help="Backbone weights file (safetensors or a state dict). Default: offline package, else the hub."),
+    typer.Option(
+        "--weights", help="Backbone weights file (safetensors or a state dict). Default: offline package, else the hub."
+    ),
 ]
-RandomInitOption = Annotated[bool, typer.Option("--random-init", help="Random backbone weights: for testing plumbing only.")]
-EpochsOption = Annotated[Optional[int], typer.Option(
-    "--epochs", min=1, help="Epochs per session of the heads' training (TOSCA's modules, SAFE's fast learner, InfLoRA's heads).")]
+RandomInitOption = Annotated[
+    bool, typer.Option("--random-init", help="Random backbone weights: for testing plumbing only.")
+]
+EpochsOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--epochs",
+        min=1,
+        help="Epochs per session of the heads' training (TOSCA's modules, SAFE's fast learner, InfLoRA's heads).",
+    ),
+]
 SetOption = Annotated[
     Optional[list[str]],
-    typer.Option("--set", metavar="KEY=VALUE", help="Override one method setting, e.g. --set safe.slow.epochs=5 or --set use_tosca=false "
-                 "(repeatable; `edgecl methods` lists them)."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override one method setting, e.g. --set safe.slow.epochs=5 or --set use_tosca=false "
+        "(repeatable; `edgecl methods` lists them).",
+    ),
 ]
-DeviceOption = Annotated[Optional[str], typer.Option(
-    "--device", help="Where the backbone trains (slow learner, InfLoRA): cpu, cuda, cuda:1 (default: cuda when there is a GPU).")]
-MinScoreOption = Annotated[Optional[float], typer.Option(
-    "--min-score", metavar="S", help="Label an image `unknown` when its known score (0..1, how close it is to the class it is most "
-    "like, relative to that class's own images) is under S; default: the threshold the bundle calibrated (keeps 95%% of "
-    "known images), 0: never unknown.")]
-LockTimeoutOption = Annotated[float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another process writing the bundle.")]
+DeviceOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device",
+        help="Where the backbone trains (slow learner, InfLoRA): cpu, cuda, cuda:1 "
+        "(default: cuda when there is a GPU).",
+    ),
+]
+MinScoreOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--min-score",
+        metavar="S",
+        help="Label an image `unknown` when its known score (0..1, how close it is to the class it is most "
+        "like, relative to that class's own images) is under S; default: the threshold the bundle calibrated "
+        "(keeps 95%% of known images), 0: never unknown.",
+    ),
+]
+LockTimeoutOption = Annotated[
+    float, typer.Option("--lock-timeout", min=0, help="Seconds to wait for another process writing the bundle.")
+]
 
 
 def parse_settings(pairs: Optional[list[str]]) -> dict[str, str]:

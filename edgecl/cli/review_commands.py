@@ -10,7 +10,14 @@ import typer
 from rich.table import Table
 
 from edgecl.cli.messages import out, print_table, user_errors, warn_skipped, writes_bundle
-from edgecl.cli.options import DEFAULT_BUNDLE, BundleOption, LockTimeoutOption, MinScoreOption, QuietOption, RuntimeOption
+from edgecl.cli.options import (
+    DEFAULT_BUNDLE,
+    BundleOption,
+    LockTimeoutOption,
+    MinScoreOption,
+    QuietOption,
+    RuntimeOption,
+)
 from edgecl.errors import EdgeclError
 
 
@@ -20,8 +27,13 @@ def val(
     bundle: BundleOption = DEFAULT_BUNDLE,
     runtime: RuntimeOption = None,
     min_score: MinScoreOption = None,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write everything, the full confusion matrix too, to this JSON file.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the confusion matrix into this PNG (needs matplotlib).")] = None,
+    json_file: Annotated[
+        Optional[Path],
+        typer.Option("--json", help="Write everything, the full confusion matrix too, to this JSON file."),
+    ] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Draw the confusion matrix into this PNG (needs matplotlib).")
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """Device: check the bundle on labelled images: accuracy per class, what it confuses, "unknown" rates.
@@ -39,13 +51,31 @@ def val(
         require_matplotlib(plot)
     report = validate(bundle, folder, runtime=runtime, min_score=min_score, show_progress=not quiet)
     warn_skipped(report.skipped)
-    table = Table("class", "images", "right", "unknown", "rate", title=f"{folder} with {bundle} (unknown under {report.min_score:.2f})")
+    table = Table(
+        "class",
+        "images",
+        "right",
+        "unknown",
+        "rate",
+        title=f"{folder} with {bundle} (unknown under {report.min_score:.2f})",
+    )
     for name, r in report.per_class.items():
-        table.add_row(name + ("" if name in report.known else " (not a class of the bundle)"), str(r.images), str(r.correct),
-                      str(r.unknown), f"{r.rate:.3f}")
+        table.add_row(
+            name + ("" if name in report.known else " (not a class of the bundle)"),
+            str(r.images),
+            str(r.correct),
+            str(r.unknown),
+            f"{r.rate:.3f}",
+        )
     print_table(table)
-    out.print(f"accuracy {report.accuracy:.3f} on the bundle's classes ({len(report.known)} of them)"
-              + (f"; {report.unknown_rate:.3f} of the other classes' images called unknown" if report.unknown_rate is not None else ""))
+    out.print(
+        f"accuracy {report.accuracy:.3f} on the bundle's classes ({len(report.known)} of them)"
+        + (
+            f"; {report.unknown_rate:.3f} of the other classes' images called unknown"
+            if report.unknown_rate is not None
+            else ""
+        )
+    )
     confused = report.most_confused()
     if confused:
         out.print("most confused: " + "; ".join(f"{t} -> {p} ({n})" for t, p, n in confused))

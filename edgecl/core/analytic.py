@@ -18,8 +18,9 @@ and `learn` and measured no better (docs/methods.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,8 @@ PROJECTIONS: dict[str, Callable[[int, int, int], Callable[[torch.Tensor], torch.
 def random_projection(kind: str, dim: int, size: int, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Classifiers with the same (kind, dim, size, seed) share one projection: SAFE's slow and fast
     heads then pass both their inputs through it as one batch (benchmarks/classify.py)."""
-    return PROJECTIONS[kind](dim, size, seed)
+    with torch.device("cpu"):  # real numbers whatever device a caller sizes modules on (edgecl.core.session)
+        return PROJECTIONS[kind](dim, size, seed)
 
 
 def check_projection(kind: str) -> None:
@@ -154,7 +156,10 @@ def cholesky_factor(system: torch.Tensor) -> torch.Tensor:
     lower, info = system.mT, torch.empty((), dtype=torch.int32)
     torch.linalg.cholesky_ex(lower, out=(lower, info))
     if info:
-        raise EdgeclError(f"analytic classifier: G + lambda I is not positive definite in float64 (leading minor {int(info)}); pick a larger ridge")
+        raise EdgeclError(
+            f"analytic classifier: G + lambda I is not positive definite in float64 "
+            f"(leading minor {int(info)}); pick a larger ridge"
+        )
     return system
 
 
@@ -207,8 +212,15 @@ def solve_factored(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 
 class AnalyticClassifier(nn.Module):
-    def __init__(self, dim: int, size: int = PROJECTION, seed: int = 0, num_classes: int = 0, kind: str = "hadamard",
-                 repick: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        size: int = PROJECTION,
+        seed: int = 0,
+        num_classes: int = 0,
+        kind: str = "hadamard",
+        repick: bool = False,
+    ) -> None:
         super().__init__()
         self.dim, self.size, self.seed, self.kind, self.repick = dim, size, seed, kind, repick
         self.projection = random_projection(kind, dim, size, seed)
@@ -222,6 +234,8 @@ class AnalyticClassifier(nn.Module):
         self.register_buffer("weight", torch.zeros(size, num_classes))  # W, the current solution
         self.register_buffer("ridge", torch.tensor(0.0, dtype=torch.float64))  # 0: nothing learned yet
         self._holds_gram = False  # factor_packed holds G still, as loaded from a bundle that kept G
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # this session's adds, for the heads' journal
+        self.stale = False  # loaded to classify from a journal: W is current, the factor and Q are not
 
     @property
     def _kept(self) -> str:
@@ -254,14 +268,23 @@ class AnalyticClassifier(nn.Module):
                 factor = factor_of_gram(unpack_upper(self.factor_packed, self.size), float(self.ridge))
             except EdgeclError:  # G rounded to float32 is indefinite by about 1e-7 |G|, more than a small lambda
                 values, vectors = torch.linalg.eigh(unpack_upper(self.factor_packed, self.size))
-                factor = cholesky_factor((vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T)  # nearest PSD G
+                factor = cholesky_factor(
+                    (vectors * (values.clamp(min=0) + float(self.ridge))) @ vectors.T
+                )  # nearest PSD G
             self.factor_packed = pack_upper(factor)
         self._holds_gram = False
 
     @classmethod
-    def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> "AnalyticClassifier":
+    def from_settings(cls, dim: int, settings: Any, num_classes: int = 0) -> AnalyticClassifier:
         """From a method config's `projection` (M), `projection_seed`, `projection_kind` and `repick_ridge`."""
-        return cls(dim, settings.projection, settings.projection_seed, num_classes, settings.projection_kind, settings.repick_ridge)
+        return cls(
+            dim,
+            settings.projection,
+            settings.projection_seed,
+            num_classes,
+            settings.projection_kind,
+            settings.repick_ridge,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -289,15 +312,23 @@ class AnalyticClassifier(nn.Module):
     def expand(self, features: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.projection(features))
 
-    def add(self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES) -> float:
+    def add(
+        self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES
+    ) -> float:
         """Accumulate one session (targets in [0, num_classes)), pick lambda in the first session (every
         session if `repick`), solve; returns lambda. If it fails, nothing has changed."""
         if not min(ridges) > 0:
             raise EdgeclError(f"ridge candidates must be positive (got {min(ridges):g})")
+        if self.stale:
+            raise RuntimeError(
+                "this analytic classifier was loaded to classify; load the heads for learning to add to it"
+            )
         h = self.expand(features).double()
         y = torch.nn.functional.one_hot(targets, num_classes).double()
         previous = self.moment
-        self.moment = torch.cat([previous, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1)
+        self.moment = torch.cat(
+            [previous, torch.zeros(self.size, num_classes - self.num_classes, dtype=torch.float64)], dim=1
+        )
         moment = self.moment + h.T @ y
         try:
             ridge, kept, weight = self._fit(h, y, ridges, moment)
@@ -308,9 +339,12 @@ class AnalyticClassifier(nn.Module):
         self.ridge = torch.tensor(ridge, dtype=torch.float64)
         setattr(self, self._kept, kept)
         self.weight = weight
+        self.recorded.append((features.detach().float().clone(), targets.clone(), num_classes))
         return ridge
 
-    def _fit(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], moment: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    def _fit(
+        self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], moment: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(lambda, the packed triangle to keep, W) with this session's H added; `moment` is Q with its Y."""
         if self.learned and not self.repick:
             factor = self.factor
@@ -330,8 +364,14 @@ class AnalyticClassifier(nn.Module):
             return ridge, gram_kept, torch.linalg.solve(system, moment).float().contiguous()
         return ridge, gram_kept if self.repick else pack_upper(factor), self.solve(factor, moment)
 
-    def select_ridge(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], gram: torch.Tensor | None = None,
-                     folds: int = FOLDS) -> float:
+    def select_ridge(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        ridges: tuple[float, ...],
+        gram: torch.Tensor | None = None,
+        folds: int = FOLDS,
+    ) -> float:
         """The lambda with the least squared error over `folds`-fold cross-validation on this session's
         first HELD_OUT samples (earlier sessions, whose G is `gram`, and later samples always in the fit;
         folds are every k-th sample, so the caller shuffles)."""
@@ -339,8 +379,15 @@ class AnalyticClassifier(nn.Module):
             return float(self.ridge) if self.learned else ridges[len(ridges) // 2]
         return ridges[int(np.argmin(self.cross_validation_errors(h, y, ridges, folds, gram=gram)))]
 
-    def cross_validation_errors(self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], folds: int = FOLDS,
-                                held_out: int = HELD_OUT, gram: torch.Tensor | None = None) -> list[float]:
+    def cross_validation_errors(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        ridges: tuple[float, ...],
+        folds: int = FOLDS,
+        held_out: int = HELD_OUT,
+        gram: torch.Tensor | None = None,
+    ) -> list[float]:
         """Held-out squared error per candidate lambda. No refits: with the fit on everything,
         A = G + lambda I and P_f = H_f A^-1 H_f^T, fold f's held-out residuals are
         (I - P_f)^-1 (Y_f - H_f W), so one eigendecomposition of G serves every candidate and fold."""
@@ -360,7 +407,9 @@ class AnalyticClassifier(nn.Module):
             errors.append(error)
         return errors
 
-    def _spectrum(self, h: torch.Tensor, y: torch.Tensor, gram: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _spectrum(
+        self, h: torch.Tensor, y: torch.Tensor, gram: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(eigenvalues of G + H^T H, H and G's targets in its eigenvectors V); G = 0 where `gram` is None.
         A first session with fewer samples than M takes them from the n x n kernel H H^T = U S U^T
         instead, since H V = U S^1/2 there (benchmarks/analytic.py: the first session)."""

@@ -22,12 +22,12 @@ import json
 import os
 import re
 import shutil
-import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -35,7 +35,7 @@ from safetensors.torch import save as save_safetensors
 
 from edgecl import __version__
 from edgecl.core.bundle_files import SUBFOLDERS, BundleFiles, UnsafeName, check_name
-from edgecl.core.files import LOCK, alive, exchange, fsync_dir, locked, write_atomic
+from edgecl.core.files import LOCK, exchange, fsync_dir, held_scratch, locked, remove_abandoned, write_atomic
 from edgecl.core.preprocess import PreprocessConfig
 from edgecl.errors import DamagedFile, EdgeclError, param
 
@@ -46,17 +46,27 @@ MAX_MANIFEST_BYTES = 64 << 20  # a manifest of 100,000 classes is a few MB
 MAX_EMBEDDING_DIM = 1 << 16
 BACKBONE_FILE = "backbone.safetensors"
 ONNX_FILE = "backbone.onnx"
-HEADS_ONNX_FILE = "heads.onnx"  # the heads' inference, their tensors as inputs (edgecl/heads_onnx.py)
+HEADS_ONNX_FILE = "heads.onnx"  # the heads' inference, their tensors as inputs (edgecl/host/heads_onnx.py)
 INFLORA_MEMORY_FILE = "inflora_memory.safetensors"  # DualGPM bases, for later host sessions
 ENGINES_DIR = "engines"
 HEADS_STEM = "heads"
+JOURNAL_STEM = "journal"  # the heads' journal entries (edgecl/core/heads_journal.py)
 STALE_STAGING_SECONDS = 3600
 
 
 # What loading a bundle relies on; a hand edit that breaks one is named instead of failing deep inside.
-ENTRY_TYPES = {("backbone", "name"): str, ("backbone", "embedding_dim"): int, ("backbone", "file"): str, ("backbone", "sha256"): str,
-               ("heads", "file"): str, ("heads", "sha256"): str, ("heads", "structure"): dict, ("method", "name"): str,
-               ("method", "config"): dict, ("preprocess", "input_size"): list}
+ENTRY_TYPES = {
+    ("backbone", "name"): str,
+    ("backbone", "embedding_dim"): int,
+    ("backbone", "file"): str,
+    ("backbone", "sha256"): str,
+    ("heads", "file"): str,
+    ("heads", "sha256"): str,
+    ("heads", "structure"): dict,
+    ("method", "name"): str,
+    ("method", "config"): dict,
+    ("preprocess", "input_size"): list,
+}
 
 
 def now() -> str:
@@ -140,10 +150,12 @@ class Manifest:
 
     def remember(self) -> None:
         """Keep the manifest as it is now in the history (the oldest beyond the limit dropped), before a change."""
-        self.history = [*self.history, self.snapshot()][-self.history_limit:] if self.history_limit else []
+        self.history = [*self.history, self.snapshot()][-self.history_limit :] if self.history_limit else []
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        self.backbone, self.preprocess, self.method, self.heads = (snapshot[k] for k in ("backbone", "preprocess", "method", "heads"))
+        self.backbone, self.preprocess, self.method, self.heads = (
+            snapshot[k] for k in ("backbone", "preprocess", "method", "heads")
+        )
         self.classes = [ClassEntry(**c) for c in snapshot["classes"]]
         self.sessions = [SessionEntry(**s) for s in snapshot["sessions"]]
 
@@ -151,7 +163,7 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, where: Path) -> "Manifest":
+    def from_json(cls, text: str, where: Path) -> Manifest:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -167,20 +179,33 @@ class Manifest:
                 f"({__version__}) supports ({FORMAT_VERSION}); upgrade edgecl"
             )
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - set(data))
         if missing:
             raise EdgeclError(f"{where}: missing field(s) {', '.join(missing)}")
         for (group, key), kind in ENTRY_TYPES.items():
             value = data[group].get(key) if isinstance(data.get(group), dict) else None
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise EdgeclError(f"{where}: {group}.{key} = {value!r:.40} is not of type {kind.__name__}; the bundle is damaged")
+                raise EdgeclError(
+                    f"{where}: {group}.{key} = {value!r:.40} is not of type {kind.__name__}; the bundle is damaged"
+                )
         limit = data.get("history_limit", HISTORY_LIMIT)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= 100 or not isinstance(data.get("history", []), list):
+        if (
+            not isinstance(limit, int)
+            or isinstance(limit, bool)
+            or not 0 <= limit <= 100
+            or not isinstance(data.get("history", []), list)
+        ):
             raise EdgeclError(f"{where}: history_limit = {limit!r:.20} (0 to 100) or history is damaged")
         if not 0 < data["backbone"]["embedding_dim"] <= MAX_EMBEDDING_DIM:
-            raise EdgeclError(f"{where}: backbone.embedding_dim = {data['backbone']['embedding_dim']} is not a width edgecl "
-                              f"takes (1 to {MAX_EMBEDDING_DIM}); the bundle is damaged")
+            raise EdgeclError(
+                f"{where}: backbone.embedding_dim = {data['backbone']['embedding_dim']} is not a width edgecl "
+                f"takes (1 to {MAX_EMBEDDING_DIM}); the bundle is damaged"
+            )
         data = {k: v for k, v in data.items() if k in names}
         try:
             data["classes"] = [ClassEntry(**c) for c in data.get("classes", [])]
@@ -218,9 +243,17 @@ def named_files(manifest: Manifest) -> list[tuple[str, Any]]:
         if "file" in heads_graph:
             named.append(("export.heads.file", heads_graph["file"]))
     for key, engine in manifest.engines.items():
-        named += [(f"engines.{key}.{k}", engine[k]) for k in ("file", "timing_cache") if isinstance(engine, dict) and k in engine]
+        named += [
+            (f"engines.{key}.{k}", engine[k])
+            for k in ("file", "timing_cache")
+            if isinstance(engine, dict) and k in engine
+        ]
     for i, past in enumerate(manifest.history):
-        if not isinstance(past, dict) or not isinstance(past.get("heads"), dict) or not isinstance(past.get("backbone"), dict):
+        if (
+            not isinstance(past, dict)
+            or not isinstance(past.get("heads"), dict)
+            or not isinstance(past.get("backbone"), dict)
+        ):
             raise EdgeclError(f"history[{i}] is not a manifest of the bundle's past; the bundle is damaged")
         named += _files_of(past["heads"], past["backbone"], f"history[{i}].")
     return named
@@ -228,9 +261,15 @@ def named_files(manifest: Manifest) -> list[tuple[str, Any]]:
 
 def _files_of(heads: dict, backbone: dict, prefix: str) -> list[tuple[str, Any]]:
     named = [(f"{prefix}heads.file", heads.get("file")), (f"{prefix}backbone.file", backbone.get("file"))]
+    journal = heads.get("journal") or []
+    if not isinstance(journal, list) or not all(isinstance(e, dict) for e in journal):
+        raise EdgeclError(f"{prefix}heads.journal is not a list of files; the bundle is damaged")
+    named += [(f"{prefix}heads.journal[{i}].file", e.get("file")) for i, e in enumerate(journal)]
     memory = (backbone.get("inflora") or {}).get("memory")
     if memory:
-        named.append((f"{prefix}backbone.inflora.memory.file", memory.get("file") if isinstance(memory, dict) else memory))
+        named.append(
+            (f"{prefix}backbone.inflora.memory.file", memory.get("file") if isinstance(memory, dict) else memory)
+        )
     return named
 
 
@@ -252,13 +291,17 @@ class Bundle:
         self.files = BundleFiles(self.path)
 
     @classmethod
-    def open(cls, path: Path) -> "Bundle":
+    def open(cls, path: Path) -> Bundle:
         path = Path(path)
         if not path.exists():
-            retired = sorted(path.parent.glob(glob.escape(_retired(path, "").name) + "*"), key=lambda p: p.stat().st_mtime)
+            retired = sorted(
+                path.parent.glob(glob.escape(_retired(path, "").name) + "*"), key=lambda p: p.stat().st_mtime
+            )
             if retired:
-                raise EdgeclError(f"{path}: no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: "
-                                  f"the previous bundle is {retired[-1]}")
+                raise EdgeclError(
+                    f"{path}: no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: "
+                    f"the previous bundle is {retired[-1]}"
+                )
             raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass {param('bundle')})")
         if not path.is_dir():
             raise EdgeclError(f"{path}: not a folder, so not an edgecl bundle")
@@ -271,12 +314,16 @@ class Bundle:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise EdgeclError(f"{path / MANIFEST}: not UTF-8 text ({err.reason} at byte {err.start}); the bundle is damaged") from None
+            raise EdgeclError(
+                f"{path / MANIFEST}: not UTF-8 text ({err.reason} at byte {err.start}); the bundle is damaged"
+            ) from None
         manifest = Manifest.from_json(text, path / MANIFEST)
         check_named_files(manifest, path / MANIFEST)
         for sub in SUBFOLDERS:
             if (path / sub).is_symlink() or ((path / sub).exists() and not (path / sub).is_dir()):
-                raise UnsafeName(f"{path / sub}: is not a folder of the bundle (a symlink, or a file); the bundle is refused")
+                raise UnsafeName(
+                    f"{path / sub}: is not a folder of the bundle (a symlink, or a file); the bundle is refused"
+                )
         try:
             PreprocessConfig.from_dict(manifest.preprocess)
         except EdgeclError as err:
@@ -297,7 +344,9 @@ class Bundle:
             return load_safetensors(data)
         except Exception as err:  # noqa: BLE001 - a header too large, bad offsets, pickle bytes: all one damaged file
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            raise DamagedFile(f"{self.path / entry['file']}: not a readable safetensors file ({first}); the bundle is damaged") from None
+            raise DamagedFile(
+                f"{self.path / entry['file']}: not a readable safetensors file ({first}); the bundle is damaged"
+            ) from None
 
     def heads(self) -> dict[str, torch.Tensor]:
         return self.read_tensors(self.manifest.heads)
@@ -360,8 +409,11 @@ class BundleUpdate:
         """After the commit: remove what no manifest names any more."""
         keep = referenced(self.manifest) | {MANIFEST, LOCK}
         # files the old manifest named, and content-named ones a killed writer may have left
-        stale = [n for n in (*self.bundle.files.listing(), *self.bundle.files.listing(ENGINES_DIR))
-                 if n not in keep and re.fullmatch(STALE_NAMES, n)]
+        stale = [
+            n
+            for n in (*self.bundle.files.listing(), *self.bundle.files.listing(ENGINES_DIR))
+            if n not in keep and re.fullmatch(STALE_NAMES, n)
+        ]
         for name in {*stale, *(referenced(self.bundle.manifest) - keep)}:
             self.bundle.files.unlink(name)
         for sub in (None, ENGINES_DIR):
@@ -379,7 +431,10 @@ class BundleUpdate:
 
 
 # what a writer creates, and so what may be removed once no manifest names it
-STALE_NAMES = r"(heads|backbone|inflora_memory)-[0-9a-f]{16}\.safetensors|backbone[-0-9a-f]*\.onnx|heads[-0-9a-f]*\.onnx|engines/[^./][^/]*"
+STALE_NAMES = (
+    r"(heads|journal|backbone|inflora_memory)-[0-9a-f]{16}\.safetensors"
+    r"|backbone[-0-9a-f]*\.onnx|heads[-0-9a-f]*\.onnx|engines/[^./][^/]*"
+)
 
 
 def referenced(manifest: Manifest) -> set[str]:
@@ -404,6 +459,7 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
             change.abandon()
         else:
             change.clean()
+    remove_leftovers(Path(path))
 
 
 def _retired(path: Path, pid: int | str) -> Path:
@@ -420,42 +476,55 @@ def check_creatable(path: Path, force: bool) -> None:
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise EdgeclError(f"{path}: cannot be created: {ancestor} is {'not a folder' if not ancestor.is_dir() else 'not writable'}")
+        raise EdgeclError(
+            f"{path}: cannot be created: {ancestor} is {'not a folder' if not ancestor.is_dir() else 'not writable'}"
+        )
     if path.exists() and any(path.iterdir()):
         if not (path / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
-            raise EdgeclError(f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another {param('out')}")
+            raise EdgeclError(
+                f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another {param('out')}"
+            )
         if not force:
             raise EdgeclError(f"{path}: already exists; pass {param('force', 'force=True')} to replace it")
 
 
-def create(path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False, lock_timeout: float = 60.0) -> Bundle:
+def remove_leftovers(path: Path) -> None:
+    """What killed writers of the bundle at `path` left beside it: a `train`'s staging folder, an export's scratch."""
+    for kind in ("new", "export"):
+        remove_abandoned(path.parent, f".{path.name}.{kind}-", legacy_age=STALE_STAGING_SECONDS)
+
+
+def scratch_beside(path: Path):
+    """A scratch folder beside the bundle for a writer's work in progress (removed after; a killed writer's is
+    removed by the next writer)."""
+    return held_scratch(Path(path).parent / f".{Path(path).name}.export-{os.getpid()}")
+
+
+def create(
+    path: Path, manifest: Manifest, files: dict[str, bytes], *, force: bool = False, lock_timeout: float = 60.0
+) -> Bundle:
     """Write a new bundle beside `path`, then rename it into place (replacing an old one with force)."""
     path = Path(path)
     check_creatable(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(glob.escape(f".{path.name}.new-") + "*"):  # from a train that was killed
-        # an hour old as well: a train in another pid namespace (a container on a shared volume) looks dead from here
-        if not alive(stale.name.rpartition("-")[2]) and time.time() - stale.stat().st_mtime > STALE_STAGING_SECONDS:
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = path.parent / f".{path.name}.new-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    remove_leftovers(path)
+    with held_scratch(path.parent / f".{path.name}.new-{os.getpid()}") as staging:
         for name, data in files.items():
             write_atomic(staging / name, data)
         write_atomic(staging / MANIFEST, manifest.to_json().encode())
         if path.exists():
-            with locked(path, lock_timeout):  # a learn on the old bundle commits before, or waits and lands in the new one
-                if exchange(staging, path):  # staging now holds the old bundle
-                    retired = staging
+            with locked(
+                path, lock_timeout
+            ):  # a learn on the old bundle commits before, or waits and lands in the new one
+                if exchange(staging, path):  # staging now holds the old bundle, removed with it
+                    retired = None
                 else:
                     retired = _retired(path, os.getpid())
                     os.replace(path, retired)
                     os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
+            if retired is not None:
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
         fsync_dir(path.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return Bundle.open(path)

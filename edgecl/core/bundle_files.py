@@ -9,15 +9,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from edgecl.errors import DamagedFile, EdgeclError
 
 SUBFOLDERS = ("engines",)  # the only folders a bundle has
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
+_READ_FLAGS = (
+    os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+)  # a FIFO must not block
 
 
 class UnsafeName(EdgeclError):
@@ -29,10 +31,22 @@ def check_name(name: object) -> tuple[str | None, str]:
     if not isinstance(name, str) or not name:
         raise UnsafeName("not a file name")
     parts = PurePosixPath(name).parts
-    if not parts or name.startswith("/") or "\\" in name or len(parts) > 2 or (len(parts) == 2 and parts[0] not in SUBFOLDERS):
+    if (
+        not parts
+        or name.startswith("/")
+        or "\\" in name
+        or len(parts) > 2
+        or (len(parts) == 2 and parts[0] not in SUBFOLDERS)
+    ):
         raise UnsafeName("not a plain file name inside the bundle (or its engines/ folder)")
     leaf = parts[-1]
-    if name.endswith("/") or leaf in (".", "..") or leaf.startswith(".") or not set(leaf) <= _NAME_CHARS or len(leaf) > 200:
+    if (
+        name.endswith("/")
+        or leaf in (".", "..")
+        or leaf.startswith(".")
+        or not set(leaf) <= _NAME_CHARS
+        or len(leaf) > 200
+    ):
         raise UnsafeName("not a plain file name inside the bundle (letters, digits, '.', '_', '-')")
     return (parts[0] if len(parts) == 2 else None), leaf
 
@@ -62,12 +76,16 @@ class BundleFiles:
                     inner = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError as err:
                     if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                        raise UnsafeName(f"{self.root / sub}: is not a folder of the bundle (a symlink, or a file); "
-                                         "the bundle is refused") from None
+                        raise UnsafeName(
+                            f"{self.root / sub}: is not a folder of the bundle (a symlink, or a file); "
+                            "the bundle is refused"
+                        ) from None
                     raise
                 if made:
                     try:
-                        os.fchmod(inner, 0o2775)  # group-writable whatever the umask: the device's service and users share it
+                        os.fchmod(
+                            inner, 0o2775
+                        )  # group-writable whatever the umask: the device's service and users share it
                     except OSError:
                         pass  # a file system without modes
                 os.close(fd)
@@ -90,14 +108,18 @@ class BundleFiles:
                 raise DamagedFile(f"{path}: missing; the bundle is damaged") from None
             except OSError as err:
                 if err.errno == errno.ELOOP:
-                    raise UnsafeName(f"{path}: is a symlink; a bundle's files are its own, the bundle is refused") from None
+                    raise UnsafeName(
+                        f"{path}: is a symlink; a bundle's files are its own, the bundle is refused"
+                    ) from None
                 raise
             try:
                 info = os.fstat(fd)
                 if not stat.S_ISREG(info.st_mode):
                     raise UnsafeName(f"{path}: is not a regular file; the bundle is refused")
                 if size is not None and info.st_size != size:
-                    raise DamagedFile(f"{path}: {info.st_size} bytes where the manifest says {size}; the bundle is damaged")
+                    raise DamagedFile(
+                        f"{path}: {info.st_size} bytes where the manifest says {size}; the bundle is damaged"
+                    )
                 os.set_blocking(fd, True)
                 with os.fdopen(fd, "rb", closefd=False) as handle:
                     return handle.read()
@@ -132,13 +154,17 @@ class BundleFiles:
                 os.unlink(tmp, dir_fd=folder)  # left by an earlier process of this pid
             except FileNotFoundError:
                 pass
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o664,
-                         dir_fd=folder)
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                0o664,
+                dir_fd=folder,
+            )
             try:
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                     os.fsync(fd)
                 finally:
                     os.close(fd)

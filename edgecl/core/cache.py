@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -53,7 +53,9 @@ def load_tensors(file: Path) -> tuple[Tensors, dict[str, str]]:
         return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
 
 
-def cached_result(cache_dir: Path, identity: dict, compute: Callable[[], tuple[Tensors, dict]]) -> tuple[Tensors, dict, bool]:
+def cached_result(
+    cache_dir: Path, identity: dict, compute: Callable[[], tuple[Tensors, dict]]
+) -> tuple[Tensors, dict, bool]:
     """compute()'s (tensors, stats), kept under the key of `identity`: a later call with the same
     identity reads them back instead. Returns (tensors, stats, whether they came from the cache)."""
     file = Path(cache_dir) / f"{identity_key(identity)}.safetensors"

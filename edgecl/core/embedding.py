@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +43,9 @@ class Chunk:
     skipped: list[tuple[int, str]]  # (index, "path: reason")
 
 
-def iter_embedded(images: Sequence[ImageLike], embed_batch: EmbedBatch, config: PreprocessConfig, *,
-                  batch_size: int = CPU_BATCH_SIZE) -> Iterator[Chunk]:
+def iter_embedded(
+    images: Sequence[ImageLike], embed_batch: EmbedBatch, config: PreprocessConfig, *, batch_size: int = CPU_BATCH_SIZE
+) -> Iterator[Chunk]:
     """The images in batches, in order, one Chunk at a time: a caller that streams its results holds
     one batch, whatever the number of images. The next batch decodes while this one runs the backbone."""
     chunks = [list(range(i, min(i + batch_size, len(images)))) for i in range(0, len(images), batch_size)]

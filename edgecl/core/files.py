@@ -6,11 +6,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import glob
 import os
+import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from edgecl.errors import EdgeclError, param
 
@@ -150,3 +152,56 @@ def exchange(a: Path, b: Path) -> bool:
     return renameat2 is not None and renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
 
 
+@contextmanager
+def held_scratch(folder: Path) -> Iterator[Path]:
+    """An empty folder this process works in, removed afterwards. While it is in use, this process holds
+    an flock on `<folder>.alive` beside it: a process killed meanwhile releases it, so the next writer
+    can tell its leftovers from a folder still in use, whatever pid namespace either runs in."""
+    folder = Path(folder)
+    marker = folder.with_name(folder.name + ".alive")
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o664)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(parent: Path, prefix: str, *, legacy_age: float = 3600.0) -> None:
+    """Remove the scratch folders `<parent>/<prefix>*` whose process is gone (their `.alive` flock is free).
+    A folder without a marker (an older edgecl's) goes once its pid is dead and it is `legacy_age` old."""
+    for entry in Path(parent).glob(glob.escape(prefix) + "*"):
+        if entry.name.endswith(".alive"):
+            if not entry.with_name(entry.name.removesuffix(".alive")).exists() and _free(entry):
+                entry.unlink(missing_ok=True)
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        marker = entry.with_name(entry.name + ".alive")
+        if marker.exists():
+            if _free(marker):
+                shutil.rmtree(entry, ignore_errors=True)
+                marker.unlink(missing_ok=True)
+        elif not alive(entry.name.rpartition("-")[2]) and time.time() - entry.stat().st_mtime > legacy_age:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _free(marker: Path) -> bool:
+    """Whether no process holds the flock on `marker` (it takes it for a moment to find out)."""
+    try:
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import stat
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,11 @@ class _Search:
         return images, [(path, st) for path, st in entries if stat.S_ISDIR(st.st_mode)]
 
     def report(self) -> None:
-        for items, what in ((self.dangling, "dangling link(s) skipped"), (self.loops, "symlink loop(s) not followed"),
-                            (self.twice, "path(s) reaching files found already, counted once")):
+        for items, what in (
+            (self.dangling, "dangling link(s) skipped"),
+            (self.loops, "symlink loop(s) not followed"),
+            (self.twice, "path(s) reaching files found already, counted once"),
+        ):
             if items:
                 log.warning("%d %s: %s", len(items), what, _some(items))
 
@@ -190,7 +194,9 @@ def check_class_name(name: str, source: str) -> str:
     if not name.strip() or any(ch in name for ch in "\t\n\r"):
         raise EdgeclError(f"{source}: {name!r} is not a usable class name (empty, or holds a tab or a line break)")
     if name == UNKNOWN:
-        raise EdgeclError(f"{source}: {UNKNOWN!r} is what edgecl answers for an image of no class it knows; name the class otherwise")
+        raise EdgeclError(
+            f"{source}: {UNKNOWN!r} is what edgecl answers for an image of no class it knows; name the class otherwise"
+        )
     return name
 
 
@@ -215,8 +221,10 @@ def scan_class_folders(root: Path) -> list[ClassImages]:
         if not folders:
             raise EdgeclError(f"{root}: no class folders (expected {root}/<class name>/<images>)")
         if loose:  # they would belong to no class
-            raise EdgeclError(f"{root}: holds {len(loose)} image(s) beside its class folders (first: {loose[0].name}); "
-                              "move them into a class folder")
+            raise EdgeclError(
+                f"{root}: holds {len(loose)} image(s) beside its class folders (first: {loose[0].name}); "
+                "move them into a class folder"
+            )
         return _classes(search, [(folder, st, search.below(folder, st)) for folder, st in folders])
     finally:
         search.report()
@@ -236,7 +244,7 @@ def scan_new_classes(folder: Path, label: str | None = None) -> list[ClassImages
             )
         if images:  # named as the user sees the folder: a link's name, not its target's
             if label is not None:
-                return [ClassImages(check_class_name(label, param('label')), tuple(images))]
+                return [ClassImages(check_class_name(label, param("label")), tuple(images))]
             return [ClassImages(check_class_name(Path(os.path.abspath(folder)).name, str(folder)), tuple(images))]
         if not classes:
             raise EdgeclError(f"{folder}: no images ({EXTENSIONS_TEXT})")
@@ -294,12 +302,32 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+DEFAULT_MAX_PIXELS = 50_000_000  # a 7000 x 7000 frame; a 13000 x 13000 PNG of 331 KB is refused unread
+# edgecl refuses such an image itself, in one line; PIL's warning, issued on opening, would only repeat it
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def max_pixels() -> int:
+    """The most pixels an image may have to be decoded: $EDGECL_MAX_IMAGE_PIXELS, else DEFAULT_MAX_PIXELS."""
+    try:
+        return max(int(os.environ.get("EDGECL_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)), 1)
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
 def load_image(path: Path) -> Image.Image:
     """Decode fully (so truncation is caught here), apply EXIF orientation, convert to RGB (16-bit
     grey scaled to 8 bits). An animated GIF or WebP, or a multi-page TIFF, gives its first frame.
-    PIL's limit on pixels (Image.MAX_IMAGE_PIXELS, against decompression bombs) stays in force."""
+    An image of more than max_pixels() is refused before it is decoded (and PIL's own limit on
+    decompression bombs, Image.MAX_IMAGE_PIXELS, stays in force)."""
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels():
+                raise UnreadableImage(
+                    f"{path}: {width} x {height} pixels, more than the {max_pixels():,} edgecl decodes "
+                    "(EDGECL_MAX_IMAGE_PIXELS sets the limit)"
+                )
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
@@ -310,8 +338,10 @@ def load_image(path: Path) -> Image.Image:
 def check_frame(array: np.ndarray, where: str) -> None:
     """An array the library is handed must be a uint8 RGB (or grey) image; anything else is a caller's mistake."""
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise EdgeclError(f"{where}: an image array must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (grey), "
-                          f"dtype uint8; got shape {tuple(array.shape)}, dtype {array.dtype}")
+        raise EdgeclError(
+            f"{where}: an image array must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (grey), "
+            f"dtype uint8; got shape {tuple(array.shape)}, dtype {array.dtype}"
+        )
     if 0 in array.shape[:2]:
         raise EdgeclError(f"{where}: an empty image ({tuple(array.shape)})")
 

@@ -46,9 +46,17 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         channels, height, width = self.input_size
         if channels != 3 or not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
-            raise EdgeclError(f"preprocess: input_size {list(self.input_size)} is not 3 x H x W with H and W from {MIN_SIDE} to {MAX_SIDE}")
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) \
-                or min(self.std) <= 0 or not 0 < self.crop_pct <= 2:
+            raise EdgeclError(
+                f"preprocess: input_size {list(self.input_size)} is not 3 x H x W "
+                f"with H and W from {MIN_SIDE} to {MAX_SIDE}"
+            )
+        if (
+            len(self.mean) != 3
+            or len(self.std) != 3
+            or not all(math.isfinite(v) for v in (*self.mean, *self.std))
+            or min(self.std) <= 0
+            or not 0 < self.crop_pct <= 2
+        ):
             raise EdgeclError("preprocess: mean and std must be 3 finite numbers (std above 0) and crop_pct in (0, 2]")
         if self.interpolation not in _RESAMPLE:
             raise EdgeclError(f"preprocess: interpolation {self.interpolation!r} is not one of {sorted(_RESAMPLE)}")
@@ -56,7 +64,7 @@ class PreprocessConfig:
             raise EdgeclError(f"preprocess: crop_mode {self.crop_mode!r} is not one of {CROP_MODES}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessConfig":
+    def from_dict(cls, data: dict) -> PreprocessConfig:
         try:
             return cls(
                 input_size=tuple(_number(v, int) for v in data["input_size"]),
@@ -67,8 +75,10 @@ class PreprocessConfig:
                 crop_mode=str(data.get("crop_mode") or "center"),
             )
         except (KeyError, TypeError, ValueError) as err:  # a hand-edited manifest: a string where a number goes
-            raise EdgeclError(f"preprocess: {type(err).__name__} {err}; expected input_size, interpolation, mean, std as "
-                              "timm's data config writes them") from None
+            raise EdgeclError(
+                f"preprocess: {type(err).__name__} {err}; expected input_size, interpolation, mean, std as "
+                "timm's data config writes them"
+            ) from None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 
@@ -82,7 +82,7 @@ def train_minibatches(
     step = 0
     # Heads' ops are small: on one thread, edgecl's learn heads took 5.3 s instead of 18.5 beside a
     # process holding one of two cores, and the same within noise on an idle CPU (benchmarks/learn_cost.py).
-    with torch_threads(1), progress_bar(description, epochs, enabled=show_progress, unit="epochs") as advance:
+    with torch_threads(1), progress_bar(description, total, enabled=show_progress, unit="steps") as advance:
         for _ in range(epochs):
             order = torch.randperm(num_samples, generator=generator)
             losses = []
@@ -95,5 +95,5 @@ def train_minibatches(
                 losses.append(loss.detach())
                 step += 1
             mean_loss = torch.stack(losses).mean().item()
-            advance(1, loss=mean_loss)
+            advance(len(losses), loss=mean_loss)
     return mean_loss

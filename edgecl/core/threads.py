@@ -6,8 +6,8 @@ its threads the scheduler has just put aside."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from edgecl.errors import EdgeclError, param
 from edgecl.core.images import EXTENSIONS_TEXT, is_image_name, require_folder, scan_class_folders
+from edgecl.errors import EdgeclError, param
 
 
 @dataclass
@@ -59,8 +59,10 @@ def _read_list(root: Path, list_file: Path, flag: str, exclude: set[str], exclud
     if missing:
         raise EdgeclError(f"{flag} {list_file}: {len(missing)} listed file(s) not under {root} (first: {missing[0]})")
     if not_images:
-        raise EdgeclError(f"{flag} {list_file}: {len(not_images)} listed file(s) not images ({EXTENSIONS_TEXT}) "
-                          f"(first: {not_images[0]})")
+        raise EdgeclError(
+            f"{flag} {list_file}: {len(not_images)} listed file(s) not images ({EXTENSIONS_TEXT}) "
+            f"(first: {not_images[0]})"
+        )
     if not by_class:
         raise EdgeclError(f"{flag} {list_file}: lists no images")
     return by_class
@@ -76,19 +78,27 @@ def load_train_test(
         raise EdgeclError(f"{param('train_list')} and {param('test_list')} go together")
     excluded: set[str] = set()
     if train_list is not None:
-        train = _read_list(root, train_list, param('train_list'), skip, excluded)
-        test = _read_list(root, test_list, param('test_list'), skip, excluded)
+        train = _read_list(root, train_list, param("train_list"), skip, excluded)
+        test = _read_list(root, test_list, param("test_list"), skip, excluded)
         classes = sorted(train)
     else:
         for part in ("train", "test"):
             if not (root / part).is_dir():
-                raise EdgeclError(f"{root}: expected {root}/train/<class>/ and {root}/test/<class>/, or pass {param('train_list')} and {param('test_list')}")
+                raise EdgeclError(
+                    f"{root}: expected {root}/train/<class>/ and {root}/test/<class>/, "
+                    f"or pass {param('train_list')} and {param('test_list')}"
+                )
             excluded |= {d.name for d in (root / part).iterdir() if d.is_dir() and d.name in skip}
         classes, train = _split_from_folders(root / "train", skip)
         _, test = _split_from_folders(root / "test", skip)
     if skip - excluded:  # a misspelt name would silently change the protocol
-        raise EdgeclError(f"{param('exclude_class', 'exclude')} {sorted(skip - excluded)[0]}: {root} has no class of that name")
-    for found, absent, which in ((test, classes, "test classes without training images"), (classes, test, "classes without test images")):
+        raise EdgeclError(
+            f"{param('exclude_class', 'exclude')} {sorted(skip - excluded)[0]}: {root} has no class of that name"
+        )
+    for found, absent, which in (
+        (test, classes, "test classes without training images"),
+        (classes, test, "classes without test images"),
+    ):
         unknown = sorted(set(found) - set(absent))
         if unknown:
             raise EdgeclError(f"{root}: {which}: {', '.join(unknown[:5])}")

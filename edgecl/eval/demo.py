@@ -31,7 +31,9 @@ def _edgecl(*args: str, quiet: bool, capture: bool = False) -> str:
 
 
 def run_demo(
-    workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, slow_epochs: int | None = None, show_progress: bool = True
+    workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, slow_epochs: int | None = None,
+    show_progress: bool = True, backbone: str | None = None, weights: Path | None = None, img_size: int | None = None,
+    global_pool: str | None = None,
 ) -> list[list[float]]:
     import torch
 
@@ -42,7 +44,10 @@ def run_demo(
         slow_epochs = 20 if device == "cuda" else 1
     workdir = Path(workdir)
     bundle = workdir / "bundle"
-    console.print(f"[bold]edgecl demo[/]: Fashion-MNIST, {train_per_class} training / {test_per_class} test images per class, in {workdir}")
+    choices = {"--backbone": backbone, "--weights": weights, "--img-size": img_size, "--global-pool": global_pool}
+    model = [str(v) for flag, value in choices.items() if value is not None for v in (flag, value)]
+    console.print(f"[bold]edgecl demo[/]: Fashion-MNIST, {train_per_class} training / {test_per_class} test images "
+                  f"per class, {backbone or 'tf_efficientnet_lite0'}, in {workdir}")
     folders = []
     for index, classes in enumerate(SESSIONS):
         folder = workdir / f"session{index}"
@@ -55,7 +60,7 @@ def run_demo(
     for index, classes in enumerate(SESSIONS):
         start = time.perf_counter()
         if index == 0:
-            settings = ["--set", f"safe.slow.epochs={slow_epochs}", "--device", device]
+            settings = [*model, "--set", f"safe.slow.epochs={slow_epochs}", "--device", device]
             console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; edgecl export --target cpu")
             _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
             _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)

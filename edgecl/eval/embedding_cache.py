@@ -4,8 +4,8 @@ evaluations skip the backbone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -29,8 +29,15 @@ def cached_embeddings(
     file = Path(cache_dir) / f"{cache_key(paths, backbone_sha256, preprocess)}.safetensors"
     if file.is_file():
         tensors, metadata = load_tensors(file)
-        return Embeddings(tensors["features"], tensors["kept"].tolist(), json.loads(metadata.get("skipped", "[]"))), True
-    result = embed_images(paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress)
-    save_tensors(file, {"features": result.features, "kept": torch.tensor(result.kept, dtype=torch.int64)},
-                 {"skipped": json.dumps(result.skipped)})
+        return Embeddings(
+            tensors["features"], tensors["kept"].tolist(), json.loads(metadata.get("skipped", "[]"))
+        ), True
+    result = embed_images(
+        paths, embed, preprocess, batch_size=batch_size, description=description, show_progress=show_progress
+    )
+    save_tensors(
+        file,
+        {"features": result.features, "kept": torch.tensor(result.kept, dtype=torch.int64)},
+        {"skipped": json.dumps(result.skipped)},
+    )
     return result, False

@@ -23,8 +23,10 @@ def load(split: str, root: Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]
     images_file, labels_file = Path(root) / pattern.format("images", 3), Path(root) / pattern.format("labels", 1)
     for path in (images_file, labels_file):
         if not path.is_file():
-            raise EdgeclError(f"{path}: missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
-                              "or set EDGECL_FASHION_MNIST to a folder with its four .gz files")
+            raise EdgeclError(
+                f"{path}: missing; install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
+                "or set EDGECL_FASHION_MNIST to a folder with its four .gz files"
+            )
     images = np.frombuffer(gzip.open(images_file).read(), np.uint8, offset=16).reshape(-1, 28, 28)
     labels = np.frombuffer(gzip.open(labels_file).read(), np.uint8, offset=8)
     return images, labels

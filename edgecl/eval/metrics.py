@@ -34,7 +34,9 @@ def forgetting(matrix: list[list[float]]) -> float:
     return float(np.mean(drops))
 
 
-def summarize(method: str, per_session: list[float], matrix: list[list[float]], seconds: dict[str, float] | None = None) -> IncrementalResult:
+def summarize(
+    method: str, per_session: list[float], matrix: list[list[float]], seconds: dict[str, float] | None = None
+) -> IncrementalResult:
     return IncrementalResult(
         method=method,
         accuracy_per_session=per_session,

@@ -15,7 +15,9 @@ def require_matplotlib(path: Path | None = None):
     try:
         import matplotlib
     except ImportError:
-        raise EdgeclError(f"{param('plot')} needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)") from None
+        raise EdgeclError(
+            f"{param('plot')} needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot
 

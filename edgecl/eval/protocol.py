@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from edgecl.core import bundle as bundles
-from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
+from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, embedding_key, preprocess_config
 from edgecl.eval.datasets import TrainTest, class_order, load_train_test, session_sizes
 from edgecl.core.cache import cache_root
 from edgecl.eval.embedding_cache import cached_embeddings
@@ -249,6 +249,8 @@ def evaluate(
     backbone: str = DEFAULT_BACKBONE,
     weights: Path | None = None,
     random_init: bool = False,
+    img_size: int | None = None,
+    global_pool: str | None = None,
     epochs: int | None = None,
     settings: dict[str, str] | None = None,
     joint: bool = False,
@@ -266,15 +268,16 @@ def evaluate(
         check_slow_learner(config.slow_learner())
         for size in set(sizes):
             config.check_session(size)
-    model, spec = create_backbone(backbone, weights, random_init=random_init)
+    options = {"random_init": random_init, "img_size": img_size, "global_pool": global_pool}
+    model, spec = create_backbone(backbone, weights, **options)
     preprocess = preprocess_config(model)
     order = class_order(len(dataset.classes), seed)
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
     cache = cache_root(cache_dir)
     embedder = _Embedder(dataset, position, preprocess, cache, show_progress)
-    base_sha = bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
-    fresh_backbone = lambda: create_backbone(backbone, weights, random_init=random_init)[0]  # noqa: E731
+    base_sha = embedding_key(bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict())), spec.model_kwargs)
+    fresh_backbone = lambda: create_backbone(backbone, weights, **options)[0]  # noqa: E731
     features, tuning = fixed_backbone_features(configs.values(), model, fresh_backbone, embedder, base_sha, init,
                                                device=device, seed=seed)
     names = [dataset.classes[i] for i in order]
@@ -308,6 +311,7 @@ def evaluate(
     protocol = {
         "data": str(root), "init": init, "increment": increment, "sessions": len(sizes), "seed": seed,
         "classes": len(dataset.classes), "train_images": counts[0], "test_images": counts[1], "backbone": spec.name, "weights": spec.weights_source, "shots": shots,
+        "img_size": preprocess.input_size[-1], "global_pool": spec.model_kwargs.get("global_pool"),
         "class_order": names, "configs": {name: config.to_dict() for name, config in configs.items()},
     }
     return EvalReport(protocol, results, embedder.skipped, bounds, backbones)

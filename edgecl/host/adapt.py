@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecl.core import bundle as bundles
-from edgecl.host.backbones import embed_function, rebuild
 from edgecl.core.bundle import Bundle
-from edgecl.errors import EdgeclError
 from edgecl.core.images import paths_and_labels, scan_new_classes
 from edgecl.core.preprocess import PreprocessConfig
+from edgecl.core.session import check_new_names, embed_classes, load_method, record_session, run_session, stored_config
+from edgecl.errors import EdgeclError
+from edgecl.host.backbones import embed_function, rebuild
 from edgecl.host.devices import resolve_device
 from edgecl.host.subspace import SubspaceMemory
-from edgecl.core.session import check_new_names, embed_classes, load_method, record_session, run_session, stored_config
 
 
 @dataclass
@@ -30,8 +30,15 @@ class AdaptResult:
     dropped_export: bool
 
 
-def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: str | None = None, lock_timeout: float = 60.0,
-          show_progress: bool = True) -> AdaptResult:
+def adapt(
+    bundle_path: Path,
+    folder: Path,
+    *,
+    label: str | None = None,
+    device: str | None = None,
+    lock_timeout: float = 60.0,
+    show_progress: bool = True,
+) -> AdaptResult:
     from edgecl.host.inflora_training import train_session
 
     device = resolve_device(device)
@@ -40,7 +47,9 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     config = stored_config(bundle)
     adapted = config.session_backbone()
     if adapted is None or "inflora" not in m.backbone:
-        raise EdgeclError(f"{bundle_path}: its method {m.method['name']} keeps the backbone fixed after training; use `edgecl learn`")
+        raise EdgeclError(
+            f"{bundle_path}: its method {m.method['name']} keeps the backbone fixed after training; use `edgecl learn`"
+        )
     classes = scan_new_classes(folder, label)
     check_new_names(classes, m, label)
     config.check_session(len(classes))
@@ -51,20 +60,37 @@ def adapt(bundle_path: Path, folder: Path, *, label: str | None = None, device: 
     index = len(m.sessions)
     # the threshold schedule counts the memory's sessions: device `learn` sessions never touch it
     backbone_session = 1 + len(m.backbone.get("inflora_sessions", []))
-    model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=backbone_session, device=device, seed=m.seed,
-                                 show_progress=show_progress)
+    model, stats = train_session(
+        model,
+        memory,
+        paths,
+        labels,
+        preprocess,
+        adapted,
+        session=backbone_session,
+        device=device,
+        seed=m.seed,
+        show_progress=show_progress,
+    )
     data = embed_classes(classes, embed_function(model), preprocess, show_progress=show_progress)
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != m.backbone or len(change.manifest.sessions) != index:
             raise EdgeclError(f"{bundle_path}: changed while adapting; run adapt again")
         change.manifest.remember()  # for `undo`, before anything changes
-        method = load_method(change.bundle)
+        method = load_method(change.bundle, learning=True)
         session = run_session(method, data, [c.name for c in classes], m.seed, index, show_progress=show_progress)
         backbone_entry = change.write_tensors("backbone", model.state_dict())
         memory_entry = change.write_tensors("inflora_memory", memory.state_dict())
-        history = [*m.backbone.get("inflora_sessions", []), {k: v for k, v in m.backbone["inflora"].items() if k != "memory"}]
-        change.manifest.backbone = {**m.backbone, **backbone_entry, "inflora": {**stats, "device": device, "memory": memory_entry},
-                                    "inflora_sessions": history}
+        history = [
+            *m.backbone.get("inflora_sessions", []),
+            {k: v for k, v in m.backbone["inflora"].items() if k != "memory"},
+        ]
+        change.manifest.backbone = {
+            **m.backbone,
+            **backbone_entry,
+            "inflora": {**stats, "device": device, "memory": memory_entry},
+            "inflora_sessions": history,
+        }
         dropped = bool(change.manifest.export or change.manifest.engines)
         change.manifest.export, change.manifest.engines = None, {}
         record_session(change.manifest, method, change.write_tensors(bundles.HEADS_STEM, method.state_dict()), session)

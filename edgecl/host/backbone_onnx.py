@@ -29,12 +29,29 @@ def export_onnx(model: nn.Module, input_size: tuple[int, int, int], path: Path) 
     with written_aside(path, durable=False) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
         except Exception:  # noqa: BLE001 - models the TorchScript exporter cannot trace go through torch.export
             batch = torch.export.Dim("batch", min=1)
-            torch.onnx.export(model, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, external_data=False)
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+            )
         onnx.checker.check_model(str(tmp))
     return path
 
@@ -47,7 +64,9 @@ def parity(model: nn.Module, onnx_path: Path, images: np.ndarray) -> float:
     return float(np.abs(expected - got).max())
 
 
-def host_embed_function(model: nn.Module, input_size: tuple[int, int, int], backbone_sha256: str, cache_dir: Path) -> tuple[EmbedBatch, str]:
+def host_embed_function(
+    model: nn.Module, input_size: tuple[int, int, int], backbone_sha256: str, cache_dir: Path
+) -> tuple[EmbedBatch, str]:
     """The backbone through onnxruntime for bulk embedding on the host (several times faster than
     eager PyTorch on a CPU), exported once per backbone into `cache_dir`; PyTorch if that fails."""
     from edgecl.host.backbones import embed_function

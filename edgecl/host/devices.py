@@ -19,5 +19,7 @@ def resolve_device(device: str | None) -> str:
         raise EdgeclError(f"{param('device')} {device}: CUDA is not available on this machine (use cpu)")
     count = torch.cuda.device_count() if parsed.type == "cuda" else 0
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= count:
-        raise EdgeclError(f"{param('device')} {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+        raise EdgeclError(
+            f"{param('device')} {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
     return device

@@ -3,24 +3,23 @@ engine from it on the target. Host side (imports onnx and the exporter)."""
 
 from __future__ import annotations
 
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from edgecl import __version__
 from edgecl.core import bundle as bundles
-from edgecl.errors import EdgeclError
-from edgecl.host.heads_onnx import HeadsExport, export_checked
 from edgecl.core.images import UnreadableImage, find_images, load_image
 from edgecl.core.preprocess import PreprocessConfig, preprocess
-from edgecl.host.targets import load_target
-from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL, OPSET, export_onnx, parity
 from edgecl.core.session import load_method
+from edgecl.errors import EdgeclError
+from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL, OPSET, export_onnx, parity
+from edgecl.host.heads_onnx import HeadsExport, export_checked
+from edgecl.host.targets import load_target
 
 PARITY_IMAGES = 32
 
@@ -51,7 +50,9 @@ def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np
     return np.random.default_rng(0).standard_normal((4, *config.input_size)).astype(np.float32), False
 
 
-def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *, lock_timeout: float = 60.0) -> ExportReport:
+def export_bundle(
+    bundle_path: Path, target: str, images: Sequence[Path] = (), *, lock_timeout: float = 60.0
+) -> ExportReport:
     """Write backbone.onnx into the bundle for `target`, after the checker and a parity check
     against PyTorch (on `images` when given, else on random inputs), and heads.onnx, checked on those
     inputs' embeddings (or left out, saying why); old engines are dropped."""
@@ -63,11 +64,14 @@ def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *
     model = rebuild(bundle.manifest.backbone, bundle.backbone_weights(), exportable=True)
     config = PreprocessConfig.from_dict(bundle.manifest.preprocess)
     inputs, real = _parity_inputs(images, config)
-    with tempfile.TemporaryDirectory() as scratch:
+    with bundles.scratch_beside(bundle_path) as scratch:  # not $TMPDIR: a killed export's is removed by the next writer
         onnx_path = export_onnx(model, config.input_size, Path(scratch) / bundles.ONNX_FILE)
         diff = parity(model, onnx_path, inputs)
         if diff > BACKBONE_PARITY_ATOL:
-            raise EdgeclError(f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} (> {BACKBONE_PARITY_ATOL:g}); not exported")
+            raise EdgeclError(
+                f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} "
+                f"(> {BACKBONE_PARITY_ATOL:g}); not exported"
+            )
         data = onnx_path.read_bytes()
     with torch.no_grad():
         heads = export_checked(load_method(bundle), model(torch.from_numpy(inputs)))
@@ -78,11 +82,29 @@ def export_bundle(bundle_path: Path, target: str, images: Sequence[Path] = (), *
             raise EdgeclError(f"{bundle_path}: its backbone changed during the export; run export again")
         change.manifest.export = {
             **change.write_file(bundles.ONNX_FILE, data),
-            "opset": OPSET, "target": profile.name, "profile": profile.to_dict(),
+            "opset": OPSET,
+            "target": profile.name,
+            "profile": profile.to_dict(),
             "parity": {"max_abs_diff": diff, "images": len(inputs), "real_images": real},
-            "exported": bundles.now(), "versions": {"edgecl": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
-            "heads": ({**change.write_file(bundles.HEADS_ONNX_FILE, heads.data), "parity": {"max_abs_diff": heads.max_abs_diff}}
-                      if heads.data is not None else {"error": heads.error}),
+            "exported": bundles.now(),
+            "versions": {"edgecl": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+            "heads": (
+                {
+                    **change.write_file(bundles.HEADS_ONNX_FILE, heads.data),
+                    "parity": {"max_abs_diff": heads.max_abs_diff},
+                }
+                if heads.data is not None
+                else {"error": heads.error}
+            ),
         }
         change.manifest.engines = {}  # built from the previous ONNX, if any
-    return ExportReport(Path(bundle_path) / change.manifest.export["file"], len(data), profile.name, diff, len(inputs), real, time.perf_counter() - start, heads)
+    return ExportReport(
+        Path(bundle_path) / change.manifest.export["file"],
+        len(data),
+        profile.name,
+        diff,
+        len(inputs),
+        real,
+        time.perf_counter() - start,
+        heads,
+    )

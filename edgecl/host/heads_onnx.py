@@ -58,7 +58,9 @@ def _traceable(method: ContinualMethod) -> ContinualMethod:
     for name, buffer in list(result.named_buffers()):
         if buffer.numel() == 0:
             path, _, leaf = name.rpartition(".")
-            result.get_submodule(path)._buffers[leaf] = torch.empty_strided(buffer.shape, (0,) * buffer.dim(), dtype=buffer.dtype)
+            result.get_submodule(path)._buffers[leaf] = torch.empty_strided(
+                buffer.shape, (0,) * buffer.dim(), dtype=buffer.dtype
+            )
     return result
 
 
@@ -77,8 +79,14 @@ def export_heads(method: ContinualMethod) -> bytes:
     structure = method.structure()
     example, further = _empty_state(method, _grown(structure, 1)), _empty_state(method, _grown(structure, 2))
     names = [n for n, t in example.items() if t.numel()]  # an empty tensor (a switched-off part) stays the module's own
-    growing = tuple({axis: torch.export.Dim.DYNAMIC for axis, (a, b) in enumerate(zip(example[n].shape, further[n].shape)) if a != b}
-                    for n in names)
+    growing = tuple(
+        {
+            axis: torch.export.Dim.DYNAMIC
+            for axis, (a, b) in enumerate(zip(example[n].shape, further[n].shape))
+            if a != b
+        }
+        for n in names
+    )
     features = torch.zeros(2, method.embedding_dim)  # 2, not 1: torch.export fixes axes of size 0 or 1
     torch_log = logging.getLogger("torch")
     level = torch_log.level
@@ -86,10 +94,21 @@ def export_heads(method: ContinualMethod) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(_Inference(_traceable(method), names), (features, *(example[n] for n in names)),
-                                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC}, growing), strict=True)
-            onnx_program = torch.onnx.export(program, input_names=[FEATURES, *names], output_names=[PROBABILITIES],
-                                             opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+            program = torch.export.export(
+                _Inference(_traceable(method), names),
+                (features, *(example[n] for n in names)),
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC}, growing),
+                strict=True,
+            )
+            onnx_program = torch.onnx.export(
+                program,
+                input_names=[FEATURES, *names],
+                output_names=[PROBABILITIES],
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
     finally:
         torch_log.setLevel(level)
     model = onnx_program.model_proto
@@ -114,8 +133,17 @@ def export_checked(method: ContinualMethod, features: torch.Tensor) -> HeadsExpo
         data = export_heads(method)
         diff = float((OrtHeads(data, method)(features) - method.predict(features)).abs().max())
     except Exception as err:  # noqa: BLE001 - any exporter failure leaves the heads in PyTorch
-        return HeadsExport(None, None, f"the heads could not be exported ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
-                           time.perf_counter() - start)
+        return HeadsExport(
+            None,
+            None,
+            f"the heads could not be exported ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+            time.perf_counter() - start,
+        )
     if not diff <= HEADS_PARITY_ATOL:
-        return HeadsExport(None, diff, f"heads.onnx differed from PyTorch by {diff:.1e} (> {HEADS_PARITY_ATOL:g})", time.perf_counter() - start)
+        return HeadsExport(
+            None,
+            diff,
+            f"heads.onnx differed from PyTorch by {diff:.1e} (> {HEADS_PARITY_ATOL:g})",
+            time.perf_counter() - start,
+        )
     return HeadsExport(data, diff, None, time.perf_counter() - start)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -43,8 +43,15 @@ def train_transform(config: PreprocessConfig):
     import timm.data
 
     return timm.data.create_transform(
-        config.input_size, is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=None, auto_augment=None,
-        interpolation=config.interpolation, mean=config.mean, std=config.std,
+        config.input_size,
+        is_training=True,
+        scale=(0.08, 1.0),
+        hflip=0.5,
+        color_jitter=None,
+        auto_augment=None,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
     )
 
 
@@ -56,15 +63,20 @@ class _Inference:
         return torch.from_numpy(preprocess(image, self.config))
 
 
-def image_loader(paths: Sequence, labels: Sequence[int], config: PreprocessConfig, batch_size: int, *,
-                 augment: bool, seed: int = 0) -> DataLoader:
+def image_loader(
+    paths: Sequence, labels: Sequence[int], config: PreprocessConfig, batch_size: int, *, augment: bool, seed: int = 0
+) -> DataLoader:
     """Shuffled, augmented batches (augment=True, the last partial batch dropped when there is more
     than one) or the images in order as inference preprocesses them."""
     transform = train_transform(config) if augment else _Inference(config)
     return DataLoader(
-        _Images(paths, labels, transform), batch_size=batch_size, shuffle=augment,
-        num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)), collate_fn=_collate,
-        generator=torch.Generator().manual_seed(seed), drop_last=augment and len(paths) > batch_size,
+        _Images(paths, labels, transform),
+        batch_size=batch_size,
+        shuffle=augment,
+        num_workers=min(8, max((os.cpu_count() or 2) // 2, 1)),
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=augment and len(paths) > batch_size,
     )
 
 

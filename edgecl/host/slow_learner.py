@@ -13,8 +13,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +23,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edgecl.core.cache import cache_key, cached_result
-from edgecl.errors import EdgeclError
 from edgecl.core.layers import CosineClassifier, class_means
-from edgecl.host.image_batches import image_loader, train_on_images
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.core.preprocess import PreprocessConfig
 from edgecl.core.sgd import MomentumSGD
+from edgecl.errors import EdgeclError
+from edgecl.host.image_batches import image_loader, train_on_images
 from edgecl.host.tuners import TUNERS, create_tuner, rebuild
 
 
@@ -44,7 +45,10 @@ def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l
 def check_slow_learner(config: SlowLearnerConfig | None) -> None:
     """Before the backbone is even loaded: a tuner name that train_slow_learner would refuse."""
     if config is not None and config.tuner not in TUNERS:
-        raise EdgeclError(f"slow learner tuner {config.tuner!r}: unknown (known: {', '.join(TUNERS)}, or none to train no slow learner)")
+        raise EdgeclError(
+            f"slow learner tuner {config.tuner!r}: unknown "
+            f"(known: {', '.join(TUNERS)}, or none to train no slow learner)"
+        )
 
 
 def train_slow_learner(
@@ -83,12 +87,30 @@ def train_slow_learner(
         return ce + transfer_loss(student, pretrained, config.l_diag, config.l_rdn), {"ce": float(ce.detach())}
 
     start = time.perf_counter()
-    step, loss = train_on_images(loader, config.epochs, config.lr, config.min_lr, forward, optimizer.zero_grad, optimizer.step,
-                                 device=device, description=f"slow learner ({config.tuner})", show_progress=show_progress)
+    step, loss = train_on_images(
+        loader,
+        config.epochs,
+        config.lr,
+        config.min_lr,
+        forward,
+        optimizer.zero_grad,
+        optimizer.step,
+        device=device,
+        description=f"slow learner ({config.tuner})",
+        show_progress=show_progress,
+    )
     merged = tuner.merge(model).cpu().eval().requires_grad_(False)
-    stats = {"tuner": config.tuner, "device": str(device), "epochs": config.epochs, "steps": step, "images": len(paths),
-             "seconds": round(time.perf_counter() - start, 1), "final_loss": float(loss),
-             "trainable_parameters": sum(p.numel() for p in params), "structure": tuner.structure()}
+    stats = {
+        "tuner": config.tuner,
+        "device": str(device),
+        "epochs": config.epochs,
+        "steps": step,
+        "images": len(paths),
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": float(loss),
+        "trainable_parameters": sum(p.numel() for p in params),
+        "structure": tuner.structure(),
+    }
     return merged, stats
 
 
@@ -109,7 +131,6 @@ def _prototypes(model: nn.Module, loader: DataLoader, num_classes: int, device) 
     return class_means(torch.cat(features), torch.cat(targets), num_classes)
 
 
-
 def tuned_backbone(
     model: nn.Module,
     paths: Sequence[Path],
@@ -125,13 +146,19 @@ def tuned_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
     of several methods, or a rerun, tune the backbone once)."""
-    identity = {"images": cache_key(paths, base_sha256, preprocess), "labels": [int(v) for v in labels],
-                "config": dataclasses.asdict(config), "seed": seed, "device": torch.device(device).type}
+    identity = {
+        "images": cache_key(paths, base_sha256, preprocess),
+        "labels": [int(v) for v in labels],
+        "config": dataclasses.asdict(config),
+        "seed": seed,
+        "device": torch.device(device).type,
+    }
     trained = {}
 
     def compute():
-        trained["model"], stats = train_slow_learner(model, paths, labels, preprocess, config, device=device, seed=seed,
-                                                     show_progress=show_progress)
+        trained["model"], stats = train_slow_learner(
+            model, paths, labels, preprocess, config, device=device, seed=seed, show_progress=show_progress
+        )
         return trained["model"].state_dict(), stats
 
     state, stats, hit = cached_result(cache_dir, identity, compute)

@@ -56,7 +56,7 @@ def _rows(directions: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
     return down.float()
 
 
-def projected_design(memory: "SubspaceMemory", name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
+def projected_design(memory: SubspaceMemory, name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
     u, s = _svd(memory.project(name, covariance))
     dim = covariance.shape[0]
     # beyond the free dimensions the singular vectors are an arbitrary completion, inside the memory
@@ -64,7 +64,7 @@ def projected_design(memory: "SubspaceMemory", name: str, covariance: torch.Tens
     return _rows(u[:, :kept], rank, dim)
 
 
-def contrast_design(memory: "SubspaceMemory", name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
+def contrast_design(memory: SubspaceMemory, name: str, covariance: torch.Tensor, rank: int) -> torch.Tensor:
     if name not in memory.old:  # the first session, or a memory saved before edgecl kept the old covariance
         return projected_design(memory, name, covariance, rank)
     dim = covariance.shape[0]
@@ -106,7 +106,7 @@ class SubspaceMemory:
         self.sessions: dict[str, int] = {}
 
     @classmethod
-    def from_config(cls, config) -> "SubspaceMemory":
+    def from_config(cls, config) -> SubspaceMemory:
         """The memory an InfLoRA backbone config (edgecl.core.methods.inflora) asks for."""
         return cls(config.energy_power, config.design, config.max_leak)
 
@@ -131,7 +131,7 @@ class SubspaceMemory:
         if self.modes[name] == RETAIN:
             return u
         _, vectors = torch.linalg.eigh(torch.eye(dim, dtype=torch.float64) - u @ u.T)
-        return vectors[:, u.shape[1]:]
+        return vectors[:, u.shape[1] :]
 
     def occupied(self, name: str, dim: int) -> int:
         """How many of the layer's D input directions the memory protects."""
@@ -179,7 +179,7 @@ class SubspaceMemory:
                 self.bases[name] = rest[:, : free.shape[1] - taken]
         if self.modes[name] == REMOVE and self.bases[name].shape[1] > dim / 2:
             full, _ = torch.linalg.svd(self.bases[name], full_matrices=True)[:2]
-            self.bases[name], self.modes[name] = full[:, self.bases[name].shape[1]:], RETAIN
+            self.bases[name], self.modes[name] = full[:, self.bases[name].shape[1] :], RETAIN
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {}
@@ -192,7 +192,7 @@ class SubspaceMemory:
             state[f"{name}.sessions"] = torch.tensor(self.sessions[name])
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "SubspaceMemory":
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> SubspaceMemory:
         """This memory's design settings with the saved bases (memories saved before edgecl kept the
         old covariance design their layers by the official rule, then and later)."""
         for key, tensor in state.items():

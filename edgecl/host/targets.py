@@ -38,11 +38,15 @@ class TargetProfile:
             raise ValueError(f"{self.name}: precision {self.precision!r} is not one of {PRECISIONS}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TargetProfile":
+    def from_dict(cls, data: dict) -> TargetProfile:
         return cls(
-            name=data["name"], description=data.get("description", ""), precision=data["precision"],
-            fp32_layers=tuple(data.get("fp32_layers", ())), workspace_mib=int(data["workspace_mib"]),
-            batch=BatchProfile(**data["batch"]), onnxruntime_providers=tuple(data["onnxruntime_providers"]),
+            name=data["name"],
+            description=data.get("description", ""),
+            precision=data["precision"],
+            fp32_layers=tuple(data.get("fp32_layers", ())),
+            workspace_mib=int(data["workspace_mib"]),
+            batch=BatchProfile(**data["batch"]),
+            onnxruntime_providers=tuple(data["onnxruntime_providers"]),
             aliases=tuple(data.get("aliases", ())),
         )
 

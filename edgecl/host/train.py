@@ -21,7 +21,7 @@ from edgecl.core.methods import method_class, method_config
 from edgecl.core.session import embed_classes, record_session, run_session
 from edgecl.errors import EdgeclError, param
 from edgecl.host.backbone_onnx import host_embed_function
-from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, preprocess_config
+from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, embedding_key, preprocess_config
 from edgecl.host.devices import resolve_device
 from edgecl.host.slow_learner import check_slow_learner
 from edgecl.host.subspace import SubspaceMemory
@@ -54,6 +54,8 @@ def train(
     backbone: str = DEFAULT_BACKBONE,
     weights: Path | None = None,
     random_init: bool = False,
+    img_size: int | None = None,
+    global_pool: str | None = None,
     method: str = "edgecl",
     epochs: int | None = None,
     settings: dict[str, Any] | None = None,
@@ -73,7 +75,7 @@ def train(
         raise EdgeclError(f"{param('epochs')}: method {method} trains nothing by epochs")
     check_slow_learner(config.slow_learner())
     config.check_session(len(classes))
-    model, spec = create_backbone(backbone, weights, random_init=random_init)
+    model, spec = create_backbone(backbone, weights, random_init=random_init, img_size=img_size, global_pool=global_pool)
     learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
     preprocess = preprocess_config(model)
     backbone_info = spec.to_dict()
@@ -102,7 +104,8 @@ def train(
         backbone_info["inflora"] = {**stats, "device": device, "memory": {"file": bundles.INFLORA_MEMORY_FILE, "sha256": bundles.sha256_bytes(memory_bytes)}}
     backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
-    embed, _ = host_embed_function(model, preprocess.input_size, backbone_entry["sha256"], cache_root() / "onnx")
+    embed, _ = host_embed_function(model, preprocess.input_size, embedding_key(backbone_entry["sha256"], spec.model_kwargs),
+                                   cache_root() / "onnx")
     embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
     session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())

@@ -39,7 +39,9 @@ def forget(bundle_path: Path, name: str, *, lock_timeout: float = 60.0) -> Corre
         m = change.manifest
         index = _active(m, name, "name")
         if len(m.active_class_names) == 1:
-            raise EdgeclError(f"{param('name')} {name}: it is the bundle's last class; a bundle must predict at least one")
+            raise EdgeclError(
+                f"{param('name')} {name}: it is the bundle's last class; a bundle must predict at least one"
+            )
         m.remember()
         m.classes[index].forgotten = True
     return Correction(f"forgot {name}: it is never predicted again", change.manifest.active_class_names)
@@ -51,8 +53,10 @@ def rename(bundle_path: Path, old: str, new: str, *, lock_timeout: float = 60.0)
         m = change.manifest
         index = _active(m, old, "old")
         if new in m.active_class_names:
-            raise EdgeclError(f"{param('new')} {new}: the bundle has a class of that name already; choose another, or "
-                              "forget that one first")
+            raise EdgeclError(
+                f"{param('new')} {new}: the bundle has a class of that name already; choose another, or "
+                "forget that one first"
+            )
         m.remember()
         m.classes[index].name = new
         for session in m.sessions:  # the session that learned it lists it under its new name
@@ -64,13 +68,17 @@ def undo(bundle_path: Path, *, lock_timeout: float = 60.0) -> Correction:
     with bundles.update(bundle_path, lock_timeout) as change:
         m = change.manifest
         if not m.history:
-            raise EdgeclError(f"{bundle_path}: nothing to undo (the bundle keeps no earlier state; its history holds "
-                              f"the last {m.history_limit} changes)")
+            raise EdgeclError(
+                f"{bundle_path}: nothing to undo (the bundle keeps no earlier state; its history holds "
+                f"the last {m.history_limit} changes)"
+            )
         before = m.history[-1]
         backbone = m.backbone
         m.restore(before)
         m.history = m.history[:-1]
         if m.backbone.get("sha256") != backbone.get("sha256"):  # an undone `adapt`: the export described its backbone
             m.export, m.engines = None, {}
-    return Correction(f"undid the last change: the bundle is as it was at {before.get('updated', 'its previous state')}",
-                      change.manifest.active_class_names)
+    return Correction(
+        f"undid the last change: the bundle is as it was at {before.get('updated', 'its previous state')}",
+        change.manifest.active_class_names,
+    )

@@ -8,8 +8,8 @@ profile's order), PyTorch (rebuilds the timm architecture: a host-only import, d
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -65,17 +65,26 @@ def _tensorrt(bundle: Bundle) -> Embedder:
     if not export:
         raise RuntimeUnavailable(NOT_EXPORTED)
     if not trt_runtime.for_tensorrt(export["profile"]):
-        raise RuntimeUnavailable(f"the bundle was exported for target {export['profile']['name']}, which has no TensorRT settings")
+        raise RuntimeUnavailable(
+            f"the bundle was exported for target {export['profile']['name']}, which has no TensorRT settings"
+        )
     try:
         trt = trt_runtime.import_tensorrt()
     except trt_runtime.TensorRTUnavailable as err:
         raise RuntimeUnavailable(str(err)) from err
     key = trt_runtime.current_key(trt, export["profile"])
     try:
-        engine = bundle.manifest.engines.get(key) or trt_runtime.build_into_bundle(
-            bundle.path, lock_timeout=FIRST_USE_LOCK_TIMEOUT, keep_existing=True).entry
+        engine = (
+            bundle.manifest.engines.get(key)
+            or trt_runtime.build_into_bundle(bundle.path, lock_timeout=FIRST_USE_LOCK_TIMEOUT, keep_existing=True).entry
+        )
         backbone = trt_runtime.TensorRTBackbone(bundle.read_bytes(engine), export["profile"]["batch"]["max"])
-    except (EdgeclError, trt_runtime.TensorRTUnavailable, RuntimeError, OSError) as err:  # a failed build or load: the next runtime serves
+    except (
+        EdgeclError,
+        trt_runtime.TensorRTUnavailable,
+        RuntimeError,
+        OSError,
+    ) as err:  # a failed build or load: the next runtime serves
         raise RuntimeUnavailable(f"engine {key}: {err}") from err
     reason = f"TensorRT {trt.__version__} engine {key} on {torch.cuda.get_device_name()}"
     return Embedder("tensorrt", reason, backbone, export["profile"]["batch"]["opt"])
@@ -93,7 +102,10 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
     providers, skipped = usable_providers(profile["onnxruntime_providers"], torch.cuda.is_available())
     trt_cache = cache_root() / "ort-tensorrt" / export["sha256"][:16]
     input_size = bundle.manifest.preprocess["input_size"]
-    options = [tensorrt_provider_options(profile, input_size, trt_cache) if p == "TensorrtExecutionProvider" else {} for p in providers]
+    options = [
+        tensorrt_provider_options(profile, input_size, trt_cache) if p == "TensorrtExecutionProvider" else {}
+        for p in providers
+    ]
     try:
         model = bundle.read_bytes(export)
     except DamagedFile as err:
@@ -102,13 +114,22 @@ def _onnxruntime(bundle: Bundle) -> Embedder:
     try:
         session = ort_session(model, providers, options)
     except Exception as err:  # noqa: BLE001 - a graph onnxruntime refuses (an unknown op, garbage): the next runtime serves
-        raise RuntimeUnavailable(f"onnxruntime cannot load {export['file']} ({first_line(err)}); {EXPORT_AGAIN}") from None
+        raise RuntimeUnavailable(
+            f"onnxruntime cannot load {export['file']} ({first_line(err)}); {EXPORT_AGAIN}"
+        ) from None
     used = session.get_providers()
     skipped += [f"{p}: failed to start (onnxruntime's message is on stderr)" for p in providers if p not in used]
-    reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (f" (skipped {'; '.join(skipped)})" if skipped else "")
+    reason = f"onnxruntime {onnxruntime.__version__} with {', '.join(used)}" + (
+        f" (skipped {'; '.join(skipped)})" if skipped else ""
+    )
     on_gpu = used[0] in GPU_PROVIDERS
-    return Embedder("onnxruntime", reason, ort_embed_function(session), profile["batch"]["opt"] if on_gpu else CPU_BATCH_SIZE,
-                    head_threads=None if on_gpu else 1)
+    return Embedder(
+        "onnxruntime",
+        reason,
+        ort_embed_function(session),
+        profile["batch"]["opt"] if on_gpu else CPU_BATCH_SIZE,
+        head_threads=None if on_gpu else 1,
+    )
 
 
 def _torch(bundle: Bundle) -> Embedder:
@@ -119,7 +140,10 @@ def _torch(bundle: Bundle) -> Embedder:
     spec = bundle.manifest.backbone
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = rebuild(spec, bundle.backbone_weights())
-    reason = f"PyTorch {torch.__version__} eager on {torch.cuda.get_device_name() if device == 'cuda' else 'the CPU'} ({spec['name']})"
+    reason = (
+        f"PyTorch {torch.__version__} eager on "
+        f"{torch.cuda.get_device_name() if device == 'cuda' else 'the CPU'} ({spec['name']})"
+    )
     return Embedder("torch", reason, embed_function(model, device), 32 if device == "cuda" else CPU_BATCH_SIZE)
 
 
@@ -134,10 +158,16 @@ def check_whole(model: bytes, where) -> None:
     except MalformedGraph as err:
         raise RuntimeUnavailable(f"{where}: not an ONNX graph ({err}); {EXPORT_AGAIN}") from None
     if external:
-        raise RuntimeUnavailable(f"{where}: refers to tensors in files outside the graph, which a bundle never does; {EXPORT_AGAIN}")
+        raise RuntimeUnavailable(
+            f"{where}: refers to tensors in files outside the graph, which a bundle never does; {EXPORT_AGAIN}"
+        )
 
 
-RUNTIMES: dict[str, Callable[[Bundle], Embedder]] = {"tensorrt": _tensorrt, "onnxruntime": _onnxruntime, "torch": _torch}
+RUNTIMES: dict[str, Callable[[Bundle], Embedder]] = {
+    "tensorrt": _tensorrt,
+    "onnxruntime": _onnxruntime,
+    "torch": _torch,
+}
 
 
 def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
@@ -161,7 +191,9 @@ def open_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
         embedder.passed_over = passed_over
         embedder.backbone_sha256 = bundle.manifest.backbone["sha256"]
         if name == "torch" and bundle.manifest.export:  # exported, yet neither engine could run it: say why, once
-            log.warning("the exported backbone cannot run here, so PyTorch runs it (slower): %s",
-                        python_text(next((r for r in passed_over if r.startswith("onnxruntime")), passed_over[-1])))
+            log.warning(
+                "the exported backbone cannot run here, so PyTorch runs it (slower): %s",
+                python_text(next((r for r in passed_over if r.startswith("onnxruntime")), passed_over[-1])),
+            )
         return embedder
     raise EdgeclError(f"{bundle.path}: no runtime can run the backbone ({'; '.join(passed_over)})")

@@ -1,6 +1,6 @@
 """The heads at inference: onnxruntime on the bundle's heads.onnx, or the method in PyTorch.
 
-heads.onnx (written by `edgecl export`, edgecl/heads_onnx.py) computes the method's class
+heads.onnx (written by `edgecl export`, edgecl/host/heads_onnx.py) computes the method's class
 probabilities from the embeddings and the heads' tensors, which are graph inputs: onnxruntime binds
 the bundle's current tensors by name, so the graph stays valid as `learn` adds sessions and
 classes. At batch 1 on a CPU PyTorch spends most of the heads' time on per-op overhead (about 75
@@ -11,8 +11,8 @@ Device side: imports onnxruntime, never onnx or the exporter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -68,12 +68,16 @@ class OrtHeads:
         except Exception as err:  # noqa: BLE001
             raise HeadsUnavailable(f"heads.onnx does not run on these heads ({err})") from err
         if not diff <= HEADS_LOAD_ATOL:
-            raise HeadsUnavailable(f"heads.onnx differs from the heads in PyTorch by {diff:.1e} (> {HEADS_LOAD_ATOL:g})")
+            raise HeadsUnavailable(
+                f"heads.onnx differs from the heads in PyTorch by {diff:.1e} (> {HEADS_LOAD_ATOL:g})"
+            )
 
     def __call__(self, features: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(features.detach().numpy(), dtype=np.float32)
         x = self.ort.OrtValue.ortvalue_from_numpy(array)
-        return torch.from_numpy(self.session.run_with_ort_values([PROBABILITIES], {FEATURES: x, **self.bound})[0].numpy())
+        return torch.from_numpy(
+            self.session.run_with_ort_values([PROBABILITIES], {FEATURES: x, **self.bound})[0].numpy()
+        )
 
 
 def open_heads(bundle: Bundle, method: ContinualMethod, backbone_runtime: str, runtime: str | None = None) -> Heads:

@@ -45,7 +45,7 @@ def _fields(data: memoryview):
             length, at = _varint(data, at)
             if at + length > len(data):
                 raise MalformedGraph("a field longer than the message")
-            value, at = data[at:at + length], at + length
+            value, at = data[at : at + length], at + length
         elif wire in (1, 5):
             value, at = None, at + (8 if wire == 1 else 4)
         else:
@@ -59,8 +59,14 @@ _CHILDREN = {
     "graph": {_GRAPH_NODES: "node", _GRAPH_INITIALIZERS: "tensor", _GRAPH_SPARSE: "sparse"},
     "function": {_FUNCTION_NODES: "node"},
     "node": {_NODE_ATTRIBUTES: "attribute"},
-    "attribute": {_ATTRIBUTE_TENSOR: "tensor", _ATTRIBUTE_GRAPH: "graph", _ATTRIBUTE_TENSORS: "tensor",
-                  _ATTRIBUTE_GRAPHS: "graph", _ATTRIBUTE_SPARSE: "sparse", _ATTRIBUTE_SPARSES: "sparse"},
+    "attribute": {
+        _ATTRIBUTE_TENSOR: "tensor",
+        _ATTRIBUTE_GRAPH: "graph",
+        _ATTRIBUTE_TENSORS: "tensor",
+        _ATTRIBUTE_GRAPHS: "graph",
+        _ATTRIBUTE_SPARSE: "sparse",
+        _ATTRIBUTE_SPARSES: "sparse",
+    },
     "sparse": {_SPARSE_VALUES: "tensor", _SPARSE_INDICES: "tensor"},
 }
 
@@ -70,7 +76,9 @@ def _external(data: memoryview, kind: str, depth: int) -> bool:
         raise MalformedGraph("nested too deep")
     for number, wire, value in _fields(data):
         if kind == "tensor":
-            if number == _TENSOR_EXTERNAL_DATA or (number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL):
+            if number == _TENSOR_EXTERNAL_DATA or (
+                number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL
+            ):
                 return True
         elif wire == 2 and number in _CHILDREN[kind] and _external(value, _CHILDREN[kind][number], depth + 1):
             return True

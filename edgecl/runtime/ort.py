@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,9 @@ def ort_session(model: Path | bytes, providers: Sequence[str], provider_options:
     # a provider that fails to start (onnxruntime-gpu lists TensorRT even without its libraries) makes
     # onnxruntime print its fallback on stdout, which would corrupt `--json` output
     with contextlib.redirect_stdout(sys.stderr):
-        return onnxruntime.InferenceSession(source, session_options(), providers=list(providers), provider_options=provider_options)
+        return onnxruntime.InferenceSession(
+            source, session_options(), providers=list(providers), provider_options=provider_options
+        )
 
 
 def tensorrt_provider_options(profile: dict, input_size: Sequence[int], cache: Path) -> dict[str, str]:
@@ -68,15 +70,21 @@ def tensorrt_provider_options(profile: dict, input_size: Sequence[int], cache: P
         "trt_fp16_enable": str(profile["precision"] == "fp16"),
         "trt_layer_norm_fp32_fallback": str("LayerNormalization" in profile["fp32_layers"]),
         "trt_max_workspace_size": str(int(profile["workspace_mib"]) << 20),
-        "trt_profile_min_shapes": shape["min"], "trt_profile_opt_shapes": shape["opt"], "trt_profile_max_shapes": shape["max"],
-        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": shape["min"],
+        "trt_profile_opt_shapes": shape["opt"],
+        "trt_profile_max_shapes": shape["max"],
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
     }
 
 
 def ort_embed_function(session):
     def embed(images: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0])
+        return torch.from_numpy(
+            session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        )
 
     return embed
 

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from edgecl.core import bundle as bundles
+from edgecl.core import heads_journal
 from edgecl.core.bundle import Bundle, SessionEntry
 from edgecl.core.embedding import iter_embedded
 from edgecl.core.images import UNKNOWN, ClassImages, ImageLike, scan_new_classes
-from edgecl.core.preprocess import PreprocessConfig
-from edgecl.core.progress import progress_bar
 from edgecl.core.methods import METHODS
 from edgecl.core.methods.interface import restrict
-from edgecl.core.session import embed_classes, load_method, record_session, run_session, stored_config
+from edgecl.core.preprocess import PreprocessConfig
+from edgecl.core.progress import progress_bar
+from edgecl.core.session import embed_classes, load_method, record_session, run_session, stored_config, write_heads
 from edgecl.errors import EdgeclError, param
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
@@ -62,7 +63,11 @@ def learn(
         raise EdgeclError(f"{bundle_path}: its backbone changed since it was loaded; reload it and learn again")
     start = time.perf_counter()
     data = embed_classes(
-        classes, embedder, PreprocessConfig.from_dict(bundle.manifest.preprocess), batch_size=embedder.batch_size, show_progress=show_progress
+        classes,
+        embedder,
+        PreprocessConfig.from_dict(bundle.manifest.preprocess),
+        batch_size=embedder.batch_size,
+        show_progress=show_progress,
     )
     seconds_backbone = time.perf_counter() - start
     used = embedder.runtime
@@ -71,12 +76,20 @@ def learn(
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != bundle.manifest.backbone:
             raise EdgeclError(f"{bundle_path}: its backbone changed while embedding; run learn again")
-        method = load_method(change.bundle)
+        method = load_method(change.bundle, learning=True)
+        before = heads_journal.start(method)
         index = len(change.manifest.sessions)
-        session = run_session(method, data, [c.name for c in classes], change.manifest.seed, index,
-                              known_classes=active_positions(change.manifest), show_progress=show_progress)
+        session = run_session(
+            method,
+            data,
+            [c.name for c in classes],
+            change.manifest.seed,
+            index,
+            known_classes=active_positions(change.manifest),
+            show_progress=show_progress,
+        )
         change.manifest.remember()  # for `undo`
-        record_session(change.manifest, method, change.write_tensors(bundles.HEADS_STEM, method.state_dict()), session)
+        record_session(change.manifest, method, write_heads(change, method, before), session)
     return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"])
 
 
@@ -91,8 +104,10 @@ def check_session_classes(bundle: Bundle, classes: Sequence[ClassImages]) -> Non
     known = set(bundle.manifest.active_class_names)
     added = [c.name for c in classes if c.name in known]
     if added and not METHODS[bundle.manifest.method["name"]].adds_to_classes:
-        raise EdgeclError(f"class {added[0]!r} exists already, and this bundle's method ({bundle.manifest.method['name']}) cannot "
-                          f"add images to a class; give the new class another name ({param('label')})")
+        raise EdgeclError(
+            f"class {added[0]!r} exists already, and this bundle's method ({bundle.manifest.method['name']}) cannot "
+            f"add images to a class; give the new class another name ({param('label')})"
+        )
     stored_config(bundle).check_session(len(classes) - len(added))
 
 
@@ -120,8 +135,15 @@ class Skipped:
 class Classifier:
     """A bundle loaded once for classifying many images."""
 
-    def __init__(self, bundle_path: Path, runtime: str | None = None, heads: str | None = None, *,
-                 reuse: Classifier | None = None, min_score: float | None = None) -> None:
+    def __init__(
+        self,
+        bundle_path: Path,
+        runtime: str | None = None,
+        heads: str | None = None,
+        *,
+        reuse: Classifier | None = None,
+        min_score: float | None = None,
+    ) -> None:
         """`reuse`: a Classifier of an earlier version of this bundle whose backbone runtime serves this
         one too (same backbone and export): its engine is kept instead of opened again. `min_score`: under
         it an image is "unknown" (None: the threshold the bundle calibrated, 0: never)."""
@@ -132,11 +154,17 @@ class Classifier:
         self.min_score = bundles.min_score_of(self.bundle.manifest.sessions) if min_score is None else float(min_score)
         self.classes = self.bundle.manifest.class_names
         entries = self.bundle.manifest.classes
-        self.active = None if not any(c.forgotten for c in entries) else torch.tensor([not c.forgotten for c in entries])
+        self.active = (
+            None if not any(c.forgotten for c in entries) else torch.tensor([not c.forgotten for c in entries])
+        )
         self.preprocess = PreprocessConfig.from_dict(self.bundle.manifest.preprocess)
         m = self.bundle.manifest
-        if reuse is not None and (reuse.bundle.manifest.backbone, reuse.bundle.manifest.export, reuse.bundle.manifest.engines) == (
-                m.backbone, m.export, m.engines) and reuse.requested == (runtime, heads):
+        if (
+            reuse is not None
+            and (reuse.bundle.manifest.backbone, reuse.bundle.manifest.export, reuse.bundle.manifest.engines)
+            == (m.backbone, m.export, m.engines)
+            and reuse.requested == (runtime, heads)
+        ):
             self.embedder = reuse.embedder
         else:
             self.embedder = open_embedder(self.bundle, runtime)
@@ -165,10 +193,12 @@ class Classifier:
                     source = images[index]
                     path = str(source) if isinstance(source, (str, os.PathLike)) else None
                     label = UNKNOWN if sure < self.min_score else top[0]["label"]
-                    results[index] = Prediction(path, label, top[0]["score"], top, round(float(sure), 4))
+                    results[index] = Prediction(path, label, top[0]["score"], top, float(sure))
             yield from (results[i] for i in sorted(results))
 
-    def classify(self, images: Sequence[ImageLike], *, top_k: int = 1, show_progress: bool = True) -> tuple[list[Prediction], list[str]]:
+    def classify(
+        self, images: Sequence[ImageLike], *, top_k: int = 1, show_progress: bool = True
+    ) -> tuple[list[Prediction], list[str]]:
         predictions, skipped = [], []
         with progress_bar("classifying", len(images), enabled=show_progress, unit="images") as advance:
             for item in self.iter_classify(images, top_k=top_k):

@@ -77,13 +77,17 @@ def _pin_fp32(trt, network, op_types: tuple[str, ...]) -> int:
     return pinned
 
 
-def build_engine(onnx_model: bytes, profile: dict[str, Any], input_size: tuple[int, int, int], timing_cache: bytes = b"") -> BuiltEngine:
+def build_engine(
+    onnx_model: bytes, profile: dict[str, Any], input_size: tuple[int, int, int], timing_cache: bytes = b""
+) -> BuiltEngine:
     """The TensorRT Python API: explicit-batch network, ONNX parser, builder config from the profile,
     one optimization profile over the batch axis, and a timing cache for faster rebuilds."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    explicit = (
+        0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    )
     network = builder.create_network(explicit)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_model):
@@ -162,15 +166,23 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0, keep_ex
         raise EdgeclError(f"cannot build a TensorRT engine here: {err}") from err
     profile = export["profile"]
     if not for_tensorrt(profile):
-        raise EdgeclError(f"{bundle_path}: exported for target {profile['name']}, which has no TensorRT settings; "
-                          f"export again with {param('target')} jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda")
+        raise EdgeclError(
+            f"{bundle_path}: exported for target {profile['name']}, which has no TensorRT settings; "
+            f"export again with {param('target')} jetson, jetson-orin-nx, jetson-agx-orin or x86-cuda"
+        )
     key = current_key(trt, profile)
     if keep_existing and key in bundle.manifest.engines:
         return EngineReport(key, bundle.manifest.engines[key], time.perf_counter() - start)
     others = [k for k in bundle.manifest.engines if k != key]
-    log.info("building TensorRT engine %s on %s%s", key, torch.cuda.get_device_name(),
-             f" (the bundle's other engines, {', '.join(others)}, are for another GPU or TensorRT)" if others else "")
-    same_gpu = [e for k, e in bundle.manifest.engines.items() if k.split("-")[:2] == key.split("-")[:2] and "timing_cache" in e]
+    log.info(
+        "building TensorRT engine %s on %s%s",
+        key,
+        torch.cuda.get_device_name(),
+        f" (the bundle's other engines, {', '.join(others)}, are for another GPU or TensorRT)" if others else "",
+    )
+    same_gpu = [
+        e for k, e in bundle.manifest.engines.items() if k.split("-")[:2] == key.split("-")[:2] and "timing_cache" in e
+    ]
     cache = bundle.files.read(same_gpu[0]["timing_cache"]) if same_gpu else b""
     input_size = tuple(bundle.manifest.preprocess["input_size"])
     built = build_engine(bundle.read_bytes(export), profile, input_size, cache)
@@ -183,10 +195,16 @@ def build_into_bundle(bundle_path: Path, *, lock_timeout: float = 600.0, keep_ex
             engine = change.write_file(f"{bundles.ENGINES_DIR}/{key}.engine", built.engine)
             timing = change.write_file(f"{bundles.ENGINES_DIR}/{key}.timing-cache", built.timing_cache)
             change.manifest.engines[key] = {
-                **engine, "timing_cache": timing["file"], "gpu": torch.cuda.get_device_name(),
-                "compute_capability": list(torch.cuda.get_device_capability()), "tensorrt": trt.__version__,
-                "precision": profile["precision"], "batch": profile["batch"], "fp32_layers_pinned": built.fp32_layers,
-                "onnx_sha256": export["sha256"], "built": bundles.now(),
+                **engine,
+                "timing_cache": timing["file"],
+                "gpu": torch.cuda.get_device_name(),
+                "compute_capability": list(torch.cuda.get_device_capability()),
+                "tensorrt": trt.__version__,
+                "precision": profile["precision"],
+                "batch": profile["batch"],
+                "fp32_layers_pinned": built.fp32_layers,
+                "onnx_sha256": export["sha256"],
+                "built": bundles.now(),
             }
         entry = change.manifest.engines[key]
     return EngineReport(key, entry, time.perf_counter() - start)

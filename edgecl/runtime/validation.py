@@ -55,31 +55,48 @@ class ValidationReport:
     def most_confused(self, n: int = 5) -> list[tuple[str, str, int]]:
         """(true class, predicted label, images) of the largest off-diagonal counts of the known classes."""
         rows = list(self.per_class)
-        pairs = [(rows[i], self.labels[j], count) for i, row in enumerate(self.confusion) for j, count in enumerate(row)
-                 if count and rows[i] in self.known and self.labels[j] != rows[i]]
+        pairs = [
+            (rows[i], self.labels[j], count)
+            for i, row in enumerate(self.confusion)
+            for j, count in enumerate(row)
+            if count and rows[i] in self.known and self.labels[j] != rows[i]
+        ]
         return sorted(pairs, key=lambda p: -p[2])[:n]
 
     def to_dict(self) -> dict:
-        return {"bundle_classes": self.bundle_classes, "min_score": self.min_score, "accuracy": self.accuracy,
-                "unknown_rate_of_unseen_classes": self.unknown_rate,
-                "per_class": {name: {**asdict(r), "rate": r.rate} for name, r in self.per_class.items()},
-                "known": self.known, "unseen": self.unseen, "confusion": {"rows": list(self.per_class), "columns": self.labels,
-                                                                           "counts": self.confusion},
-                "most_confused": [{"true": t, "predicted": p, "images": n} for t, p, n in self.most_confused(20)],
-                "skipped": self.skipped}
+        return {
+            "bundle_classes": self.bundle_classes,
+            "min_score": self.min_score,
+            "accuracy": self.accuracy,
+            "unknown_rate_of_unseen_classes": self.unknown_rate,
+            "per_class": {name: {**asdict(r), "rate": r.rate} for name, r in self.per_class.items()},
+            "known": self.known,
+            "unseen": self.unseen,
+            "confusion": {"rows": list(self.per_class), "columns": self.labels, "counts": self.confusion},
+            "most_confused": [{"true": t, "predicted": p, "images": n} for t, p, n in self.most_confused(20)],
+            "skipped": self.skipped,
+        }
 
 
-def validate(bundle_path: Path, folder: Path, *, runtime: str | None = None, min_score: float | None = None,
-             show_progress: bool = True) -> ValidationReport:
+def validate(
+    bundle_path: Path,
+    folder: Path,
+    *,
+    runtime: str | None = None,
+    min_score: float | None = None,
+    show_progress: bool = True,
+) -> ValidationReport:
     Bundle.open(bundle_path)  # a bad bundle is named before the images are searched
     classes = scan_class_folders(folder)
     classifier = Classifier(bundle_path, runtime, min_score=min_score)
     predicted = classifier.bundle.manifest.active_class_names
     known = [c.name for c in classes if c.name in predicted]
     if not known:
-        raise EdgeclError(f"{param('folder')} {folder}: none of its class folders ({', '.join(c.name for c in classes[:5])}"
-                          f"{', ...' if len(classes) > 5 else ''}) is a class of the bundle ({', '.join(predicted[:5])}"
-                          f"{', ...' if len(predicted) > 5 else ''}); name the folders after the bundle's classes")
+        raise EdgeclError(
+            f"{param('folder')} {folder}: none of its class folders ({', '.join(c.name for c in classes[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) is a class of the bundle ({', '.join(predicted[:5])}"
+            f"{', ...' if len(predicted) > 5 else ''}); name the folders after the bundle's classes"
+        )
     images, targets = paths_and_labels(classes)
     labels = [*predicted, UNKNOWN]
     column = {name: j for j, name in enumerate(labels)}
@@ -98,4 +115,6 @@ def validate(bundle_path: Path, folder: Path, *, runtime: str | None = None, min
         right = int(row[column[group.name]]) if group.name in column and group.name != UNKNOWN else unknown
         per_class[group.name] = ClassResult(int(row.sum()), right, unknown)
     unseen = [c.name for c in classes if c.name not in predicted]
-    return ValidationReport(predicted, classifier.min_score, per_class, known, unseen, labels, confusion.tolist(), skipped)
+    return ValidationReport(
+        predicted, classifier.min_score, per_class, known, unseen, labels, confusion.tolist(), skipped
+    )

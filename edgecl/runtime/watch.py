@@ -14,8 +14,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgecl.core import bundle as bundles
 from edgecl.core.bundle import MANIFEST
@@ -84,8 +84,9 @@ def _append(log: Path, lines: list[dict], max_bytes: int | None, keep: int) -> N
         handle.write(data)
 
 
-def _check_retention(done: Path | None, keep_done: int | None, keep_done_mb: float | None, log_max_mb: float | None,
-                     log_keep: int) -> None:
+def _check_retention(
+    done: Path | None, keep_done: int | None, keep_done_mb: float | None, log_max_mb: float | None, log_keep: int
+) -> None:
     for name, value in (("keep_done", keep_done), ("keep_done_mb", keep_done_mb)):
         if value is not None and done is None:
             raise EdgeclError(f"{param(name)} bounds the images moved to {param('done')}; give {param('done')} too")
@@ -127,7 +128,9 @@ def watch_folder(
     if done is not None and done.exists() and not done.is_dir():
         raise EdgeclError(f"{param('done')} {done}: exists and is not a folder")
     if done is not None and done.resolve() == folder.resolve():  # each move would be a new file to classify, forever
-        raise EdgeclError(f"{param('done')} {done}: is the watched folder; give another folder (a subfolder of it is fine)")
+        raise EdgeclError(
+            f"{param('done')} {done}: is the watched folder; give another folder (a subfolder of it is fine)"
+        )
     if done is not None:
         done.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -156,18 +159,33 @@ def watch_folder(
         unreadable = {p: reason for p, (v, reason) in failed.items() if current.get(p) == v}
         seen.update((p, current[p]) for p in unreadable)
         failed = {}
-        ready = [p for p, v in current.items() if v is not None and seen.get(p) != v and (once or _settled(v, settle, now))]
+        ready = [
+            p for p, v in current.items() if v is not None and seen.get(p) != v and (once or _settled(v, settle, now))
+        ]
         lines, classified = [], set()
         stamp = bundles.now()
         if ready:
             predictions, skipped = classifier.classify(ready, top_k=top_k, show_progress=False)
-            lines = [{"time": stamp, "path": p.path, "label": p.label, "score": p.score, "top_k": p.top_k,
-                      "known": p.known, "runtime": classifier.embedder.runtime, "classes": len(classifier.classes)} for p in predictions]
+            lines = [
+                {
+                    "time": stamp,
+                    "path": p.path,
+                    "label": p.label,
+                    "score": p.score,
+                    "top_k": p.top_k,
+                    "known": p.known,
+                    "runtime": classifier.embedder.runtime,
+                    "classes": len(classifier.classes),
+                }
+                for p in predictions
+            ]
             classified = {p.path for p in predictions}
             if done is not None:  # where each file goes, logged before it moves: a kill in between loses no prediction
                 moves = {}
                 for line in lines:
-                    moves[line["path"]] = line["moved_to"] = str(_free_path(done, Path(line["path"]).name, taken=set(moves.values())))
+                    moves[line["path"]] = line["moved_to"] = str(
+                        _free_path(done, Path(line["path"]).name, taken=set(moves.values()))
+                    )
             count += len(predictions)
             for path in ready:
                 if str(path) not in classified:

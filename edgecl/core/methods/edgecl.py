@@ -36,7 +36,9 @@ class EdgeclConfig(MethodConfig):
     use_slow: bool = True
     analytic_scale: float = 80.0
     gamma: float = 1.0
-    temperature: float = 3.0  # of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000: docs/methods.md)
+    # temperature of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000:
+    # docs/methods.md)
+    temperature: float = 3.0
     feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: docs/methods.md)
 
     def __post_init__(self) -> None:
@@ -45,7 +47,7 @@ class EdgeclConfig(MethodConfig):
             raise EdgeclError("edgecl needs at least one of use_tosca, use_fast, use_slow")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EdgeclConfig":
+    def from_dict(cls, data: dict[str, Any]) -> EdgeclConfig:
         # bundles written before these settings keep their scores and their heads' inputs
         return super().from_dict({"temperature": 1.0, "feature_power": 1.0, **data})
 
@@ -56,7 +58,10 @@ class EdgeclConfig(MethodConfig):
 @register_method
 class Edgecl(ContinualMethod):
     name = "edgecl"
-    summary = "TOSCA + SAFE: slow learner merged into the backbone, a LuCA module, fast and slow analytic classifiers per session, blended by entropy"
+    summary = (
+        "TOSCA + SAFE: slow learner merged into the backbone, a LuCA module, "
+        "fast and slow analytic classifiers per session, blended by entropy"
+    )
     config_class = EdgeclConfig
     config: EdgeclConfig
 
@@ -69,12 +74,24 @@ class Edgecl(ContinualMethod):
     def num_classes(self) -> int:
         return self.safe.num_classes
 
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
         stats = {}
         features = power_normalize(features, self.config.feature_power)
         if self.config.use_tosca:
-            stats.update({f"tosca_{k}": v for k, v in self.tosca.learn(features, targets, generator, show_progress=show_progress).items()})
-        stats.update({f"safe_{k}": v for k, v in self.safe.learn(features, targets, generator, show_progress=show_progress).items()})
+            stats.update(
+                {
+                    f"tosca_{k}": v
+                    for k, v in self.tosca.learn(features, targets, generator, show_progress=show_progress).items()
+                }
+            )
+        stats.update(
+            {
+                f"safe_{k}": v
+                for k, v in self.safe.learn(features, targets, generator, show_progress=show_progress).items()
+            }
+        )
         return stats
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,7 +113,9 @@ class Edgecl(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        return self.safe.known_scores(power_normalize(features, self.config.feature_power), active)  # SAFE's class means
+        return self.safe.known_scores(
+            power_normalize(features, self.config.feature_power), active
+        )  # SAFE's class means
 
     @torch.inference_mode()
     def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 down-projections are designed outside the input subspace of earlier sessions, merged after each
 session (the host trainer: edgecl/inflora.py). This module is the part that lives on embeddings:
 
-- `heads="task"` (the official code's, measured far below the analytic head: docs/methods.md): one linear head with bias per session, trained with
-  cross-entropy on that session's classes only; inference concatenates them and takes the argmax.
+- `heads="task"` (the official code's, measured far below the analytic head: docs/methods.md): one linear head
+  with bias per session, trained with cross-entropy on that session's classes only; inference concatenates them
+  and takes the argmax.
   The official code trains the head together with the LoRA branches; here the head is fitted
   afterwards on the embeddings of the merged backbone (the same function, without augmentation).
 - `heads="analytic"` (edgecl's, the default): one analytic classifier over all classes (edgecl/analytic.py),
@@ -55,10 +56,14 @@ class InfLoraBackboneConfig(MethodConfig):
         if self.layers not in LAYER_SETS:
             raise EdgeclError(f"backbone.layers={self.layers}: unknown layer set (known: {', '.join(LAYER_SETS)})")
         if self.design not in DESIGNS or not self.max_leak > 0:
-            raise EdgeclError(f"backbone.design={self.design}, backbone.max_leak={self.max_leak}: design must be one of "
-                              f"{', '.join(DESIGNS)} and max_leak > 0")
+            raise EdgeclError(
+                f"backbone.design={self.design}, backbone.max_leak={self.max_leak}: design must be one of "
+                f"{', '.join(DESIGNS)} and max_leak > 0"
+            )
         if self.rank < 1 or self.energy_power not in (1, 2) or not 0 < self.eps_begin <= self.eps_end <= 1:
-            raise EdgeclError("inflora backbone: rank >= 1, energy_power 1 or 2, and 0 < eps_begin <= eps_end <= 1 are required")
+            raise EdgeclError(
+                "inflora backbone: rank >= 1, energy_power 1 or 2, and 0 < eps_begin <= eps_end <= 1 are required"
+            )
 
     def threshold(self, session: int) -> float:
         # as the official schedule, never quite eps_end (a memory holding everything stops adaptation)
@@ -69,7 +74,9 @@ class InfLoraBackboneConfig(MethodConfig):
 @dataclass(frozen=True)
 class InfLoraConfig(MethodConfig):
     backbone: InfLoraBackboneConfig = field(default_factory=InfLoraBackboneConfig)
-    heads: str = "analytic"  # analytic | task (the official per-session heads; docs/methods.md: 0.881 vs 0.502 on Fashion-MNIST)
+    heads: str = (
+        "analytic"  # analytic | task (the official per-session heads; docs/methods.md: 0.881 vs 0.502 on Fashion-MNIST)
+    )
     head_epochs: int = 20
     head_batch_size: int = 48
     head_lr: float = 0.05
@@ -80,7 +87,7 @@ class InfLoraConfig(MethodConfig):
     repick_ridge: bool = False  # as SafeConfig's
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "InfLoraConfig":
+    def from_dict(cls, data: dict[str, Any]) -> InfLoraConfig:
         return super().from_dict(legacy_projection(data))
 
     def __post_init__(self) -> None:
@@ -91,8 +98,10 @@ class InfLoraConfig(MethodConfig):
 
     def check_session(self, new_classes: int) -> None:
         if self.heads == "task" and new_classes < 2:  # a softmax over one class: its cross-entropy is always 0
-            raise EdgeclError("inflora with heads=task learns a session's classes only against each other: "
-                              "give a session two or more classes, or use heads=analytic (the default)")
+            raise EdgeclError(
+                "inflora with heads=task learns a session's classes only against each other: "
+                "give a session two or more classes, or use heads=analytic (the default)"
+            )
 
     def schedule(self) -> SGDSchedule:
         return SGDSchedule(self.head_epochs, self.head_batch_size, self.head_lr, 1e-8, 0.9, 0.0, self.head_min_steps)
@@ -104,7 +113,10 @@ class InfLoraConfig(MethodConfig):
 @register_method
 class InfLora(ContinualMethod):
     name = "inflora"
-    summary = "InfLoRA (CVPR 2024): low-rank backbone updates outside old sessions' input subspace (host), per-session or analytic heads"
+    summary = (
+        "InfLoRA (CVPR 2024): low-rank backbone updates outside old sessions' input subspace (host), "
+        "per-session or analytic heads"
+    )
     config_class = InfLoraConfig
     config: InfLoraConfig
 
@@ -119,7 +131,9 @@ class InfLora(ContinualMethod):
     def num_classes(self) -> int:
         return self.analytic.num_classes if self.config.heads == "analytic" else self.weight.shape[0]
 
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
         old = self.num_classes
         new = self.check_new_classes(targets)
         if self.config.heads == "analytic":
@@ -129,8 +143,13 @@ class InfLora(ContinualMethod):
         nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # convex: no random start needed, and none to reproduce
         local = targets - old
         loss = train_minibatches(
-            head.parameters(), lambda batch: F.cross_entropy(head(features[batch]), local[batch]), len(targets),
-            self.config.schedule(), generator, description=f"inflora head, {new} classes", show_progress=show_progress,
+            head.parameters(),
+            lambda batch: F.cross_entropy(head(features[batch]), local[batch]),
+            len(targets),
+            self.config.schedule(),
+            generator,
+            description=f"inflora head, {new} classes",
+            show_progress=show_progress,
         )
         self.weight = torch.cat([self.weight, head.weight.detach()])
         self.bias = torch.cat([self.bias, head.bias.detach()])

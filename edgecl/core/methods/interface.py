@@ -20,8 +20,23 @@ from torch import nn
 from edgecl.errors import EdgeclError, param
 
 # settings that must be above zero; every other number must be zero or more (and finite)
-_POSITIVE = frozenset({"batch_size", "head_batch_size", "projection", "bottleneck", "fast_bottleneck", "rank", "lr", "head_lr",
-                       "sigma_init", "analytic_scale", "sessions", "temperature", "feature_power"})
+_POSITIVE = frozenset(
+    {
+        "batch_size",
+        "head_batch_size",
+        "projection",
+        "bottleneck",
+        "fast_bottleneck",
+        "rank",
+        "lr",
+        "head_lr",
+        "sigma_init",
+        "analytic_scale",
+        "sessions",
+        "temperature",
+        "feature_power",
+    }
+)
 # sizes of tensors: a stored config (a bundle from elsewhere) cannot ask for more than a device holds
 _AT_MOST = {"projection": 1 << 16, "bottleneck": 1 << 14, "fast_bottleneck": 1 << 14, "rank": 1 << 10}
 
@@ -33,7 +48,12 @@ class MethodConfig:
             value = getattr(self, name)
             if kind not in (int, float) or isinstance(value, bool):
                 continue
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (name in _POSITIVE and value == 0):
+            if (
+                not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (name in _POSITIVE and value == 0)
+            ):
                 bound = "above 0" if name in _POSITIVE else "0 or more"
                 raise EdgeclError(f"{type(self).__name__}.{name}={value!r}: must be a number {bound}")
             if name in _AT_MOST and value > _AT_MOST[name]:
@@ -43,7 +63,7 @@ class MethodConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MethodConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MethodConfig:
         hints = typing.get_type_hints(cls)
         unknown = sorted(set(data) - set(hints))
         if unknown:
@@ -57,7 +77,7 @@ class MethodConfig:
         hints = typing.get_type_hints(cls)
         return key in hints or any(_is_config(kind) and kind.has_setting(key) for kind in hints.values())
 
-    def override(self, **values: Any) -> "MethodConfig":
+    def override(self, **values: Any) -> MethodConfig:
         """New config with these fields replaced (None: unchanged, unknown names: ignored); a dotted
         name reaches into a nested config (tosca.epochs)."""
         hints = typing.get_type_hints(type(self))
@@ -77,12 +97,14 @@ class MethodConfig:
                 changes[head] = value
         return dataclasses.replace(self, **changes)
 
-    def setting(self, key: str, text: str, _group: str = "") -> "MethodConfig":
+    def setting(self, key: str, text: str, _group: str = "") -> MethodConfig:
         """--set key=value: the value parsed as the field's type."""
         hints, name = typing.get_type_hints(type(self)), _group + key
         head, _, rest = key.partition(".")
         if head not in hints:
-            raise EdgeclError(f"{param('settings')} {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})")
+            raise EdgeclError(
+                f"{param('settings')} {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})"
+            )
         kind = hints[head]
         if rest:
             if not _is_config(kind):
@@ -90,11 +112,15 @@ class MethodConfig:
             return dataclasses.replace(self, **{head: getattr(self, head).setting(rest, text, f"{_group}{head}.")})
         if _is_config(kind):
             known = ", ".join(f"{_group}{head}.{field}" for field in typing.get_type_hints(kind))
-            raise EdgeclError(f"{param('settings')} {name}={text}: {name} is a group of settings; set one of them ({known})")
+            raise EdgeclError(
+                f"{param('settings')} {name}={text}: {name} is a group of settings; set one of them ({known})"
+            )
         try:
             value = _parse_bool(text) if kind is bool else kind(text)
         except (TypeError, ValueError) as err:
-            raise EdgeclError(f"{param('settings')} {name}={text}: not a valid {getattr(kind, '__name__', kind)}") from err
+            raise EdgeclError(
+                f"{param('settings')} {name}={text}: not a valid {getattr(kind, '__name__', kind)}"
+            ) from err
         try:
             return dataclasses.replace(self, **{head: value})
         except EdgeclError as err:
@@ -132,7 +158,9 @@ class ContinualMethod(nn.Module, ABC):
     def num_classes(self) -> int: ...
 
     @abstractmethod
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
         """One session: `targets` are the new classes, numbered on from `num_classes`."""
 
     @abstractmethod
@@ -176,7 +204,9 @@ class ContinualMethod(nn.Module, ABC):
             return self.check_new_classes(targets)
         fresh = torch.unique(targets[targets >= self.num_classes])
         if not torch.equal(fresh, torch.arange(self.num_classes, self.num_classes + len(fresh))):
-            raise ValueError(f"a session's new classes must be numbered {self.num_classes}.. without gaps, got {fresh.tolist()}")
+            raise ValueError(
+                f"a session's new classes must be numbered {self.num_classes}.. without gaps, got {fresh.tolist()}"
+            )
         return len(fresh)
 
     def check_new_classes(self, targets: torch.Tensor) -> int:
@@ -184,7 +214,9 @@ class ContinualMethod(nn.Module, ABC):
         present = torch.unique(targets)
         expected = torch.arange(self.num_classes, self.num_classes + len(present))
         if not torch.equal(present, expected):
-            raise ValueError(f"a session's classes must be numbered {self.num_classes}.. without gaps, got {present.tolist()}")
+            raise ValueError(
+                f"a session's classes must be numbered {self.num_classes}.. without gaps, got {present.tolist()}"
+            )
         return len(present)
 
 
@@ -217,7 +249,9 @@ def method_class(name: str) -> type[ContinualMethod]:
     return METHODS[name]
 
 
-def method_config(name: str, config: dict[str, Any] | None = None, settings: dict[str, str] | None = None, **overrides: Any) -> MethodConfig:
+def method_config(
+    name: str, config: dict[str, Any] | None = None, settings: dict[str, str] | None = None, **overrides: Any
+) -> MethodConfig:
     """A method's config: defaults or `config`, then keyword overrides, then --set texts."""
     cls = method_class(name)
     result = (cls.config_class.from_dict(config) if config is not None else cls.config_class()).override(**overrides)
@@ -226,11 +260,15 @@ def method_config(name: str, config: dict[str, Any] | None = None, settings: dic
     return result
 
 
-def create_method(name: str, embedding_dim: int, config: dict[str, Any] | None = None, **overrides: Any) -> ContinualMethod:
+def create_method(
+    name: str, embedding_dim: int, config: dict[str, Any] | None = None, **overrides: Any
+) -> ContinualMethod:
     return method_class(name)(method_config(name, config, **overrides), embedding_dim)
 
 
-def restore_method(name: str, embedding_dim: int, config: dict[str, Any], structure: dict[str, Any], state: dict[str, torch.Tensor]) -> ContinualMethod:
+def restore_method(
+    name: str, embedding_dim: int, config: dict[str, Any], structure: dict[str, Any], state: dict[str, torch.Tensor]
+) -> ContinualMethod:
     method = create_method(name, embedding_dim, config)
     method.build(structure)
     method.load_state_dict(state)

@@ -49,7 +49,10 @@ class ResidualLuCA(nn.Module):
         return x + self.gain * self.luca(x)
 
 
-FAST_MODULES = {"scale_shift": lambda dim, cfg: ScaleShift(dim), "luca": lambda dim, cfg: ResidualLuCA(dim, cfg.fast_bottleneck)}
+FAST_MODULES = {
+    "scale_shift": lambda dim, cfg: ScaleShift(dim),
+    "luca": lambda dim, cfg: ResidualLuCA(dim, cfg.fast_bottleneck),
+}
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,9 @@ class SlowLearnerConfig(MethodConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     l_diag: float = 0.01  # transfer loss: sum (C_ii - 1)^2 (SAFE ImageNet-A)
-    l_rdn: float = 0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: docs/methods.md)
+    l_rdn: float = (
+        0.0  # transfer loss: sum C_ij^2, i != j (SAFE ImageNet-A: 10; it kills a CNN's features: docs/methods.md)
+    )
 
     @property
     def enabled(self) -> bool:
@@ -72,16 +77,26 @@ class SlowLearnerConfig(MethodConfig):
 
 
 # the flat names of bundles written before the slow learner's settings were a group of their own
-_LEGACY_SLOW = {"slow_tuner": "tuner", "slow_epochs": "epochs", "slow_batch_size": "batch_size", "slow_lr": "lr",
-                "slow_weight_decay": "weight_decay", "slow_diag": "l_diag", "slow_rdn": "l_rdn"}
+_LEGACY_SLOW = {
+    "slow_tuner": "tuner",
+    "slow_epochs": "epochs",
+    "slow_batch_size": "batch_size",
+    "slow_lr": "lr",
+    "slow_weight_decay": "weight_decay",
+    "slow_diag": "l_diag",
+    "slow_rdn": "l_rdn",
+}
 
 
 @dataclass(frozen=True)
 class SafeConfig(MethodConfig):
     projection: int = PROJECTION  # M of the analytic classifiers
     projection_seed: int = 0
-    projection_kind: str = "hadamard"  # hadamard | gaussian (RanPAC's dense matrix: 0.1-0.3 points more, 0.6-0.9 ms slower per image: docs/methods.md)
-    repick_ridge: bool = False  # RanPAC picks lambda every session; kept from the first here (measured: docs/methods.md)
+    # hadamard | gaussian (RanPAC's dense matrix: 0.1-0.3 points more, 0.6-0.9 ms slower per image: docs/methods.md)
+    projection_kind: str = "hadamard"
+    repick_ridge: bool = (
+        False  # RanPAC picks lambda every session; kept from the first here (measured: docs/methods.md)
+    )
     gamma: float = 1.0  # entropy blending (SAFE: 1 on CIFAR, 100 on ImageNet-A)
     fast_learner: bool = True  # off: the slow learner alone
     fast: str = "scale_shift"  # the fast learner's module on the embedding: scale_shift | luca
@@ -99,15 +114,20 @@ class SafeConfig(MethodConfig):
     slow: SlowLearnerConfig = field(default_factory=SlowLearnerConfig)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SafeConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SafeConfig:
         data = legacy_projection(data)
         legacy = {_LEGACY_SLOW[k]: v for k, v in data.items() if k in _LEGACY_SLOW}
         if legacy:
-            data = {**{k: v for k, v in data.items() if k not in _LEGACY_SLOW}, "slow": {**data.get("slow", {}), **legacy}}
+            data = {
+                **{k: v for k, v in data.items() if k not in _LEGACY_SLOW},
+                "slow": {**data.get("slow", {}), **legacy},
+            }
         return super().from_dict(data)
 
     def schedule(self) -> SGDSchedule:
-        return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
+        return SGDSchedule(
+            self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps
+        )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,7 +149,10 @@ def blend(logits: list[torch.Tensor], gamma: float) -> torch.Tensor:
 @register_method
 class Safe(ContinualMethod):
     name = "safe"
-    summary = "SAFE (NeurIPS 2024): slow learner in the backbone, fast learner on the embedding, analytic classifiers, entropy blend"
+    summary = (
+        "SAFE (NeurIPS 2024): slow learner in the backbone, fast learner on the embedding, "
+        "analytic classifiers, entropy blend"
+    )
     config_class = SafeConfig
     config: SafeConfig
 
@@ -150,7 +173,9 @@ class Safe(ContinualMethod):
 
     adds_to_classes = True
 
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
         old = self.num_classes
         new = self.session_classes(targets)
         fresh = targets >= old
@@ -158,7 +183,8 @@ class Safe(ContinualMethod):
         stats: dict[str, float] = {}
         # the slow classifier's rows are the class means: a known class's images update its mean exactly
         means, self.class_count, self.class_similarity = merge_class_statistics(
-            self.slow_classifier.weight.detach(), self.class_count, self.class_similarity, features, targets, old + new)
+            self.slow_classifier.weight.detach(), self.class_count, self.class_similarity, features, targets, old + new
+        )
         self.slow_classifier.weight = torch.nn.Parameter(means.to(self.slow_classifier.weight.dtype))
         with torch.no_grad():
             self.fast_classifier.add_classes(class_means(self.fast(features[fresh]), local, new))
@@ -174,7 +200,9 @@ class Safe(ContinualMethod):
         self.sessions += 1
         return stats
 
-    def _train_fast(self, x: torch.Tensor, y: torch.Tensor, old: int, generator: torch.Generator, show_progress: bool) -> float:
+    def _train_fast(
+        self, x: torch.Tensor, y: torch.Tensor, old: int, generator: torch.Generator, show_progress: bool
+    ) -> float:
         cfg = self.config
         slow_old = self.slow_classifier.weight.detach()[:old]
         old_labels = torch.arange(old)
@@ -194,8 +222,13 @@ class Safe(ContinualMethod):
         self.slow_classifier.requires_grad_(False)
         self.train()
         loss = train_minibatches(
-            [*self.fast.parameters(), *self.fast_classifier.parameters()], batch_loss, len(y), cfg.schedule(), generator,
-            description=f"safe fast learner, session {int(self.sessions)}", show_progress=show_progress,
+            [*self.fast.parameters(), *self.fast_classifier.parameters()],
+            batch_loss,
+            len(y),
+            cfg.schedule(),
+            generator,
+            description=f"safe fast learner, session {int(self.sessions)}",
+            show_progress=show_progress,
         )
         self.eval()
         return loss
@@ -213,8 +246,13 @@ class Safe(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        means, similarity = self.slow_classifier.weight, self.class_similarity  # the slow classifier's rows: the class means
-        return known_from_means(features, *((means, similarity) if active is None else (means[active], similarity[active])))
+        means, similarity = (
+            self.slow_classifier.weight,
+            self.class_similarity,
+        )  # the slow classifier's rows: the class means
+        return known_from_means(
+            features, *((means, similarity) if active is None else (means[active], similarity[active]))
+        )
 
     @torch.inference_mode()
     def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -236,4 +274,3 @@ class Safe(ContinualMethod):
         self.slow_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
         self.fast_classifier = CosineClassifier(dim, classes, self.config.sigma_init)
         self.class_count, self.class_similarity = torch.zeros(classes), torch.zeros(classes)
-

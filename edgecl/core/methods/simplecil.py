@@ -37,10 +37,13 @@ class SimpleCIL(ContinualMethod):
 
     adds_to_classes = True
 
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
         total = self.num_classes + self.session_classes(targets)
         self.prototypes, self.class_count, self.class_similarity = merge_class_statistics(
-            self.prototypes, self.class_count, self.class_similarity, features, targets, total)
+            self.prototypes, self.class_count, self.class_similarity, features, targets, total
+        )
         return {}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -49,7 +52,9 @@ class SimpleCIL(ContinualMethod):
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         means, similarity = self.prototypes, self.class_similarity
-        return known_from_means(features, *((means, similarity) if active is None else (means[active], similarity[active])))
+        return known_from_means(
+            features, *((means, similarity) if active is None else (means[active], similarity[active]))
+        )
 
     @torch.inference_mode()
     def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -67,4 +72,8 @@ class SimpleCIL(ContinualMethod):
 
     def build(self, structure: dict[str, Any]) -> None:
         classes = structure["classes"]
-        self.prototypes, self.class_count, self.class_similarity = torch.zeros(classes, self.embedding_dim), torch.zeros(classes), torch.zeros(classes)
+        self.prototypes, self.class_count, self.class_similarity = (
+            torch.zeros(classes, self.embedding_dim),
+            torch.zeros(classes),
+            torch.zeros(classes),
+        )

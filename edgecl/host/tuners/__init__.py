@@ -8,9 +8,9 @@ timm model with the original parameter count), or leaves them in the graph, desc
 
 from edgecl.errors import EdgeclError
 from edgecl.host.tuners.adaptformer import AdaptFormer
-from edgecl.host.tuners.tuner import Tuner
 from edgecl.host.tuners.lora import LoRA
 from edgecl.host.tuners.ssf import SSF
+from edgecl.host.tuners.tuner import Tuner
 
 TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer, LoRA)}
 
@@ -30,10 +30,18 @@ def rebuild(model, structure: dict | None):
     if structure:
         name = structure.get("name") if isinstance(structure, dict) else None
         settings = structure.get("settings", {}) if isinstance(structure, dict) else None
-        if name not in KEPT_IN_GRAPH or not isinstance(settings, dict) or not set(settings) <= set(KEPT_IN_GRAPH[name]) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 << 14 for v in settings.values()):
-            raise EdgeclError(f"the bundle's backbone.tuner {structure!r:.100} is not a tuner edgecl keeps in the graph; "
-                              "the bundle is damaged")
+        if (
+            name not in KEPT_IN_GRAPH
+            or not isinstance(settings, dict)
+            or not set(settings) <= set(KEPT_IN_GRAPH[name])
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 << 14 for v in settings.values()
+            )
+        ):
+            raise EdgeclError(
+                f"the bundle's backbone.tuner {structure!r:.100} is not a tuner edgecl keeps in the graph; "
+                "the bundle is damaged"
+            )
         create_tuner(name, **settings).attach(model)
         model.eval().requires_grad_(False)  # the new modules start in training mode (dropout on)
     return model

@@ -50,7 +50,10 @@ class AdaptFormer(Tuner):
     def attach(self, model: nn.Module) -> list[nn.Parameter]:
         blocks = getattr(model, "blocks", None)
         if blocks is None or not all(hasattr(b, "mlp") for b in blocks):
-            raise EdgeclError(f"the adaptformer tuner needs a ViT-style backbone with blocks[i].mlp; {type(model).__name__} has none (use ssf)")
+            raise EdgeclError(
+                f"the adaptformer tuner needs a ViT-style backbone with blocks[i].mlp; "
+                f"{type(model).__name__} has none (use ssf)"
+            )
         params = []
         for block in blocks:
             dim = block.mlp.fc1.in_features

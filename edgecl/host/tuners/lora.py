@@ -14,8 +14,8 @@ kv for ViTs and conv1x1 otherwise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -57,8 +57,11 @@ def _qkv_layers(model: nn.Module, rows: Callable[[int], tuple[int, int] | None])
 
 
 def _conv1x1_layers(model: nn.Module) -> list[Target]:
-    return [Target(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding in ((0, 0), 0)]
+    return [
+        Target(name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding in ((0, 0), 0)
+    ]
 
 
 def _auto(model: nn.Module) -> list[Target]:

@@ -39,7 +39,11 @@ class _ScaledShiftedBias(nn.Module):
 
 
 def targets(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, TARGETS) and getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None]
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, TARGETS) and getattr(m, "weight", None) is not None and getattr(m, "bias", None) is not None
+    ]
 
 
 class SSF(Tuner):
