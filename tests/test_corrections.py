@@ -86,7 +86,10 @@ def test_learn_with_a_known_label_adds_to_that_class(adds, new_images, tmp_path)
     assert Bundle.open(adds).manifest.class_names == [*before.class_names, "purple"]
 
 
-def test_a_method_that_cannot_add_to_a_class_says_so_before_any_work(bundle, new_images, tmp_path):
+def test_a_method_that_cannot_add_to_a_class_says_so_before_any_work(bundle, new_images, tmp_path, monkeypatch):
+    from edgecl.core.methods import METHODS
+
+    monkeypatch.setattr(METHODS["tosca"], "adds_to_classes", False)  # as inflora (its per-session heads) cannot
     more = make_image_folder(tmp_path / "more", ["red"], count=2) / "red"
     one_line_error(
         edgecl("learn", "--images", more, "--label", "red", "--bundle", bundle),
@@ -220,3 +223,31 @@ def test_val_reports_accuracy_confusion_and_the_unknown_rate(adds, base_images, 
     lone = tmp_path / "lone"
     write_class(lone / "nothing_known", (1, 2, 3), 2, seed=92)
     one_line_error(edgecl("val", lone, "--bundle", adds), "DIR", "none of its class folders")
+
+
+@pytest.mark.parametrize("method", ["edgecl", "tosca", "tosca-paper", "simplecil"])
+def test_every_part_of_a_method_takes_more_images_of_a_known_class(tmp_path, base_images, method):
+    settings = SMALL if method == "edgecl" else {}
+    path = tmp_path / "bundle"
+    train(
+        base_images,
+        path,
+        backbone=PLUMBING_BACKBONE,
+        random_init=True,
+        method=method,
+        settings=settings,
+        epochs=None if method == "simplecil" else 1,
+        show_progress=False,
+    )
+    more = make_image_folder(tmp_path / "more", ["red", "purple"], count=3, seed=80)
+    result = learn(path, more, show_progress=False)
+    assert result.session.classes == ["purple"] and result.session.added_to == ["red"]
+    from edgecl.core.session import load_method
+
+    heads = load_method(Bundle.open(path))
+    counts = heads.tosca.class_count if method == "edgecl" else getattr(heads, "class_count", None)
+    if counts is not None:
+        assert counts.tolist() == [6, 6, 9, 3]  # blue green red (6 + 3 more) purple
+    paths = find_images([more])
+    predictions, _ = Classifier(path, min_score=0).classify(paths, show_progress=False)
+    assert len(predictions) == 6

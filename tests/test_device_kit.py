@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -47,7 +48,13 @@ def unit_command(unit: str) -> list[str]:
 
 
 def test_every_script_is_listed_parses_and_is_executable():
-    assert {"install.sh", "camera-to-inbox.sh", "download-wheels.sh", "container-entrypoint.sh"} <= set(SCRIPTS)
+    assert {
+        "install.sh",
+        "camera-to-inbox.sh",
+        "download-wheels.sh",
+        "container-entrypoint.sh",
+        "check-device.sh",
+    } <= set(SCRIPTS)
     for script in SCRIPTS:
         path = DEVICE / script
         shell = "sh" if path.read_text().startswith("#!/bin/sh") else "bash"
@@ -240,6 +247,41 @@ def test_install_offline_for_a_container_uses_the_wheels_folder_alone(tmp_path):
     assert (root / "opt/edgecl/venv/bin/edgecl").exists()
 
 
+FAKE_PIP = r"""#!/usr/bin/env bash
+# python -m pip as download-wheels.sh uses it, for a machine without internet: each call logged, NVIDIA's
+# index "serves" its two wheels, `pip wheel` makes edgecl's.
+echo "$*" >>"@LOG@"
+dest=$(for a in "$@"; do [ "${prev:-}" = --dest ] || [ "${prev:-}" = --wheel-dir ] && echo "$a"; prev=$a; done)
+if [[ " $* " == *" --index-url "* ]]; then
+  touch "$dest/torch-2.8.0-cp310-cp310-linux_aarch64.whl" "$dest/onnxruntime_gpu-1.23.0-cp310-cp310-linux_aarch64.whl"
+elif [[ $3 == wheel ]]; then
+  touch "$dest/edgecl-0.1.0-py3-none-any.whl"
+fi
+"""
+
+
+def test_download_wheels_fetches_cp310_aarch64_and_the_jetson_pair_from_nvidia_alone(tmp_path):
+    log, python, dest = tmp_path / "pip.log", tmp_path / "python3", tmp_path / "wheels"
+    python.write_text(FAKE_PIP.replace("@LOG@", str(log)))
+    python.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "PYTHON": str(python)}
+    result = subprocess.run([str(DEVICE / "download-wheels.sh"), str(dest)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    jetson, rest, wheel = (shlex.split(line) for line in log.read_text().splitlines())
+    for call in (jetson, rest):
+        assert call[:3] == ["-m", "pip", "--disable-pip-version-check"] and call[3] == "download"
+        flags = " ".join(call)
+        assert "--only-binary=:all: --implementation cp --python-version 3.10 --abi cp310" in flags, call
+        platforms = {call[i + 1] for i, word in enumerate(call) if word == "--platform"}
+        assert {"linux_aarch64", "manylinux2014_aarch64", "manylinux_2_35_aarch64"} <= platforms
+        assert not any("x86_64" in p for p in platforms) and "--extra-index-url" not in call
+    assert jetson[jetson.index("--index-url") + 1] == JETSON_INDEX and "--no-deps" in jetson
+    assert jetson[-2:] == ["-r", str(DEVICE / "requirements-jetson-index.txt")]
+    assert "--index-url" not in rest and str(dest / "torch-2.8.0-cp310-cp310-linux_aarch64.whl") in rest
+    assert wheel[3:] == ["wheel", "--no-deps", "--wheel-dir", str(dest), str(DEVICE.parent)]
+    assert "sudo WHEELS=" in result.stderr
+
+
 def test_install_refuses_a_python_other_than_jetpacks(tmp_path):
     python = tmp_path / "python3"
     python.write_text("#!/bin/sh\necho 3.12\n")
@@ -253,12 +295,21 @@ def test_install_refuses_a_python_other_than_jetpacks(tmp_path):
 def test_container_entrypoint_makes_the_volume_layout_then_runs_the_command(tmp_path):
     data = tmp_path / "volume"
     env = {"PATH": os.environ["PATH"], "EDGECL_DATA": str(data), "EDGECL": "echo"}
-    result = subprocess.run(
-        [str(DEVICE / "container-entrypoint.sh"), "watch", str(data / "inbox")], env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0 and result.stdout.split() == ["watch", str(data / "inbox")]
+    entrypoint = str(DEVICE / "container-entrypoint.sh")
+    result = subprocess.run([entrypoint, "info"], env=env, capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0 and result.stdout.split() == ["info"]
     for folder in ("bundle", "inbox", "done", "log", "cache"):
         assert (data / folder).is_dir() and (data / folder).stat().st_mode & 0o070 == 0o070, folder  # group-writable
+
+    # watch waits for a bundle instead of failing into the container's restart loop
+    watch = subprocess.Popen([entrypoint, "watch", str(data / "inbox")], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert watch.poll() is None
+        (data / "bundle" / "manifest.json").write_text("{}")
+        assert watch.communicate(timeout=10)[0].split() == ["watch", str(data / "inbox")]
+    finally:
+        watch.kill()
 
 
 def test_container_health_check(tmp_path):
@@ -326,6 +377,70 @@ def test_camera_drops_frames_before_they_leave_the_gpu(args, source, leaves_gpu)
 def test_camera_refuses_bad_options(args, message):
     result = camera(*args)
     assert result.returncode == 2 and message in result.stderr and not result.stdout
+
+
+FAKE_EDGECL = r"""#!/usr/bin/env bash
+# edgecl as check-device.sh sees it on a Jetson whose onnxruntime is broken: each call logged, learn writes
+# into the bundle it is given.
+echo "$*" >>"@LOG@"
+bundle=$(for a in "$@"; do [ "${prev:-}" = -b ] && echo "$a"; prev=$a; done)
+case $1 in
+  --version) echo "edgecl 0.1.0 (fake)" ;;
+  info) echo '{"runtime": "tensorrt", "runtime_reason": "TensorRT 10.3 on Orin", "heads_runtime": "torch"}' ;;
+  engine) echo "built engines/orin.engine in 212 s" ;;
+  classify)
+    if [[ " $* " == *" --runtime onnxruntime "* ]]; then echo "error: libonnxruntime: cannot open" >&2; exit 1; fi
+    label=red; [ -f "$bundle/learned" ] && label=check-stripes
+    echo "[{\"path\": \"a.png\", \"label\": \"$label\"}, {\"path\": \"b.png\", \"label\": \"$label\"}]" ;;
+  learn)
+    touch "$bundle/learned"
+    echo '{"images": 8, "classes": ["check-stripes"], "seconds_heads": 1.25, "runtime": "tensorrt"}' ;;
+esac
+"""
+
+
+def test_check_device_reports_every_step_on_a_copy_of_the_bundle(tmp_path):
+    bundle, log, edgecl = tmp_path / "bundle", tmp_path / "edgecl.log", tmp_path / "bin" / "edgecl"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    edgecl.parent.mkdir()
+    edgecl.write_text(FAKE_EDGECL.replace("@LOG@", str(log)))
+    edgecl.chmod(0o755)
+    env = {"PATH": f"{edgecl.parent}:{os.environ['PATH']}", "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        [str(DEVICE / "check-device.sh"), str(bundle)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1, result.stderr  # one step failed
+    report = result.stdout
+    assert report.startswith("```\nedgecl device check") and report.endswith("1 failed\n```\n"), report
+    for step, says in [
+        ("info", "ok .* tensorrt \\(TensorRT 10.3 on Orin\\); heads torch"),
+        ("engine build", "ok .* built engines/orin.engine"),
+        ("classify", "ok .* 2 images, \\['red'\\]"),
+        ("classify onnxruntime", "FAILED .* exit 1:\n    error: libonnxruntime: cannot open"),
+        ("learn", "ok .* 8 images of \\['check-stripes'\\], heads 1.2 s, runtime tensorrt"),
+        ("classify after learn", "ok .* 2 images, \\['check-stripes'\\]"),
+    ]:
+        assert re.search(f"^{step} +{says}", report, re.M), (step, report)
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json"]  # learn changed the copy
+    assert not list(tmp_path.glob("edgecl-check.*"))  # the copy and the synthetic images removed
+    for call in (shlex.split(line) for line in log.read_text().splitlines()):
+        sub = call[:2] if call[0] == "engine" else call[:1]
+        copy = call[call.index("-b") + 1] if "-b" in call else None
+        assert copy is None or (copy != str(bundle) and copy.endswith("/bundle")), call
+        text = help_of(*sub) if sub != ["--version"] else help_of()
+        for flag in (w for w in call if w.startswith("-")):
+            assert flag in text, (call, flag)
+
+
+def test_check_device_needs_a_bundle(tmp_path):
+    result = subprocess.run(
+        [str(DEVICE / "check-device.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "EDGECL": "true"},
+    )
+    assert result.returncode == 2 and "no bundle (no manifest.json)" in result.stderr and not result.stdout
 
 
 # The bundle's lock, shared by the group that shares /var/lib/edgecl.

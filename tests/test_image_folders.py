@@ -130,6 +130,12 @@ def test_every_command_finds_the_same_images(tmp_path, bundle, decoded):
     assert m.class_names == CLASSES and m.sessions[0].images == len(every)
 
     decoded.clear()
+    result = edgecl("val", data, "--bundle", tmp_path / "trained", "--json", tmp_path / "val.json", "-q")
+    assert result.exit_code == 0, result.stderr
+    _warnings(result.stderr, data)
+    assert sorted(decoded) == sorted(every)
+
+    decoded.clear()
     result = edgecl("learn", "--images", data, "--bundle", bundle, "-q")
     assert result.exit_code == 0, result.stderr
     _warnings(result.stderr, data)
@@ -198,6 +204,24 @@ def test_eval_reads_linked_splits_as_the_commands_do(tmp_path):
             load_train_test(data, tmp_path / "train.txt", tmp_path / "bad.txt")
 
 
+def test_the_eval_command_reads_linked_splits(tmp_path, decoded):
+    data, expected = linked_tree(tmp_path)
+    root = tmp_path / "eval"
+    root.mkdir()
+    (root / "train").symlink_to(data)
+    (root / "test").symlink_to(linked_tree(tmp_path / "again")[0])  # other files: the same ones come from the cache
+    result = edgecl(
+        "eval", root, "--init", "2", "--increment", "1", "--backbone", PLUMBING_BACKBONE, "--random-init",
+        "--method", "simplecil", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    for part in ("train", "test"):
+        _warnings(result.stderr, root / part)
+        assert sorted(p for p in decoded if p.startswith(f"{root / part}/")) == sorted(
+            str(root / part / p) for name in CLASSES for p in expected[name]
+        )
+
+
 def test_links_that_cannot_be_followed(tmp_path, bundle, messages):
     data, _ = linked_tree(tmp_path)
     (data / "shirt" / "ping").symlink_to("pong")
@@ -209,6 +233,12 @@ def test_links_that_cannot_be_followed(tmp_path, bundle, messages):
     )
     one_line_error(edgecl("classify", data / "shirt" / "gone.png", "--bundle", bundle), "gone.png: a dangling link (to")
     one_line_error(edgecl("classify", data / "shirt" / "ping", "--bundle", bundle), "ping: a symlink loop")
+    (data / "self").symlink_to(".")  # a loop where a class folder would be: passed over, as classify passes it
+    assert [c.name for c in scan_class_folders(data)] == CLASSES
+    loops = f"symlink loop(s) not followed: {data}/bag/again (back to {data}/bag), {data}/self (back to {data})"
+    assert loops in messages[-2], messages
+    assert [c.name for c in scan_new_classes(data)] == CLASSES
+    (data / "self").unlink()
     (data / "pack").symlink_to("bag")  # two classes of one folder
     with pytest.raises(EdgeclError, match=f"{data}/pack: leads to {data}/bag, which is searched already"):
         scan_class_folders(data)

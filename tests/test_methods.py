@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from edgecl.errors import EdgeclError
 from edgecl.core.methods import METHODS, create_method, restore_method
 from edgecl.core.methods.interface import method_config
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.core.sgd import SGDSchedule
+from edgecl.errors import EdgeclError
 
 DIM = 32
 
@@ -22,7 +22,11 @@ def clustered(num_classes: int, per_class: int, offset: int = 0, seed: int = 0) 
 
 def fast(name: str):
     """Short schedules: these tests are about behaviour, not accuracy."""
-    return create_method(name, DIM, epochs=3, min_steps=60, projection=256) if name != "simplecil" else create_method(name, DIM)
+    return (
+        create_method(name, DIM, epochs=3, min_steps=60, projection=256)
+        if name != "simplecil"
+        else create_method(name, DIM)
+    )
 
 
 def learn_sessions(method, sessions=((0, 3), (3, 2), (5, 2))):
@@ -135,27 +139,40 @@ def test_unknown_method_and_setting_are_user_errors():
         create_method("nope", DIM)
     with pytest.raises(EdgeclError, match="unknown setting"):
         create_method("tosca", DIM, {"bottlenek": 3})
-    with pytest.raises(EdgeclError, match=r"^settings safe=1: safe is a group of settings; set one of them \(safe.projection, "):
+    with pytest.raises(
+        EdgeclError, match=r"^settings safe=1: safe is a group of settings; set one of them \(safe.projection, "
+    ):
         method_config("edgecl", settings={"safe": "1"})
-    with pytest.raises(EdgeclError, match=r"^settings safe.slow=5: safe.slow is a group of settings; set one of them \(safe.slow.tuner, "):
+    with pytest.raises(
+        EdgeclError,
+        match=r"^settings safe.slow=5: safe.slow is a group of settings; set one of them \(safe.slow.tuner, ",
+    ):
         method_config("edgecl", settings={"safe.slow": "5"})
     with pytest.raises(EdgeclError, match=r"^settings safe.slow.epochs=many: not a valid int"):
         method_config("edgecl", settings={"safe.slow.epochs": "many"})
     with pytest.raises(EdgeclError, match=r"^settings use_tosca=maybe: not a valid bool"):
         method_config("edgecl", settings={"use_tosca": "maybe"})
     assert method_config("edgecl", settings={"use_tosca": "Off"}).use_tosca is False
-    for key, text, bound in [("safe.slow.epochs", "-3", "0 or more"), ("tosca.lr", "nan", "above 0"), ("safe.projection", "0", "above 0")]:
+    for key, text, bound in [
+        ("safe.slow.epochs", "-3", "0 or more"),
+        ("tosca.lr", "nan", "above 0"),
+        ("safe.projection", "0", "above 0"),
+    ]:
         with pytest.raises(EdgeclError, match=rf"^settings {key}={text}: .*={text}: must be a number {bound}"):
             method_config("edgecl", settings={key: text})
     with pytest.raises(EdgeclError, match="^settings safe.fast=bogus: fast=bogus: must be one of luca, scale_shift"):
         method_config("edgecl", settings={"safe.fast": "bogus"})
     assert method_config("edgecl", settings={"safe.slow.epochs": "3"}).safe.slow.epochs == 3
-    with pytest.raises(EdgeclError, match="^settings use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"):
+    with pytest.raises(
+        EdgeclError, match="^settings use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"
+    ):
         method_config("edgecl", settings={"use_tosca": "false", "use_fast": "false", "use_slow": "false"})
 
 
 def test_bundles_written_with_the_flat_slow_learner_settings_still_load():
-    config = method_config("edgecl", {"safe": {"slow_epochs": 3, "slow_tuner": "adaptformer", "slow_rdn": 10.0, "gamma": 2.0}})
+    config = method_config(
+        "edgecl", {"safe": {"slow_epochs": 3, "slow_tuner": "adaptformer", "slow_rdn": 10.0, "gamma": 2.0}}
+    )
     assert config.safe.slow == SlowLearnerConfig(tuner="adaptformer", epochs=3, l_rdn=10.0) and config.safe.gamma == 2.0
     assert method_config("safe", {"slow_epochs": 0}).slow_learner() is None
 

@@ -48,13 +48,19 @@ def vit_file():
         pytest.skip(f"the real ViT's weights cannot be made on this machine: {err}")
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--backbone", MODEL, "--img-size", "225"], ["--img-size 225", "patch size 14", "224 or 238"]),
-    (["--backbone", "vit_base_patch16_224", "--img-size", "14"], ["--img-size 14", "below one patch", "16 px"]),
-    (["--backbone", MODEL, "--img-size", "5000"], ["--img-size 5000", "from 14 to 4096"]),
-    (["--backbone", "vit_medium_patch16_gap_256", "--global-pool", "token"], ["--global-pool token", "no [CLS] token"]),
-    (["--backbone", MODEL, "--global-pool", "map"], ["--global-pool 'map'", "token, avg"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--backbone", MODEL, "--img-size", "225"], ["--img-size 225", "patch size 14", "224 or 238"]),
+        (["--backbone", "vit_base_patch16_224", "--img-size", "14"], ["--img-size 14", "below one patch", "16 px"]),
+        (["--backbone", MODEL, "--img-size", "5000"], ["--img-size 5000", "from 14 to 4096"]),
+        (
+            ["--backbone", "vit_medium_patch16_gap_256", "--global-pool", "token"],
+            ["--global-pool token", "no [CLS] token"],
+        ),
+        (["--backbone", MODEL, "--global-pool", "map"], ["--global-pool 'map'", "token, avg"]),
+    ],
+)
 def test_sizes_and_pools_the_model_cannot_take_are_one_line_errors(tmp_path, base_images, args, fragments):
     one_line_error(["train", base_images, "--out", tmp_path / "b", "--random-init", *args], *fragments)
     for split in ("train", "test"):
@@ -65,10 +71,20 @@ def test_sizes_and_pools_the_model_cannot_take_are_one_line_errors(tmp_path, bas
 
 def test_img_size_and_pool_round_trip_through_a_bundle(tmp_path, base_images):
     path = tmp_path / "vit"
-    train(base_images, path, backbone="test_vit", random_init=True, img_size=64, global_pool="avg", epochs=1,
-          settings=QUICK_EDGECL, show_progress=False)
+    train(
+        base_images,
+        path,
+        backbone="test_vit",
+        random_init=True,
+        img_size=64,
+        global_pool="avg",
+        epochs=1,
+        settings=QUICK_EDGECL,
+        show_progress=False,
+    )
     m = Bundle.open(path).manifest
     assert m.backbone["model_kwargs"] == {"img_size": 64, "global_pool": "avg"}
+    assert create_backbone("test_vit", random_init=True, global_pool="token")[1].model_kwargs == {}  # its own pooling
     assert m.preprocess["input_size"] == [3, 64, 64]
     device = rebuild(m.backbone, Bundle.open(path).backbone_weights())  # what the device's torch runtime runs
     assert device.pos_embed.shape[1] == 1 + (64 // 16) ** 2
@@ -87,8 +103,16 @@ def test_img_size_and_pool_round_trip_through_a_bundle(tmp_path, base_images):
 def test_a_cnn_s_img_size_is_its_preprocessing(tmp_path, base_images):
     model, spec = create_backbone("test_efficientnet", random_init=True, img_size=96)
     assert spec.model_kwargs == {} and preprocess_config(model).input_size == (3, 96, 96)
-    train(base_images, tmp_path / "cnn", backbone="test_efficientnet", random_init=True, img_size=96, epochs=1,
-          settings=QUICK_EDGECL, show_progress=False)
+    train(
+        base_images,
+        tmp_path / "cnn",
+        backbone="test_efficientnet",
+        random_init=True,
+        img_size=96,
+        epochs=1,
+        settings=QUICK_EDGECL,
+        show_progress=False,
+    )
     assert Bundle.open(tmp_path / "cnn").manifest.preprocess["input_size"] == [3, 96, 96]
 
 
@@ -114,8 +138,11 @@ def test_weights_that_fit_neither_the_model_nor_a_resampled_one_are_one_line_err
     save_file({**state, "pos_embed": state["pos_embed"][:, : 1 + 37 * 36].contiguous()}, str(bad))  # no square grid
     out = ["train", base_images, "-o", tmp_path / "b", "--backbone"]
     one_line_error([*out, MODEL, "--weights", bad, "--img-size", "224"], f"--weights {bad}", "do not fit")
-    one_line_error([*out, "vit_small_patch16_224", "--weights", vit_file], f"--weights {vit_file}",
-                   "unexpected (e.g. blocks.0.ls1.gamma)")
+    one_line_error(
+        [*out, "vit_small_patch16_224", "--weights", vit_file],
+        f"--weights {vit_file}",
+        "unexpected (e.g. blocks.0.ls1.gamma)",
+    )
     one_line_error([*out, "vit_base_patch14_dinov2", "--weights", vit_file], f"--weights {vit_file}", "size mismatch")
     assert not (tmp_path / "b").exists()
     with pytest.raises(EdgeclError, match="weights do not fit"):
@@ -128,8 +155,16 @@ def test_the_real_vit_trains_exports_learns_and_classifies(tmp_path, vit_file):
     base = fashion_mnist.write_image_folders(tmp_path / "base", "train", 8, [1, 7, 8], seed=0)  # trouser, sneaker, bag
     fashion_mnist.write_image_folders(tmp_path / "new", "train", 6, [9], seed=1)
     path = tmp_path / "bundle"
-    report = train(tmp_path / "base", path, backbone=MODEL, weights=vit_file, img_size=224, epochs=1,
-                   settings={**QUICK_EDGECL, "safe.slow.tuner": "adaptformer"}, show_progress=False)
+    report = train(
+        tmp_path / "base",
+        path,
+        backbone=MODEL,
+        weights=vit_file,
+        img_size=224,
+        epochs=1,
+        settings={**QUICK_EDGECL, "safe.slow.tuner": "adaptformer"},
+        show_progress=False,
+    )
     m = Bundle.open(path).manifest
     assert report.embedding_dim == 384 and m.backbone["model_kwargs"] == {"img_size": 224}
     assert m.backbone["tuner"]["name"] == "adaptformer" and m.preprocess["input_size"] == [3, 224, 224]
@@ -150,5 +185,36 @@ def test_the_real_vit_trains_exports_learns_and_classifies(tmp_path, vit_file):
 
 def test_pool_options_need_no_weights(tmp_path):
     images = make_image_folder(tmp_path / "img", ["red", "green"])
-    one_line_error(["train", images, "-o", tmp_path / "b", "--backbone", "test_efficientnet", "--random-init",
-                    "--global-pool", "token"], "--global-pool token")
+    one_line_error(
+        [
+            "train",
+            images,
+            "-o",
+            tmp_path / "b",
+            "--backbone",
+            "test_efficientnet",
+            "--random-init",
+            "--global-pool",
+            "token",
+        ],
+        "--global-pool token",
+    )
+
+
+def test_inflora_adapts_a_vit_built_at_another_size(tmp_path, base_images, new_images):
+    from edgecl.host.adapt import adapt
+
+    path = tmp_path / "inflora"
+    train(
+        base_images,
+        path,
+        backbone="test_vit",
+        random_init=True,
+        img_size=64,
+        method="inflora",
+        settings={"backbone.epochs": 1, "head_epochs": 1, "projection": 256},
+        show_progress=False,
+    )
+    result = adapt(path, new_images / "yellow", show_progress=False)  # the rebuilt 64 px model trains and embeds
+    m = Bundle.open(path).manifest
+    assert result.session.classes == ["yellow"] and m.backbone["model_kwargs"] == {"img_size": 64}

@@ -26,14 +26,33 @@ from edgecl.errors import EdgeclError
 
 @user_errors
 def evaluate(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="DATA/train/<class>/ and DATA/test/<class>/, or DATA/<class>/ with --train-list/--test-list.",
+        ),
+    ],
     init: Annotated[int, typer.Option("--init", help="Classes in the first session (B).")],
     increment: Annotated[int, typer.Option("--increment", help="Classes per later session (Inc).")],
-    method: Annotated[str, typer.Option("--method", help="Method(s), comma-separated: edgecl,tosca,tosca-paper,safe,simplecil,inflora (`edgecl methods` lists them).")] = "edgecl",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Method(s), comma-separated: edgecl,tosca,tosca-paper,safe,simplecil,inflora "
+            "(`edgecl methods` lists them).",
+        ),
+    ] = "edgecl",
     seed: Annotated[int, typer.Option("--seed", help="Shuffles the class order.")] = 1993,
-    train_list: Annotated[Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")] = None,
-    test_list: Annotated[Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")] = None,
-    exclude_class: Annotated[Optional[list[str]], typer.Option("--exclude-class", metavar="NAME", help="Drop a class (repeatable).")] = None,
+    train_list: Annotated[
+        Optional[Path], typer.Option("--train-list", help="Training images, one path relative to DATA per line.")
+    ] = None,
+    test_list: Annotated[
+        Optional[Path], typer.Option("--test-list", help="Test images, one path relative to DATA per line.")
+    ] = None,
+    exclude_class: Annotated[
+        Optional[list[str]], typer.Option("--exclude-class", metavar="NAME", help="Drop a class (repeatable).")
+    ] = None,
     backbone: BackboneOption = "tf_efficientnet_lite0",
     weights: WeightsOption = None,
     random_init: RandomInitOption = False,
@@ -41,12 +60,34 @@ def evaluate(
     global_pool: GlobalPoolOption = None,
     epochs: EpochsOption = None,
     settings: SetOption = None,
-    joint: Annotated[bool, typer.Option("--joint", help="Also report classifiers trained on all classes at once on the frozen embeddings (NCM, logistic probe, analytic).")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw accuracy after each session per method into this PNG (needs matplotlib).")] = None,
+    joint: Annotated[
+        bool,
+        typer.Option(
+            "--joint",
+            help="Also report classifiers trained on all classes at once on the frozen embeddings "
+            "(NCM, logistic probe, analytic).",
+        ),
+    ] = False,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Draw accuracy after each session per method into this PNG (needs matplotlib)."),
+    ] = None,
     device: DeviceOption = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", metavar="K", help="Train each class of the sessions after the first "
-                                                 "on K images only, drawn by the seed (few-shot).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache of embeddings and exported backbones (default: $EDGECL_CACHE or ~/.cache/edgecl).")] = None,
+    shots: Annotated[
+        Optional[int],
+        typer.Option(
+            "--shots",
+            metavar="K",
+            help="Train each class of the sessions after the first on K images only, drawn by the seed (few-shot).",
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cache-dir",
+            help="Cache of embeddings and exported backbones (default: $EDGECL_CACHE or ~/.cache/edgecl).",
+        ),
+    ] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")] = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -63,11 +104,26 @@ def evaluate(
     if json_file is not None and not json_file.parent.is_dir():  # checked now: an evaluation can take hours
         raise EdgeclError(f"--json {json_file}: folder {json_file.parent} does not exist")
     report = run_protocol(
-        data, init, increment, methods, seed=seed, train_list=train_list, test_list=test_list,
-        exclude=exclude_class or [], backbone=backbone, weights=weights, random_init=random_init, img_size=img_size,
+        data,
+        init,
+        increment,
+        methods,
+        seed=seed,
+        train_list=train_list,
+        test_list=test_list,
+        exclude=exclude_class or [],
+        backbone=backbone,
+        weights=weights,
+        random_init=random_init,
+        img_size=img_size,
         global_pool=global_pool,
-        epochs=epochs, settings=parse_settings(settings), joint=joint, device=device, shots=shots,
-        cache_dir=cache_dir, show_progress=not quiet,
+        epochs=epochs,
+        settings=parse_settings(settings),
+        joint=joint,
+        device=device,
+        shots=shots,
+        cache_dir=cache_dir,
+        show_progress=not quiet,
     )
     warn_skipped(report.skipped)
     p = report.protocol
@@ -78,12 +134,20 @@ def evaluate(
     for column in ("A_last", "A_avg", "forgetting"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in report.results:
-        table.add_row(r.method, *(f"{a:.3f}" for a in r.accuracy_per_session), f"{r.A_last:.3f}", f"{r.A_avg:.3f}", f"{r.forgetting:.3f}")
+        table.add_row(
+            r.method,
+            *(f"{a:.3f}" for a in r.accuracy_per_session),
+            f"{r.A_last:.3f}",
+            f"{r.A_avg:.3f}",
+            f"{r.forgetting:.3f}",
+        )
     for name, value in report.joint.items():
         table.add_row(f"joint {name}", *([""] * p["sessions"]), f"{value:.3f}", "", "", style="dim")
     print_table(table)
     if p["sessions"] > 1:
-        unknown = Table(title="known vs not yet learned classes' test images, after each session: AUROC / FPR at 95% TPR")
+        unknown = Table(
+            title="known vs not yet learned classes' test images, after each session: AUROC / FPR at 95% TPR"
+        )
         unknown.add_column("method", no_wrap=True)
         for t in range(p["sessions"] - 1):
             unknown.add_column(f"s{t}", justify="right", no_wrap=True)
@@ -92,20 +156,35 @@ def evaluate(
         for r in report.results:
             pairs = [(a, f) for a, f in zip(r.unknown_auroc, r.unknown_fpr95) if a is not None]
             top = [a for a in r.unknown_auroc_top_probability if a is not None]
-            unknown.add_row(r.method, *(f"{a:.3f} / {f:.2f}" for a, f in pairs), f"{sum(a for a, _ in pairs) / len(pairs):.3f}",
-                            f"{sum(top) / len(top):.3f}")
+            unknown.add_row(
+                r.method,
+                *(f"{a:.3f} / {f:.2f}" for a, f in pairs),
+                f"{sum(a for a, _ in pairs) / len(pairs):.3f}",
+                f"{sum(top) / len(top):.3f}",
+            )
         print_table(unknown)
     for name, stats in report.backbones.items():
         if "sessions" in stats:
             runs = stats["sessions"]
-            used = [str(r["directions"]) for r in runs if "directions" in r]  # absent from sessions cached by older versions
-            directions = f", low-rank directions {' / '.join(used)} of {runs[0]['direction_slots']}" if len(used) == len(runs) else ""
-            out.print(f"{name}: backbone adapted in {len(runs)} sessions, {count(runs[0]['epochs'], 'epoch')} each, "
-                      f"{sum(r['seconds'] for r in runs):.0f} s{directions}, {runs[-1]['protected_fraction']:.0%} of the adapted "
-                      f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}")
+            used = [
+                str(r["directions"]) for r in runs if "directions" in r
+            ]  # absent from sessions cached by older versions
+            directions = (
+                f", low-rank directions {' / '.join(used)} of {runs[0]['direction_slots']}"
+                if len(used) == len(runs)
+                else ""
+            )
+            out.print(
+                f"{name}: backbone adapted in {len(runs)} sessions, {count(runs[0]['epochs'], 'epoch')} each, "
+                f"{sum(r['seconds'] for r in runs):.0f} s{directions}, "
+                f"{runs[-1]['protected_fraction']:.0%} of the adapted "
+                f"layers' input space protected at the end{' (cached)' if all(r.get('cached') for r in runs) else ''}"
+            )
             continue
-        out.print(f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {count(stats['epochs'], 'epoch')}, "
-                  f"{stats['seconds']:.0f} s{' (cached)' if stats.get('cached') else ''}")
+        out.print(
+            f"{name}: slow learner {stats['tuner']} on {stats['images']} images, {count(stats['epochs'], 'epoch')}, "
+            f"{stats['seconds']:.0f} s{' (cached)' if stats.get('cached') else ''}"
+        )
     if plot is not None:
         from edgecl.eval.plot import plot_sessions
 
@@ -142,12 +221,29 @@ def flatten(config: dict, prefix: str = ""):
 
 @user_errors
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes images and its bundle.")] = Path("edgecl-demo"),
-    train_per_class: Annotated[int, typer.Option("--train-per-class", min=1, help="Fashion-MNIST training images per class.")] = 300,
-    test_per_class: Annotated[int, typer.Option("--test-per-class", min=1, help="Fashion-MNIST test images per class.")] = 100,
-    slow_epochs: Annotated[Optional[int], typer.Option("--slow-epochs", min=0, help="Epochs of the slow learner (default: 20 on a GPU, 1 on a CPU; 0: off).")] = None,
-    backbone: Annotated[Optional[str], typer.Option("--backbone", help="timm model (default: tf_efficientnet_lite0), e.g. "
-                                                    "vit_small_patch14_dinov2 with --weights FILE --img-size 224.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the demo writes images and its bundle.")] = Path(
+        "edgecl-demo"
+    ),
+    train_per_class: Annotated[
+        int, typer.Option("--train-per-class", min=1, help="Fashion-MNIST training images per class.")
+    ] = 300,
+    test_per_class: Annotated[
+        int, typer.Option("--test-per-class", min=1, help="Fashion-MNIST test images per class.")
+    ] = 100,
+    slow_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--slow-epochs", min=0, help="Epochs of the slow learner (default: 20 on a GPU, 1 on a CPU; 0: off)."
+        ),
+    ] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backbone",
+            help="timm model (default: tf_efficientnet_lite0), e.g. "
+            "vit_small_patch14_dinov2 with --weights FILE --img-size 224.",
+        ),
+    ] = None,
     weights: WeightsOption = None,
     img_size: ImgSizeOption = None,
     global_pool: GlobalPoolOption = None,
@@ -156,5 +252,14 @@ def demo(
     """The whole loop on Fashion-MNIST: train on 6 classes, learn 2 + 2 more, classify, report."""
     from edgecl.eval.demo import run_demo
 
-    run_demo(workdir, train_per_class=train_per_class, test_per_class=test_per_class, slow_epochs=slow_epochs,
-             show_progress=not quiet, backbone=backbone, weights=weights, img_size=img_size, global_pool=global_pool)
+    run_demo(
+        workdir,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        slow_epochs=slow_epochs,
+        show_progress=not quiet,
+        backbone=backbone,
+        weights=weights,
+        img_size=img_size,
+        global_pool=global_pool,
+    )

@@ -22,12 +22,24 @@ from edgecl.cli.options import (
     parse_settings,
 )
 
-ImgSizeOption = Annotated[Optional[int], typer.Option(
-    "--img-size", metavar="N", help="Input size in pixels the backbone is built at (a ViT: a multiple of its patch "
-    "size, its position embeddings resampled; a CNN: the preprocessing's size). Default: timm's (518 for DINOv2).")]
-GlobalPoolOption = Annotated[Optional[str], typer.Option(
-    "--global-pool", metavar="POOL", help="The embedding: token (a ViT's [CLS]), avg (the mean of its normed patch "
-    "tokens), max, avgmax. Default: the model's own.")]
+ImgSizeOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--img-size",
+        metavar="N",
+        help="Input size in pixels the backbone is built at (a ViT: a multiple of its patch "
+        "size, its position embeddings resampled; a CNN: the preprocessing's size). Default: timm's (518 for DINOv2).",
+    ),
+]
+GlobalPoolOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--global-pool",
+        metavar="POOL",
+        help="The embedding: token (a ViT's [CLS]), avg (the mean of its normed patch "
+        "tokens), max, avgmax. Default: the model's own.",
+    ),
+]
 
 
 @writes_bundle
@@ -39,11 +51,22 @@ def train(
     random_init: RandomInitOption = False,
     img_size: ImgSizeOption = None,
     global_pool: GlobalPoolOption = None,
-    method: Annotated[str, typer.Option("--method", help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper, "
-                                        "inflora (`edgecl methods`).")] = "edgecl",
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Continual-learning method: edgecl, tosca, safe, simplecil, tosca-paper, inflora (`edgecl methods`).",
+        ),
+    ] = "edgecl",
     epochs: EpochsOption = None,
-    slow_epochs: Annotated[Optional[int], typer.Option("--slow-epochs", min=0, help="Epochs of SAFE's slow learner, which tunes the "
-                                                       "backbone on DATA (edgecl, safe; default 20; 0: off).")] = None,
+    slow_epochs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--slow-epochs",
+            min=0,
+            help="Epochs of SAFE's slow learner, which tunes the backbone on DATA (edgecl, safe; default 20; 0: off).",
+        ),
+    ] = None,
     settings: SetOption = None,
     device: DeviceOption = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (recorded in the bundle).")] = 0,
@@ -61,27 +84,58 @@ def train(
     values = parse_settings(settings)
     if slow_epochs is not None:
         values["slow.epochs" if method == "safe" else "safe.slow.epochs"] = str(slow_epochs)
-    report = edgecl.train(data, bundle, backbone=backbone, weights=weights, random_init=random_init, img_size=img_size,
-                          global_pool=global_pool, method=method, epochs=epochs, settings=values, device=device, seed=seed, force=force, lock_timeout=lock_timeout, show_progress=not quiet)
+    report = edgecl.train(
+        data,
+        bundle,
+        backbone=backbone,
+        weights=weights,
+        random_init=random_init,
+        img_size=img_size,
+        global_pool=global_pool,
+        method=method,
+        epochs=epochs,
+        settings=values,
+        device=device,
+        seed=seed,
+        force=force,
+        lock_timeout=lock_timeout,
+        show_progress=not quiet,
+    )
     warn_skipped(report.skipped)
     slow = report.slow_learner
-    tuned = f"; slow learner {slow['tuner']} {count(slow['epochs'], 'epoch')} in {slow['seconds']:.0f} s on {slow['device']}" if slow else ""
-    out.print(f"created {report.bundle}: {count(len(report.classes), 'class')} from {count(report.images, 'image')}, "
-              f"{report.backbone} ({report.embedding_dim}-d), method {report.method} (heads trained in {report.seconds_heads:.1f} s){tuned}")
+    tuned = (
+        f"; slow learner {slow['tuner']} {count(slow['epochs'], 'epoch')} in {slow['seconds']:.0f} s"
+        f" on {slow['device']}"
+        if slow
+        else ""
+    )
+    out.print(
+        f"created {report.bundle}: {count(len(report.classes), 'class')} from {count(report.images, 'image')}, "
+        f"{report.backbone} ({report.embedding_dim}-d), method {report.method} "
+        f"(heads trained in {report.seconds_heads:.1f} s){tuned}"
+    )
 
 
 def _targets_help() -> str:
     from edgecl.host.targets import available_targets
 
-    return "Target profile: " + ", ".join(p.name + "".join(f" ({a})" for a in p.aliases) for p in available_targets().values()) + "."
+    return (
+        "Target profile: "
+        + ", ".join(p.name + "".join(f" ({a})" for a in p.aliases) for p in available_targets().values())
+        + "."
+    )
 
 
 @writes_bundle
 def export(
     target: Annotated[str, typer.Option("--target", "-t", help=_targets_help())],
     bundle: BundleOption = DEFAULT_BUNDLE,
-    images: Annotated[Optional[list[Path]], typer.Option("--images", metavar="PATH",
-                                                         help="Real images (files or folders) for the parity check (repeatable).")] = None,
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--images", metavar="PATH", help="Real images (files or folders) for the parity check (repeatable)."
+        ),
+    ] = None,
     lock_timeout: LockTimeoutOption = 60.0,
 ) -> None:
     """Host: the bundle's backbone -> backbone.onnx for a target, checked against PyTorch."""
@@ -95,13 +149,16 @@ def export(
     out.print(
         f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target}: max |PyTorch - onnxruntime| "
         f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
-        f"(limit {BACKBONE_PARITY_ATOL:g}), {report.seconds:.1f} s; the TensorRT engine is built on the target (`edgecl engine build`)"
+        f"(limit {BACKBONE_PARITY_ATOL:g}), {report.seconds:.1f} s; "
+        "the TensorRT engine is built on the target (`edgecl engine build`)"
     )
     if report.heads.data is None:
         err.print(f"warning: no heads.onnx, the heads will run in PyTorch on the device: {report.heads.error}")
     else:
-        out.print(f"exported heads.onnx ({len(report.heads.data) / 1e3:.0f} kB): max |PyTorch - onnxruntime| "
-                  f"{report.heads.max_abs_diff:.1e} on the probabilities, {report.heads.seconds:.1f} s")
+        out.print(
+            f"exported heads.onnx ({len(report.heads.data) / 1e3:.0f} kB): max |PyTorch - onnxruntime| "
+            f"{report.heads.max_abs_diff:.1e} on the probabilities, {report.heads.seconds:.1f} s"
+        )
 
 
 @writes_bundle
@@ -120,15 +177,24 @@ def adapt(
     """
     from edgecl.host.adapt import adapt as adapt_bundle
 
-    result = adapt_bundle(bundle, images, label=label, device=device, lock_timeout=lock_timeout, show_progress=not quiet)
+    result = adapt_bundle(
+        bundle, images, label=label, device=device, lock_timeout=lock_timeout, show_progress=not quiet
+    )
     warn_skipped(result.skipped)
     s, info = result.session, result.backbone["inflora"]
     if info["final_loss"] is None:
-        how = (f"backbone left as it was (no direction free of the earlier sessions' inputs, backbone.max_leak) "
-               f"in {info['seconds']:.0f} s")
+        how = (
+            f"backbone left as it was (no direction free of the earlier sessions' inputs, backbone.max_leak) "
+            f"in {info['seconds']:.0f} s"
+        )
     else:
-        how = f"backbone adapted in {info['seconds']:.0f} s along {info['directions']} of {info['direction_slots']} low-rank directions"
-    out.print(f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; {how}, "
-              f"{info['protected_fraction']:.0%} of its adapted input space now in memory")
+        how = (
+            f"backbone adapted in {info['seconds']:.0f} s along {info['directions']} of {info['direction_slots']}"
+            " low-rank directions"
+        )
+    out.print(
+        f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; {how}, "
+        f"{info['protected_fraction']:.0%} of its adapted input space now in memory"
+    )
     if result.dropped_export:
         out.print("the export described the old backbone and was dropped: run `edgecl export` again")

@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
@@ -17,17 +17,49 @@ from rich.table import Table
 
 from edgecl.errors import EdgeclError, render
 
-out = Console(highlight=False, soft_wrap=True, markup=False)  # class names and paths are printed as given: bolt[m6] stays bolt[m6]
+out = Console(
+    highlight=False, soft_wrap=True, markup=False
+)  # class names and paths are printed as given: bolt[m6] stays bolt[m6]
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 FLAGS = {
-    "backbone": "--backbone", "bundle": "--bundle", "device": "--device", "done": "--done", "epochs": "--epochs",
-    "exclude_class": "--exclude-class", "force": "--force", "images": "--images", "increment": "--increment", "init": "--init",
-    "label": "--label", "lock_timeout": "--lock-timeout", "log": "--log", "method": "--method", "out": "--bundle",
-    "plot": "--plot", "runtime": "--runtime", "settings": "--set", "target": "--target", "test_list": "--test-list",
-    "top_k": "--top-k", "train_list": "--train-list", "weights": "--weights", "examples": "--images",
-    "slow_epochs": "--slow-epochs", "img_size": "--img-size", "global_pool": "--global-pool", "min_score": "--min-score", "shots": "--shots", "name": "CLASS", "old": "OLD", "new": "NEW", "folder": "DIR",
-    "keep_done": "--keep-done", "keep_done_mb": "--keep-done-mb", "log_max_mb": "--log-max-mb", "log_keep": "--log-keep",
+    "backbone": "--backbone",
+    "bundle": "--bundle",
+    "device": "--device",
+    "done": "--done",
+    "epochs": "--epochs",
+    "exclude_class": "--exclude-class",
+    "force": "--force",
+    "images": "--images",
+    "increment": "--increment",
+    "init": "--init",
+    "label": "--label",
+    "lock_timeout": "--lock-timeout",
+    "log": "--log",
+    "method": "--method",
+    "out": "--bundle",
+    "plot": "--plot",
+    "runtime": "--runtime",
+    "settings": "--set",
+    "target": "--target",
+    "test_list": "--test-list",
+    "top_k": "--top-k",
+    "train_list": "--train-list",
+    "weights": "--weights",
+    "examples": "--images",
+    "slow_epochs": "--slow-epochs",
+    "img_size": "--img-size",
+    "global_pool": "--global-pool",
+    "min_score": "--min-score",
+    "shots": "--shots",
+    "name": "CLASS",
+    "old": "OLD",
+    "new": "NEW",
+    "folder": "DIR",
+    "keep_done": "--keep-done",
+    "keep_done_mb": "--keep-done-mb",
+    "log_max_mb": "--log-max-mb",
+    "log_keep": "--log-keep",
 }
 
 
@@ -45,7 +77,9 @@ def count(n: int, word: str) -> str:
 
 
 def print_table(table: Table) -> None:
-    Console(highlight=False, markup=False, width=max(out.width, 1000)).print(table)  # the table's own width, never cut at 80 columns
+    Console(highlight=False, markup=False, width=max(out.width, 1000)).print(
+        table
+    )  # the table's own width, never cut at 80 columns
 
 
 def _os_error(error: OSError) -> str:

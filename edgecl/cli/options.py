@@ -84,7 +84,7 @@ MinScoreOption = Annotated[
         metavar="S",
         help="Label an image `unknown` when its known score (0..1, how close it is to the class it is most "
         "like, relative to that class's own images) is under S; default: the threshold the bundle calibrated "
-        "(keeps 95%% of known images), 0: never unknown.",
+        "(keeps 95% of known images), 0: never unknown.",
     ),
 ]
 LockTimeoutOption = Annotated[

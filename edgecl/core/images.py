@@ -204,6 +204,8 @@ def _classes(search: _Search, walked: list[tuple[Path, os.stat_result, list[Path
     classes = []
     for folder, st, images in walked:
         if not images:
+            if _identity(st, folder) in search.above:  # a link back to the root: no class, named as a loop
+                continue
             first = search.first_path(folder, st)
             if first is not None and first != folder:
                 raise EdgeclError(f"{folder}: leads to {first}, which is searched already; link each class folder once")
@@ -225,7 +227,10 @@ def scan_class_folders(root: Path) -> list[ClassImages]:
                 f"{root}: holds {len(loose)} image(s) beside its class folders (first: {loose[0].name}); "
                 "move them into a class folder"
             )
-        return _classes(search, [(folder, st, search.below(folder, st)) for folder, st in folders])
+        classes = _classes(search, [(folder, st, search.below(folder, st)) for folder, st in folders])
+        if not classes:
+            raise EdgeclError(f"{root}: no class folders (expected {root}/<class name>/<images>)")
+        return classes
     finally:
         search.report()
 

@@ -58,8 +58,14 @@ class LuCAStack(nn.Module):
         super().__init__()
         self.dim, self.bottleneck = dim, bottleneck
         shapes = {
-            "down_weight": (bottleneck, dim), "down_bias": (bottleneck,), "up_weight": (dim, bottleneck), "up_bias": (dim,),
-            "norm_weight": (dim,), "norm_bias": (dim,), "squeeze_weight": (bottleneck, dim), "excite_weight": (dim, bottleneck),
+            "down_weight": (bottleneck, dim),
+            "down_bias": (bottleneck,),
+            "up_weight": (dim, bottleneck),
+            "up_bias": (dim,),
+            "norm_weight": (dim,),
+            "norm_bias": (dim,),
+            "squeeze_weight": (bottleneck, dim),
+            "excite_weight": (dim, bottleneck),
         }
         for name, shape in shapes.items():
             self.register_buffer(name, torch.zeros(sessions, *shape))
@@ -70,9 +76,14 @@ class LuCAStack(nn.Module):
     @staticmethod
     def _tensors(luca: LuCA) -> dict[str, torch.Tensor]:
         return {
-            "down_weight": luca.down.weight, "down_bias": luca.down.bias, "up_weight": luca.up.weight, "up_bias": luca.up.bias,
-            "norm_weight": luca.norm.weight, "norm_bias": luca.norm.bias,
-            "squeeze_weight": luca.squeeze.weight, "excite_weight": luca.excite.weight,
+            "down_weight": luca.down.weight,
+            "down_bias": luca.down.bias,
+            "up_weight": luca.up.weight,
+            "up_bias": luca.up.bias,
+            "norm_weight": luca.norm.weight,
+            "norm_bias": luca.norm.bias,
+            "squeeze_weight": luca.squeeze.weight,
+            "excite_weight": luca.excite.weight,
         }
 
     def append(self, luca: LuCA) -> None:
@@ -130,7 +141,9 @@ class CosineClassifier(nn.Module):
 
 def class_means(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Row c = mean of the features of class c (targets in [0, num_classes))."""
-    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device).index_add_(0, targets, features)
+    sums = torch.zeros(num_classes, features.shape[1], dtype=features.dtype, device=features.device).index_add_(
+        0, targets, features
+    )
     counts = torch.bincount(targets, minlength=num_classes).clamp_min(1).to(features.dtype)
     return sums / counts[:, None]
 
@@ -147,13 +160,21 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
-def merge_class_statistics(means: torch.Tensor, counts: torch.Tensor, similarity: torch.Tensor, features: torch.Tensor,
-                           targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_class_statistics(
+    means: torch.Tensor,
+    counts: torch.Tensor,
+    similarity: torch.Tensor,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Class means, image counts and typical similarities (each class's mean cosine of its images to its mean)
     after adding `features` (targets: class indices; rows past the current ones are new classes). A class
     whose count is unknown (0: a bundle written before counts were kept) weighs as much as its new images."""
     dim, grow = features.shape[1], num_classes - len(means)
-    means, counts, similarity = (torch.cat([t, torch.zeros(grow, *t.shape[1:], dtype=t.dtype)]) for t in (means, counts, similarity))
+    means, counts, similarity = (
+        torch.cat([t, torch.zeros(grow, *t.shape[1:], dtype=t.dtype)]) for t in (means, counts, similarity)
+    )
     added = torch.bincount(targets, minlength=num_classes).to(means.dtype)
     old = torch.where((counts == 0) & (added > 0) & (torch.arange(num_classes) < num_classes - grow), added, counts)
     total = old + added
@@ -161,8 +182,12 @@ def merge_class_statistics(means: torch.Tensor, counts: torch.Tensor, similarity
     merged = torch.where(total[:, None] > 0, (old[:, None] * means + sums) / total.clamp_min(1)[:, None], means)
     own = F.cosine_similarity(features, merged[targets], dim=-1)
     own_sums = torch.zeros(num_classes, dtype=means.dtype).index_add_(0, targets, own.to(means.dtype))
-    known_old = torch.where(similarity > 0, old, torch.zeros_like(old))  # an unknown similarity is measured on the new images
-    merged_similarity = torch.where(added > 0, (known_old * similarity + own_sums) / (known_old + added).clamp_min(1), similarity)
+    known_old = torch.where(
+        similarity > 0, old, torch.zeros_like(old)
+    )  # an unknown similarity is measured on the new images
+    merged_similarity = torch.where(
+        added > 0, (known_old * similarity + own_sums) / (known_old + added).clamp_min(1), similarity
+    )
     return merged, total, merged_similarity
 
 
@@ -182,13 +207,17 @@ def known_from_means(features: torch.Tensor, means: torch.Tensor, similarity: to
     return relative_similarities(features, means, similarity).max(dim=1).values.clamp(0, 1)
 
 
-def held_out_known(features: torch.Tensor, targets: torch.Tensor, means: torch.Tensor, counts: torch.Tensor,
-                   similarity: torch.Tensor) -> torch.Tensor:
+def held_out_known(
+    features: torch.Tensor, targets: torch.Tensor, means: torch.Tensor, counts: torch.Tensor, similarity: torch.Tensor
+) -> torch.Tensor:
     """known_from_means of a class's own images, each held out of its class mean (leave one out): what an
     image the class never saw scores, for calibrating the threshold without setting images aside."""
     relative = relative_similarities(features, means, similarity)
     n = counts[targets].to(features.dtype)
     held_out = (n[:, None] * means[targets].to(features.dtype) - features) / (n - 1).clamp_min(1)[:, None]
-    own = F.cosine_similarity(features, held_out, dim=-1) / torch.where(similarity > 0, similarity, torch.ones_like(similarity))[targets]
+    own = (
+        F.cosine_similarity(features, held_out, dim=-1)
+        / torch.where(similarity > 0, similarity, torch.ones_like(similarity))[targets]
+    )
     relative[torch.arange(len(features)), targets] = torch.where(n > 1, own, torch.full_like(own, -1.0))
     return relative.max(dim=1).values.clamp(0, 1)

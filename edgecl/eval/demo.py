@@ -16,8 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgecl.eval import fashion_mnist
 from edgecl.errors import EdgeclError
+from edgecl.eval import fashion_mnist
 
 SESSIONS = ([0, 1, 2, 3, 4, 5], [6, 7], [8, 9])
 
@@ -31,8 +31,15 @@ def _edgecl(*args: str, quiet: bool, capture: bool = False) -> str:
 
 
 def run_demo(
-    workdir: Path, *, train_per_class: int = 300, test_per_class: int = 100, slow_epochs: int | None = None,
-    show_progress: bool = True, backbone: str | None = None, weights: Path | None = None, img_size: int | None = None,
+    workdir: Path,
+    *,
+    train_per_class: int = 300,
+    test_per_class: int = 100,
+    slow_epochs: int | None = None,
+    show_progress: bool = True,
+    backbone: str | None = None,
+    weights: Path | None = None,
+    img_size: int | None = None,
     global_pool: str | None = None,
 ) -> list[list[float]]:
     import torch
@@ -46,8 +53,10 @@ def run_demo(
     bundle = workdir / "bundle"
     choices = {"--backbone": backbone, "--weights": weights, "--img-size": img_size, "--global-pool": global_pool}
     model = [str(v) for flag, value in choices.items() if value is not None for v in (flag, value)]
-    console.print(f"[bold]edgecl demo[/]: Fashion-MNIST, {train_per_class} training / {test_per_class} test images "
-                  f"per class, {backbone or 'tf_efficientnet_lite0'}, in {workdir}")
+    console.print(
+        f"[bold]edgecl demo[/]: Fashion-MNIST, {train_per_class} training / {test_per_class} test images "
+        f"per class, {backbone or 'tf_efficientnet_lite0'}, in {workdir}"
+    )
     folders = []
     for index, classes in enumerate(SESSIONS):
         folder = workdir / f"session{index}"
@@ -57,11 +66,14 @@ def run_demo(
     names = fashion_mnist.CLASSES
     rows: list[list[float]] = []
     timings: list[float] = []
-    for index, classes in enumerate(SESSIONS):
+    for index in range(len(SESSIONS)):
         start = time.perf_counter()
         if index == 0:
             settings = [*model, "--set", f"safe.slow.epochs={slow_epochs}", "--device", device]
-            console.print(f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; edgecl export --target cpu")
+            console.print(
+                f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; "
+                "edgecl export --target cpu"
+            )
             _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
             _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)
         else:
@@ -70,7 +82,9 @@ def run_demo(
         timings.append(time.perf_counter() - start)
         seen = [names[c] for s in SESSIONS[: index + 1] for c in s]
         paths = [str(p) for name in seen for p in tests[name]]
-        predictions = json.loads(_edgecl("classify", *paths, "--bundle", str(bundle), "--json", quiet=quiet, capture=True))
+        predictions = json.loads(
+            _edgecl("classify", *paths, "--bundle", str(bundle), "--json", quiet=quiet, capture=True)
+        )
         correct = {p["path"]: p["label"] == Path(p["path"]).parent.name for p in predictions}
         row = []
         for s in SESSIONS[: index + 1]:
@@ -80,7 +94,7 @@ def run_demo(
         rows.append(row)
     table = Table(title="accuracy on the test images of the classes seen so far")
     table.add_column("after", no_wrap=True)
-    for index, classes in enumerate(SESSIONS):
+    for index in range(len(SESSIONS)):
         table.add_column(f"s{index} classes", justify="right", no_wrap=True)
     table.add_column("all seen", justify="right", no_wrap=True)
     table.add_column("step time", justify="right", no_wrap=True)

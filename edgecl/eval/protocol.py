@@ -14,26 +14,27 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from edgecl.core import bundle as bundles
-from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, embedding_key, preprocess_config
-from edgecl.eval.datasets import TrainTest, class_order, load_train_test, session_sizes
 from edgecl.core.cache import cache_root
-from edgecl.eval.embedding_cache import cached_embeddings
-from edgecl.host.subspace import SubspaceMemory
-from edgecl.errors import EdgeclError, param
-from edgecl.host.backbone_onnx import host_embed_function
-from edgecl.host.devices import resolve_device
 from edgecl.core.methods import MethodConfig, method_class, method_config
-from edgecl.eval.metrics import IncrementalResult, accuracy, auroc, fpr_at_tpr, summarize
 from edgecl.core.session import LabeledEmbeddings, run_session
+from edgecl.errors import EdgeclError, param
+from edgecl.eval.datasets import TrainTest, class_order, load_train_test, session_sizes
+from edgecl.eval.embedding_cache import cached_embeddings
+from edgecl.eval.metrics import IncrementalResult, accuracy, auroc, fpr_at_tpr, summarize
+from edgecl.host.backbone_onnx import host_embed_function
+from edgecl.host.backbones import DEFAULT_BACKBONE, create_backbone, embedding_key, preprocess_config
+from edgecl.host.devices import resolve_device
 from edgecl.host.slow_learner import check_slow_learner
+from edgecl.host.subspace import SubspaceMemory
 
 
 @dataclass
@@ -51,8 +52,13 @@ class EvalReport:
     backbones: dict[str, dict] = field(default_factory=dict)  # slow-learner tuning, per method
 
     def to_dict(self) -> dict:
-        report = {"protocol": self.protocol, "results": [r.to_dict() for r in self.results], "skipped": self.skipped,
-                  "joint": self.joint, "backbones": self.backbones}
+        report = {
+            "protocol": self.protocol,
+            "results": [r.to_dict() for r in self.results],
+            "skipped": self.skipped,
+            "joint": self.joint,
+            "backbones": self.backbones,
+        }
         if len(self.results) == 1:
             report.update(self.results[0].to_dict())
         return report
@@ -73,7 +79,9 @@ def few_shot(labels: np.ndarray, chosen: np.ndarray, shots: int | None, seed: in
     return kept
 
 
-def frozen_sessions(train: LabeledFeatures, test: LabeledFeatures, shots: int | None = None, seed: int = 0) -> SessionData:
+def frozen_sessions(
+    train: LabeledFeatures, test: LabeledFeatures, shots: int | None = None, seed: int = 0
+) -> SessionData:
     """Sessions cut from embeddings of one backbone: (session, first class, end) -> (train, all the test
     images: the seen classes' and, for "unknown", those of the classes not learned yet)."""
 
@@ -147,12 +155,19 @@ class _Embedder:
     their class's position in the session order."""
 
     def __init__(self, dataset: TrainTest, position: np.ndarray, preprocess, cache: Path, show_progress: bool) -> None:
-        self.dataset, self.position, self.preprocess, self.cache, self.show_progress = dataset, position, preprocess, cache, show_progress
+        self.dataset, self.position, self.preprocess, self.cache, self.show_progress = (
+            dataset,
+            position,
+            preprocess,
+            cache,
+            show_progress,
+        )
         self.skipped: list[str] = []
         self.seconds = 0.0
 
-    def __call__(self, model: torch.nn.Module, label: str, sha: str | None = None,
-                 chosen: dict[str, np.ndarray] | None = None) -> dict[str, LabeledFeatures]:
+    def __call__(
+        self, model: torch.nn.Module, label: str, sha: str | None = None, chosen: dict[str, np.ndarray] | None = None
+    ) -> dict[str, LabeledFeatures]:
         """Both splits, or the images `chosen` (a mask per split name)."""
         start = time.perf_counter()
         sha = sha or bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict()))
@@ -162,8 +177,13 @@ class _Embedder:
             mask = np.ones(len(split.paths), bool) if chosen is None else chosen[name]
             paths, labels = [p for p, keep in zip(split.paths, mask) if keep], split.labels[mask]
             embedded, _ = cached_embeddings(
-                paths, embed, self.preprocess, sha, self.cache / "embeddings",
-                description=f"embedding {name}, {label} ({runtime})", show_progress=self.show_progress,
+                paths,
+                embed,
+                self.preprocess,
+                sha,
+                self.cache / "embeddings",
+                description=f"embedding {name}, {label} ({runtime})",
+                show_progress=self.show_progress,
             )
             splits[name] = LabeledFeatures(embedded.features, self.position[labels[embedded.kept]])
             self.skipped = sorted(set(self.skipped) | set(embedded.skipped))
@@ -171,8 +191,18 @@ class _Embedder:
         return splits
 
 
-def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, base_sha: str, *, sessions: int,
-                     device: str, seed: int, stats: list[dict], shots: int | None = None) -> SessionData:
+def adapted_sessions(
+    model: torch.nn.Module,
+    config: Any,
+    embedder: _Embedder,
+    base_sha: str,
+    *,
+    sessions: int,
+    device: str,
+    seed: int,
+    stats: list[dict],
+    shots: int | None = None,
+) -> SessionData:
     """Sessions of a method that adapts the backbone on the host in each (InfLoRA): train on the
     session's images (cached), then embed its train images and the test images seen so far."""
     from edgecl.host.inflora_training import cached_session
@@ -186,19 +216,40 @@ def adapted_sessions(model: torch.nn.Module, config: Any, embedder: _Embedder, b
         chosen = few_shot(train_classes, (train_classes >= lo) & (train_classes < hi), shots, seed, t)
         paths = [p for p, keep in zip(dataset.train.paths, chosen) if keep]
         state["model"], state["memory"], info, state["key"] = cached_session(
-            state["model"], state["memory"], paths, train_classes[chosen] - lo, embedder.preprocess, config, session=t,
-            previous=state["key"], cache_dir=embedder.cache / "inflora", device=device, seed=seed, show_progress=embedder.show_progress,
+            state["model"],
+            state["memory"],
+            paths,
+            train_classes[chosen] - lo,
+            embedder.preprocess,
+            config,
+            session=t,
+            previous=state["key"],
+            cache_dir=embedder.cache / "inflora",
+            device=device,
+            seed=seed,
+            show_progress=embedder.show_progress,
         )
         stats.append(info)
-        splits = embedder(state["model"], f"inflora session {t}", chosen={"train": chosen, "test": np.ones_like(test_classes, bool)})
+        splits = embedder(
+            state["model"], f"inflora session {t}", chosen={"train": chosen, "test": np.ones_like(test_classes, bool)}
+        )
         train = splits["train"]
         return LabeledEmbeddings(train.features, torch.from_numpy(train.labels - lo)), splits["test"]
 
     return session
 
 
-def fixed_backbone_features(configs: Iterable[MethodConfig], model: torch.nn.Module, fresh_backbone: Callable[[], torch.nn.Module],
-                            embedder: _Embedder, base_sha: str, init: int, *, device: str, seed: int) -> tuple[dict, dict]:
+def fixed_backbone_features(
+    configs: Iterable[MethodConfig],
+    model: torch.nn.Module,
+    fresh_backbone: Callable[[], torch.nn.Module],
+    embedder: _Embedder,
+    base_sha: str,
+    init: int,
+    *,
+    device: str,
+    seed: int,
+) -> tuple[dict, dict]:
     """Both splits' embeddings for each distinct slow-learner setting (None: the frozen backbone),
     the slow learner tuned on the first `init` classes' training images, and each tuning's stats."""
     dataset, position = embedder.dataset, embedder.position
@@ -216,8 +267,16 @@ def fixed_backbone_features(configs: Iterable[MethodConfig], model: torch.nn.Mod
         first = position[dataset.train.labels] < init
         paths = [p for p, keep in zip(dataset.train.paths, first) if keep]
         tuned, stats = tuned_backbone(
-            fresh_backbone(), paths, position[dataset.train.labels][first], embedder.preprocess, slow, base_sha256=base_sha,
-            cache_dir=embedder.cache / "slow", device=device, seed=seed, show_progress=embedder.show_progress,
+            fresh_backbone(),
+            paths,
+            position[dataset.train.labels][first],
+            embedder.preprocess,
+            slow,
+            base_sha256=base_sha,
+            cache_dir=embedder.cache / "slow",
+            device=device,
+            seed=seed,
+            show_progress=embedder.show_progress,
         )
         tuning[slow] = {k: v for k, v in stats.items() if k != "structure"}
         features[slow] = embedder(tuned, f"{slow.tuner} slow learner")
@@ -232,8 +291,10 @@ def check_shots(shots: int | None, dataset: TrainTest, init: int, order: list[in
     later = order[init:]
     fewest = min(later, key=lambda c: counts[c]) if later else None
     if shots < 1 or (fewest is not None and shots > counts[fewest]):
-        raise EdgeclError(f"{param('shots')} {shots}: must be from 1 to the training images of the smallest later class "
-                          f"({dataset.classes[fewest]}: {counts[fewest] if fewest is not None else 0})")
+        raise EdgeclError(
+            f"{param('shots')} {shots}: must be from 1 to the training images of the smallest later class "
+            f"({dataset.classes[fewest]}: {counts[fewest] if fewest is not None else 0})"
+        )
 
 
 def evaluate(
@@ -278,19 +339,38 @@ def evaluate(
     embedder = _Embedder(dataset, position, preprocess, cache, show_progress)
     base_sha = embedding_key(bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict())), spec.model_kwargs)
     fresh_backbone = lambda: create_backbone(backbone, weights, **options)[0]  # noqa: E731
-    features, tuning = fixed_backbone_features(configs.values(), model, fresh_backbone, embedder, base_sha, init,
-                                               device=device, seed=seed)
+    features, tuning = fixed_backbone_features(
+        configs.values(), model, fresh_backbone, embedder, base_sha, init, device=device, seed=seed
+    )
     names = [dataset.classes[i] for i in order]
     results, backbones = [], {}
     for name, config in configs.items():
         slow, adapted = config.slow_learner(), config.session_backbone()
         if adapted is not None:
             stats: list[dict] = []
-            sessions = adapted_sessions(copy.deepcopy(model), adapted, embedder, base_sha, sessions=len(sizes), device=device, seed=seed,
-                                        stats=stats, shots=shots)
+            sessions = adapted_sessions(
+                copy.deepcopy(model),
+                adapted,
+                embedder,
+                base_sha,
+                sessions=len(sizes),
+                device=device,
+                seed=seed,
+                stats=stats,
+                shots=shots,
+            )
         else:
             sessions = frozen_sessions(features[slow]["train"], features[slow]["test"], shots, seed)
-        result = run_protocol(name, config, sessions, sizes, names, embedding_dim=spec.embedding_dim, seed=seed, show_progress=show_progress)
+        result = run_protocol(
+            name,
+            config,
+            sessions,
+            sizes,
+            names,
+            embedding_dim=spec.embedding_dim,
+            seed=seed,
+            show_progress=show_progress,
+        )
         if adapted is not None:
             backbones[name] = {"sessions": stats}
             result.seconds["backbone"] = round(sum(s["seconds"] for s in stats), 1)
@@ -307,11 +387,26 @@ def evaluate(
     for result in results:
         result.seconds["embed"] = round(embedder.seconds, 3)
     first = next(iter(features.values()), None)
-    counts = (len(first["train"].labels), len(first["test"].labels)) if first else (len(dataset.train.paths), len(dataset.test.paths))
+    counts = (
+        (len(first["train"].labels), len(first["test"].labels))
+        if first
+        else (len(dataset.train.paths), len(dataset.test.paths))
+    )
     protocol = {
-        "data": str(root), "init": init, "increment": increment, "sessions": len(sizes), "seed": seed,
-        "classes": len(dataset.classes), "train_images": counts[0], "test_images": counts[1], "backbone": spec.name, "weights": spec.weights_source, "shots": shots,
-        "img_size": preprocess.input_size[-1], "global_pool": spec.model_kwargs.get("global_pool"),
-        "class_order": names, "configs": {name: config.to_dict() for name, config in configs.items()},
+        "data": str(root),
+        "init": init,
+        "increment": increment,
+        "sessions": len(sizes),
+        "seed": seed,
+        "classes": len(dataset.classes),
+        "train_images": counts[0],
+        "test_images": counts[1],
+        "backbone": spec.name,
+        "weights": spec.weights_source,
+        "shots": shots,
+        "img_size": preprocess.input_size[-1],
+        "global_pool": spec.model_kwargs.get("global_pool"),
+        "class_order": names,
+        "configs": {name: config.to_dict() for name, config in configs.items()},
     }
     return EvalReport(protocol, results, embedder.skipped, bounds, backbones)

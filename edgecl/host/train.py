@@ -44,7 +44,9 @@ class TrainReport:
 
 def setting_texts(settings: dict[str, Any] | None) -> dict[str, str]:
     """Method settings as the texts `MethodConfig.setting` parses: Python values are welcome too."""
-    return {key: (str(value).lower() if isinstance(value, bool) else str(value)) for key, value in (settings or {}).items()}
+    return {
+        key: (str(value).lower() if isinstance(value, bool) else str(value)) for key, value in (settings or {}).items()
+    }
 
 
 def train(
@@ -75,8 +77,12 @@ def train(
         raise EdgeclError(f"{param('epochs')}: method {method} trains nothing by epochs")
     check_slow_learner(config.slow_learner())
     config.check_session(len(classes))
-    model, spec = create_backbone(backbone, weights, random_init=random_init, img_size=img_size, global_pool=global_pool)
-    learner = method_class(method)(config, spec.embedding_dim)  # before any training: a bad setting fails here, not after it
+    model, spec = create_backbone(
+        backbone, weights, random_init=random_init, img_size=img_size, global_pool=global_pool
+    )
+    learner = method_class(method)(
+        config, spec.embedding_dim
+    )  # before any training: a bad setting fails here, not after it
     preprocess = preprocess_config(model)
     backbone_info = spec.to_dict()
     paths, labels = paths_and_labels(classes)
@@ -85,11 +91,17 @@ def train(
         from edgecl.host.slow_learner import train_slow_learner
 
         if device == "cpu":
-            log.info("the slow learner trains %d epoch(s) on %d images through the backbone on the CPU, which takes long "
-                     "(the bar's eta says how long; Lite0 on 2 cores: about 70 s an epoch per 600 images); a GPU host takes "
-                     "minutes, and fewer slow-learner epochs (0: none) take less", slow.epochs, len(paths))
+            log.info(
+                "the slow learner trains %d epoch(s) on %d images through the backbone on the CPU, which takes long "
+                "(the bar's eta says how long; Lite0 on 2 cores: about 70 s an epoch per 600 images); a GPU host takes "
+                "minutes, and fewer slow-learner epochs (0: none) take less",
+                slow.epochs,
+                len(paths),
+            )
 
-        model, stats = train_slow_learner(model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress)
+        model, stats = train_slow_learner(
+            model, paths, labels, preprocess, slow, device=device, seed=seed, show_progress=show_progress
+        )
         backbone_info["tuner"] = stats.pop("structure")
         backbone_info["slow_learner"] = stats
     extra_files: dict[str, bytes] = {}
@@ -98,14 +110,30 @@ def train(
         from edgecl.host.inflora_training import train_session
 
         memory = SubspaceMemory.from_config(adapted)
-        model, stats = train_session(model, memory, paths, labels, preprocess, adapted, session=0, device=device, seed=seed, show_progress=show_progress)
+        model, stats = train_session(
+            model,
+            memory,
+            paths,
+            labels,
+            preprocess,
+            adapted,
+            session=0,
+            device=device,
+            seed=seed,
+            show_progress=show_progress,
+        )
         memory_bytes = bundles.tensors_to_bytes(memory.state_dict())
         extra_files[bundles.INFLORA_MEMORY_FILE] = memory_bytes
-        backbone_info["inflora"] = {**stats, "device": device, "memory": {"file": bundles.INFLORA_MEMORY_FILE, "sha256": bundles.sha256_bytes(memory_bytes)}}
+        backbone_info["inflora"] = {
+            **stats,
+            "device": device,
+            "memory": {"file": bundles.INFLORA_MEMORY_FILE, "sha256": bundles.sha256_bytes(memory_bytes)},
+        }
     backbone_bytes = bundles.tensors_to_bytes(model.state_dict())
     backbone_entry = {"file": bundles.BACKBONE_FILE, "sha256": bundles.sha256_bytes(backbone_bytes)}
-    embed, _ = host_embed_function(model, preprocess.input_size, embedding_key(backbone_entry["sha256"], spec.model_kwargs),
-                                   cache_root() / "onnx")
+    embed, _ = host_embed_function(
+        model, preprocess.input_size, embedding_key(backbone_entry["sha256"], spec.model_kwargs), cache_root() / "onnx"
+    )
     embedded = embed_classes(classes, embed, preprocess, show_progress=show_progress)
     session = run_session(learner, embedded, [c.name for c in classes], seed, 0, show_progress=show_progress)
     heads_entry, heads_bytes = bundles.content_named(bundles.HEADS_STEM, learner.state_dict())
@@ -119,5 +147,14 @@ def train(
     record_session(manifest, learner, heads_entry, session)
     files = {bundles.BACKBONE_FILE: backbone_bytes, heads_entry["file"]: heads_bytes, **extra_files}
     created = bundles.create(out, manifest, files, force=force, lock_timeout=lock_timeout)
-    return TrainReport(created.path, created.manifest.class_names, session.images, embedded.skipped, spec.name, spec.embedding_dim,
-                       method, session.stats["seconds"], backbone_info.get("slow_learner"))
+    return TrainReport(
+        created.path,
+        created.manifest.class_names,
+        session.images,
+        embedded.skipped,
+        spec.name,
+        spec.embedding_dim,
+        method,
+        session.stats["seconds"],
+        backbone_info.get("slow_learner"),
+    )

@@ -74,6 +74,8 @@ class Edgecl(ContinualMethod):
     def num_classes(self) -> int:
         return self.safe.num_classes
 
+    adds_to_classes = True  # both parts can
+
     def learn(
         self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
     ) -> dict[str, float]:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgecl.core.layers import CosineClassifier, LuCA, LuCAStack, class_means, entropy
+from edgecl.core.layers import CosineClassifier, LuCA, LuCAStack, class_means, entropy, merge_class_statistics
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.progress import progress_bar
 from edgecl.core.sgd import MomentumSGD, SGDSchedule, cosine_lr, train_minibatches
@@ -70,7 +70,9 @@ class ToscaConfig(MethodConfig):
                 raise EdgeclError(f"{type(self).__name__}.{name}={value!r}: must be one of {', '.join(known)}")
 
     def schedule(self) -> SGDSchedule:
-        return SGDSchedule(self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps)
+        return SGDSchedule(
+            self.epochs, self.batch_size, self.lr, self.min_lr, self.momentum, self.weight_decay, self.min_steps
+        )
 
     def bottleneck_for(self, embedding_dim: int) -> int:
         return max(embedding_dim // self.bottleneck_ratio, 1) if self.bottleneck_ratio else self.bottleneck
@@ -82,8 +84,14 @@ def class_means_stacked(outputs: torch.Tensor, targets: torch.Tensor, num_classe
 
 
 def train_epoch_cosine(
-    params: list[torch.nn.Parameter], batch_loss: Callable[[torch.Tensor], torch.Tensor], num_samples: int,
-    schedule: SGDSchedule, generator: torch.Generator, *, description: str, show_progress: bool,
+    params: list[torch.nn.Parameter],
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    num_samples: int,
+    schedule: SGDSchedule,
+    generator: torch.Generator,
+    *,
+    description: str,
+    show_progress: bool,
 ) -> float:
     """train_minibatches with the cosine rate held through each epoch: the official code's
     CosineAnnealingLR(T_max=epochs, eta_min=min_lr), stepped after every epoch."""
@@ -109,7 +117,10 @@ def train_epoch_cosine(
 @register_method
 class Tosca(ContinualMethod):
     name = "tosca"
-    summary = "TOSCA/LuCA: one sparse adapter-calibrator per session on the embedding, chosen per sample by entropy (with replay of old-class statistics)"
+    summary = (
+        "TOSCA/LuCA: one sparse adapter-calibrator per session on the embedding, chosen per sample by entropy "
+        "(with replay of old-class statistics)"
+    )
     config_class = ToscaConfig
     config: ToscaConfig
 
@@ -120,14 +131,16 @@ class Tosca(ContinualMethod):
         self.classifier = CosineClassifier(embedding_dim, 0, config.sigma_init)
         self.register_buffer("class_mean", torch.zeros(0, embedding_dim))
         self.register_buffer("class_var", torch.zeros(0, embedding_dim))
+        self.register_buffer("class_count", torch.zeros(0))  # images each class was learned from
         self.register_buffer("module_rows", torch.zeros(0, 0, embedding_dim))  # (sessions, classes, D), unit length
 
     @property
     def num_classes(self) -> int:
         return self.classifier.num_classes
 
-    def _first_rows(self, module: LuCA, features: torch.Tensor, local: torch.Tensor, new: int,
-                    generator: torch.Generator) -> torch.Tensor:
+    def _first_rows(
+        self, module: LuCA, features: torch.Tensor, local: torch.Tensor, new: int, generator: torch.Generator
+    ) -> torch.Tensor:
         """The new classes' rows while the session trains (prototypes replace them afterwards)."""
         if self.config.row_init == "prototypes":
             return class_means(module(features), local, new)
@@ -142,14 +155,22 @@ class Tosca(ContinualMethod):
         noise = torch.randn(count, self.embedding_dim, generator=generator)
         return self.class_mean[classes] + self.class_var[classes].sqrt() * noise, classes
 
-    def learn(self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True) -> dict[str, float]:
+    adds_to_classes = True
+
+    def learn(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
+    ) -> dict[str, float]:
+        """A session trains a new module on its images; images of a known class also update that class's
+        statistics (mean, variance, count: exact) and its prototype in every module (new: its mean through the
+        new module; earlier: the old direction and the new images' mean, weighted by their counts)."""
         old = self.num_classes
-        new = self.check_new_classes(targets)
-        local = targets - old
+        new = self.session_classes(targets)
+        fresh = targets >= old
+        local = targets[fresh] - old
         module = LuCA(self.embedding_dim, self.bottleneck)
         module.reset_parameters(generator, self.config.first_module_init if old == 0 else "xavier")
         with torch.no_grad():
-            self.classifier.add_classes(self._first_rows(module, features, local, new, generator))
+            self.classifier.add_classes(self._first_rows(module, features[fresh], local, new, generator))
         replay = self.config.replay_ratio > 0 and old > 0
 
         def batch_loss(batch: torch.Tensor) -> torch.Tensor:
@@ -162,29 +183,73 @@ class Tosca(ContinualMethod):
         self.train()
         train = train_epoch_cosine if self.config.lr_per_epoch else train_minibatches
         loss = train(
-            [*module.parameters(), *self.classifier.parameters()], batch_loss, len(targets), self.config.schedule(),
-            generator, description=f"tosca session {len(self.sessions)}", show_progress=show_progress,
+            [*module.parameters(), *self.classifier.parameters()],
+            batch_loss,
+            len(targets),
+            self.config.schedule(),
+            generator,
+            description=f"tosca session {len(self.sessions)}",
+            show_progress=show_progress,
         )
         self.eval()
         with torch.no_grad():
-            self.classifier.weight[old:] = class_means(module(features), local, new)
-            mean = class_means(features, local, new)
-            self.class_mean = torch.cat([self.class_mean, mean])
-            self.class_var = torch.cat([self.class_var, (class_means(features**2, local, new) - mean**2).clamp_min(0)])
+            if new:
+                self.classifier.weight[old:] = class_means(module(features[fresh]), local, new)
+            counts_before = torch.cat([self.class_count, torch.zeros(new)])
+            squares = self.class_var + self.class_mean**2
+            mean, count, _ = merge_class_statistics(
+                self.class_mean, self.class_count, torch.zeros(old), features, targets, old + new
+            )
+            square, _, _ = merge_class_statistics(
+                squares, self.class_count, torch.zeros(old), features**2, targets, old + new
+            )
+            self.class_mean, self.class_var, self.class_count = mean, (square - mean**2).clamp_min(0), count
             if self.config.per_module_prototypes:
-                rows = F.normalize(self.classifier.weight.detach(), dim=-1)[None]
-                if len(self.sessions):
-                    earlier = F.normalize(class_means_stacked(self.sessions(features), local, new), dim=-1)
-                    rows = torch.cat([torch.cat([self.module_rows, earlier], dim=1), rows])
-                self.module_rows = rows
+                self.module_rows = self._module_rows(module, features, targets, old, new, counts_before)
         self.sessions.append(module)
         return {"loss": loss}
+
+    def _module_rows(
+        self,
+        module: LuCA,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        old: int,
+        new: int,
+        counts_before: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every class's unit prototype in every module, the new one last (sessions, classes, D)."""
+        total = old + new
+        present = torch.unique(targets)
+        rows = F.normalize(self.classifier.weight.detach(), dim=-1).clone()
+        rows[present] = F.normalize(class_means(module(features), targets, total)[present], dim=-1)
+        if not len(self.sessions):
+            return rows[None]
+        through = F.normalize(class_means_stacked(self.sessions(features), targets, total), dim=-1)  # (T, classes, D)
+        earlier = torch.cat([self.module_rows, torch.zeros(len(self.sessions), new, self.embedding_dim)], dim=1)
+        added = torch.bincount(targets, minlength=total).float()
+        known = present[present < old]
+        weight = torch.where(
+            counts_before[known] > 0, counts_before[known], added[known]
+        )  # unknown counts: as many as the new
+        share = (weight / (weight + added[known]))[None, :, None]
+        earlier[:, known] = F.normalize(share * earlier[:, known] + (1 - share) * through[:, known], dim=-1)
+        earlier[:, old:] = through[:, old:]
+        return torch.cat([earlier, rows[None]])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        rows = state_dict.get(f"{prefix}class_mean")
+        if rows is not None and f"{prefix}class_count" not in state_dict:  # bundles written before counts were kept
+            state_dict[f"{prefix}class_count"] = torch.zeros(len(rows))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def session_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(sessions, N, classes): every session module's prediction for every sample."""
         outputs = F.normalize(self.sessions(features), dim=-1)
         # module_rows are stored unit-length: sessions x classes of them, too many to normalise per call
-        rows = self.module_rows if self.config.per_module_prototypes else F.normalize(self.classifier.weight, dim=-1)[None]
+        rows = (
+            self.module_rows if self.config.per_module_prototypes else F.normalize(self.classifier.weight, dim=-1)[None]
+        )
         return self.classifier.sigma * torch.bmm(outputs, rows.expand(len(outputs), *rows.shape[1:]).mT)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
@@ -199,7 +264,11 @@ class Tosca(ContinualMethod):
         sessions, classes, dim = structure["sessions"], structure["classes"], self.embedding_dim
         self.sessions = LuCAStack(dim, self.bottleneck, sessions)
         self.classifier = CosineClassifier(dim, classes, self.config.sigma_init)
-        self.class_mean, self.class_var = torch.zeros(classes, dim), torch.zeros(classes, dim)
+        self.class_mean, self.class_var, self.class_count = (
+            torch.zeros(classes, dim),
+            torch.zeros(classes, dim),
+            torch.zeros(classes),
+        )
         shape = (sessions, classes, dim) if self.config.per_module_prototypes else (0, 0, dim)
         self.module_rows = torch.zeros(shape)
 

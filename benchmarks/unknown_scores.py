@@ -1,0 +1,83 @@
+"""Which score tells known from unseen classes best: after each session of the class-incremental protocol
+(edgecl on the frozen EfficientNet-Lite0 embeddings), the AUROC of the test images of the classes learned
+so far against those of the classes not learned yet, for each candidate score.
+
+    python -m benchmarks.unknown_scores fashion-mnist DATA          # DATA/train/<class>, DATA/test/<class>; B2 Inc2
+    python -m benchmarks.unknown_scores caltech-101 CALTECH         # the official split; B11 Inc10
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgecl.core import bundle as bundles
+from edgecl.core.cache import cache_root
+from edgecl.core.layers import known_from_means, power_normalize
+from edgecl.core.methods import method_class, method_config
+from edgecl.core.session import LabeledEmbeddings, run_session
+from edgecl.eval.datasets import class_order, load_train_test, session_sizes
+from edgecl.eval.metrics import auroc
+from edgecl.eval.protocol import _Embedder
+from edgecl.host.backbones import create_backbone, preprocess_config
+
+
+def scores(method, features: torch.Tensor, train: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each candidate score of `features` (higher: more like a known class); `train`: the training
+    embeddings seen so far (for the nearest-image score, which a bundle could not afford to keep)."""
+    logits = method.logits(features)
+    temperature = method.config.temperature
+    f = power_normalize(features, method.config.feature_power)
+    means = method.safe.slow_classifier.weight
+    variance = method.tosca.class_var + 1e-3 * method.tosca.class_var.mean()
+    neighbours = F.normalize(power_normalize(train, method.config.feature_power), dim=-1)
+    return {
+        "top probability": torch.softmax(logits / temperature, -1).max(1).values.numpy(),
+        "energy": torch.logsumexp(logits / temperature, -1).numpy(),
+        "Mahalanobis (diagonal)": (
+            -(((f[:, None] - method.tosca.class_mean[None]) ** 2) / variance[None]).sum(-1).min(1).values
+        ).numpy(),
+        "nearest training image": (F.normalize(f, dim=-1) @ neighbours.T).max(1).values.numpy(),
+        "cosine to the nearest mean": known_from_means(f, means, torch.zeros(len(means))).numpy(),
+        "the same, over the class's typical cosine": method.known_scores(features).numpy(),
+    }
+
+
+def run(name: str, root: Path) -> dict[str, list[float]]:
+    if name == "fashion-mnist":
+        dataset, init, increment = load_train_test(root), 2, 2
+    else:
+        dataset = load_train_test(
+            root / "101_ObjectCategories", root / "train.txt", root / "test.txt", ["BACKGROUND_Google"]
+        )
+        init, increment = 11, 10
+    model, spec = create_backbone()
+    order = class_order(len(dataset.classes), 1993)
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    embedder = _Embedder(dataset, position, preprocess_config(model), cache_root(), False)
+    splits = embedder(model, "frozen backbone", bundles.sha256_bytes(bundles.tensors_to_bytes(model.state_dict())))
+    train, test = splits["train"], splits["test"]
+    method = method_class("edgecl")(method_config("edgecl", settings={"safe.slow.tuner": "none"}), spec.embedding_dim)
+    bounds = np.cumsum([0, *session_sizes(len(dataset.classes), init, increment)])
+    results: dict[str, list[float]] = {}
+    for t in range(len(bounds) - 2):
+        lo, hi = int(bounds[t]), int(bounds[t + 1])
+        chosen = (train.labels >= lo) & (train.labels < hi)
+        data = LabeledEmbeddings(train.features[chosen], torch.from_numpy(train.labels[chosen] - lo))
+        run_session(method, data, [str(c) for c in range(lo, hi)], 1993, t, show_progress=False)
+        seen = test.labels < hi
+        with torch.no_grad():
+            for score, values in scores(method, test.features, train.features[train.labels < hi]).items():
+                results.setdefault(score, []).append(auroc(values[seen], values[~seen]))
+    for score, values in results.items():
+        print(f"{name}, {score}: AUROC after sessions 0-{len(values) - 1}: {' / '.join(f'{v:.3f}' for v in values)}")
+    return results
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], Path(sys.argv[2]))
