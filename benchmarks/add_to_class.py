@@ -25,7 +25,7 @@ from edgecl.eval.datasets import class_order, load_train_test
 from edgecl.eval.protocol import _Embedder
 from edgecl.host.backbones import create_backbone, preprocess_config
 
-METHODS = {"edgecl": {"safe.slow.tuner": "none"}, "safe": {"slow.tuner": "none"}, "simplecil": {}}
+METHODS = {"edgecl": {"safe.slow.tuner": "none"}, "safe": {"slow.tuner": "none"}, "tosca": {}, "simplecil": {}}
 DRAWS = 3
 
 

@@ -1,7 +1,7 @@
 """`tosca-paper` beside a re-implementation of the official TOSCA learner, both on the same frozen
 embeddings: Fashion-MNIST (300 train / 100 test images per class), EfficientNet-Lite0, B2 Inc2, the
 class order of seed 1993, training seeds 1993-1997, the module chosen per sample in both. Also
-`tosca` and `edgecl` with either row initialisation (docs/methods.md, "TOSCA as published").
+`tosca` and `edgecl` with either row initialisation (docs/methods.md, section 4).
 
     .venv/bin/python -m benchmarks.tosca_official [--out DIR] [--data DIR] [--seeds 1993,...]
         [--increment N] [--edgecl SLOW_EPOCHS] [--only LABEL ...]

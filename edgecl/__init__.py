@@ -84,13 +84,24 @@ def train(
 
 
 def export(
-    bundle: str | os.PathLike, target: str, images: Sequence[str | os.PathLike] = (), *, lock_timeout: float = 60.0
+    bundle: str | os.PathLike,
+    target: str,
+    images: Sequence[str | os.PathLike] = (),
+    *,
+    lock_timeout: float = 60.0,
+    show_progress: bool = False,
 ) -> ExportReport:
     """Host: the bundle's backbone -> backbone.onnx (and its heads -> heads.onnx) for a target
     profile, checked against PyTorch on `images` (files or folders) when given."""
     from edgecl.host.export import export_bundle
 
-    return export_bundle(Path(bundle), target, [Path(p) for p in images], lock_timeout=lock_timeout)
+    return export_bundle(
+        Path(bundle), target, [Path(p) for p in images], lock_timeout=lock_timeout, show_progress=show_progress
+    )
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def __getattr__(name: str):

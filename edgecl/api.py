@@ -3,6 +3,7 @@
     model = edgecl.load("bundle/")
     prediction = model.classify(frame)            # frame: H x W x 3 uint8 RGB (a camera's), PIL image or path
     model.learn({"bolt": [frame1, frame2, ...]})  # one session, committed as `edgecl learn` commits it
+    model.forget("bolt"); model.undo()            # the device verbs, each one atomic commit
 
 Device side: imports no timm and no onnx (the PyTorch runtime, asked for or fallen back to, does).
 """
@@ -20,6 +21,8 @@ from PIL import Image
 from edgecl.core.bundle import MANIFEST, SessionEntry
 from edgecl.core.images import ClassImages, ImageLike, check_class_name, check_frame
 from edgecl.errors import EdgeclError, param
+from edgecl.runtime import corrections
+from edgecl.runtime.corrections import Correction
 from edgecl.runtime.service import Classifier, LearnResult, Prediction, Skipped, learn
 
 Images = Union[ImageLike, Sequence[ImageLike]]
@@ -62,6 +65,7 @@ class Model:
 
     @property
     def sessions(self) -> list[SessionEntry]:
+        """The sessions the bundle has learned, the first (train's) first: classes, images, when."""
         return list(self._classifier.bundle.manifest.sessions)
 
     @property
@@ -110,6 +114,8 @@ class Model:
         for name, images in examples.items():
             where = f"{param('examples')}[{name!r}]"
             check_class_name(name if isinstance(name, str) else "", where)
+            if isinstance(images, np.ndarray) and images.ndim == 4:  # N x H x W x 3, as classify takes
+                images = list(images)
             if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)) or not len(images):
                 raise EdgeclError(f"{where}: give a list of at least one image")
             classes.append(ClassImages(name, tuple(_checked(image, f"{where}[{i}]") for i, image in enumerate(images))))
@@ -122,6 +128,22 @@ class Model:
         )
         self.reload()
         return result
+
+    def forget(self, name: str, *, lock_timeout: float = 60.0) -> Correction:
+        """Never predict class `name` again (as `edgecl forget`; `undo` takes it back)."""
+        return self._corrected(corrections.forget(self.path, name, lock_timeout=lock_timeout))
+
+    def rename(self, old: str, new: str, *, lock_timeout: float = 60.0) -> Correction:
+        """Call class `old` `new` from now on (as `edgecl rename`)."""
+        return self._corrected(corrections.rename(self.path, old, new, lock_timeout=lock_timeout))
+
+    def undo(self, *, lock_timeout: float = 60.0) -> Correction:
+        """Take back the bundle's last learn, adapt, forget or rename (as `edgecl undo`)."""
+        return self._corrected(corrections.undo(self.path, lock_timeout=lock_timeout))
+
+    def _corrected(self, correction: Correction) -> Correction:
+        self.reload()
+        return correction
 
     def reload(self) -> bool:
         """Load the bundle again if another process (or `learn`) changed it; True when it did."""

@@ -53,6 +53,7 @@ def test_a_list_or_a_stack_of_frames_is_classified_image_by_image(bundle, base_i
     assert max(abs(a.score - b.score) for a, b in zip(together, alone)) < 1e-5  # batch-independent, to float rounding
     grey = model.classify(frames[0][:, :, 0])  # an H x W grey frame becomes RGB, as a grey file does
     assert grey.label in [*model.classes, "unknown"]
+    assert model.classify(frames[0][:, :, :1]).top_k == grey.top_k  # H x W x 1, as a mono camera gives
 
 
 def test_learn_from_frames_commits_a_session_the_model_then_predicts_with(bundle, new_images):
@@ -68,9 +69,12 @@ def test_learn_from_frames_commits_a_session_the_model_then_predicts_with(bundle
 
 def test_frames_learned_as_files_give_identical_heads(bundle, tmp_path, new_images):
     twin = shutil.copytree(bundle, tmp_path / "twin")
+    stacked = shutil.copytree(bundle, tmp_path / "stacked")
     edgecl.load(bundle).learn({"yellow": frames_of(new_images / "yellow")})
+    edgecl.load(stacked).learn({"yellow": np.stack(frames_of(new_images / "yellow"))})  # N x H x W x 3
     learn(twin, new_images / "yellow", show_progress=False)
-    assert Bundle.open(bundle).manifest.heads["sha256"] == Bundle.open(twin).manifest.heads["sha256"]
+    heads = [Bundle.open(b).manifest.heads for b in (bundle, twin, stacked)]
+    assert heads[0]["journal"] and heads[0] == heads[1] == heads[2]  # the session's journal entry too
 
 
 def test_reload_picks_up_a_session_another_process_learned(bundle, new_images):
@@ -83,6 +87,21 @@ def test_reload_picks_up_a_session_another_process_learned(bundle, new_images):
     assert (
         model._classifier.embedder is runtime_before
     )  # same backbone: its engine is kept, only the heads are read again
+
+
+def test_forget_rename_and_undo_commit_and_the_model_predicts_with_them(bundle, base_images):
+    model = edgecl.load(bundle, min_score=0)
+    before = Bundle.open(bundle).manifest.heads
+    red = frames_of(base_images / "red")
+    model.forget("red")
+    assert "red" not in model.classes and all(p.label != "red" for p in model.classify(red))
+    model.rename("blue", "navy")
+    assert model.classes == ["navy", "green"] == Bundle.open(bundle).manifest.active_class_names
+    model.undo()
+    model.undo()
+    assert model.classes == ["blue", "green", "red"] and Bundle.open(bundle).manifest.heads == before
+    with pytest.raises(edgecl.EdgeclError, match="name purple: the bundle has no class of that name"):
+        model.forget("purple")
 
 
 @pytest.mark.parametrize(

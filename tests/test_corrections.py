@@ -115,8 +115,10 @@ def test_forget_rename_and_undo(adds, base_images):
         rename(adds, "lime", "blue")
     with pytest.raises(EdgeclError, match="old nope: the bundle has no class"):
         rename(adds, "nope", "x")
-    undo(adds)
-    undo(adds)
+    history = [h["change"] for h in Bundle.open(adds).manifest.history[-2:]]
+    assert history == ["forget red", "rename green -> lime"]
+    assert undo(adds).description.startswith("undid the rename green -> lime: the bundle is as it was at ")
+    assert undo(adds).description.startswith("undid the forget red: ")
     m = Bundle.open(adds).manifest
     assert (m.heads, m.classes, m.sessions) == (original.heads, original.classes, original.sessions)
     again, _ = Classifier(adds, min_score=0).classify(paths, top_k=3, show_progress=False)
@@ -129,7 +131,7 @@ def test_undo_after_a_learn_gives_back_the_bundle_before_it(adds, new_images):
     before = Bundle.open(adds)
     learn(adds, new_images, show_progress=False)
     assert len(Bundle.open(adds).manifest.history) == 1
-    undo(adds)
+    assert undo(adds).description.startswith("undid the learn of session 1 (grey, yellow)")
     after = Bundle.open(adds)
     assert (after.manifest.heads, after.manifest.classes, after.manifest.sessions) == (
         before.manifest.heads,
@@ -207,6 +209,22 @@ def test_unknown_is_calibrated_at_train_and_said_under_the_threshold(adds, base_
         edgecl("classify", base_images, "--bundle", adds, "--min-score", "-0.1"),
         "--min-score -0.1: must be a number from 0 to 1",
     )
+
+
+def test_the_plain_output_of_an_unknown_gives_its_known_score_and_the_best_classes(adds, base_images):
+    result = edgecl("classify", base_images / "red", "--bundle", adds, "--min-score", "1", "--top-k", "2", "-q")
+    records = json.loads(
+        edgecl("classify", base_images / "red", "--bundle", adds, "--min-score", "1", "-k", "2", "--json", "-q").output
+    )
+    for line, record in zip(result.output.strip().splitlines(), records):
+        fields = line.split("\t")
+        if record["label"] == "unknown":
+            assert fields[1:] == ["unknown", f"{record['known']:.4f}"] + [
+                value for t in record["top_k"] for value in (t["label"], f"{t['score']:.4f}")
+            ]
+        else:
+            assert fields[1:] == [record["label"], f"{record['score']:.4f}", record["top_k"][1]["label"], fields[4]]
+    assert any(r["label"] == "unknown" for r in records)
 
 
 def test_val_reports_accuracy_confusion_and_the_unknown_rate(adds, base_images, tmp_path):

@@ -107,8 +107,8 @@ def test_a_setting_no_listed_method_has_names_each_and_epochs_need_a_method_that
             "slow.epochs=0",
             *plain,
         ),
-        "ToscaConfig has no setting 'slow'",
-        "SimpleCILConfig has no setting 'slow'",
+        "method tosca has no setting 'slow'",
+        "method simplecil has no setting 'slow'",
     )
     one_line_error(
         edgecl("eval", data, "--init", "3", "--increment", "1", "--method", "simplecil", "--epochs", "3", *plain),

@@ -164,6 +164,13 @@ def test_unknown_method_and_setting_are_user_errors():
         method_config("edgecl", settings={"safe.fast": "bogus"})
     assert method_config("edgecl", settings={"safe.slow.epochs": "3"}).safe.slow.epochs == 3
     with pytest.raises(
+        EdgeclError,
+        match=r"^settings slow.epochs: method edgecl has no setting 'slow' .*; did you mean safe.slow.epochs\?",
+    ):
+        method_config("edgecl", settings={"slow.epochs": "3"})
+    with pytest.raises(EdgeclError, match=r"^settings safe.nope: safe has no setting 'nope' \(known: projection, "):
+        method_config("edgecl", settings={"safe.nope": "3"})
+    with pytest.raises(
         EdgeclError, match="^settings use_slow=false: edgecl needs at least one of use_tosca, use_fast, use_slow"
     ):
         method_config("edgecl", settings={"use_tosca": "false", "use_fast": "false", "use_slow": "false"})

@@ -78,9 +78,15 @@ def learn(
 
 
 def _plain(prediction, top_k: int) -> str:
-    line = f"{_field(prediction.path)}\t{_field(prediction.label)}\t{prediction.score:.4f}"
+    """path, label, score; for `unknown` the score is its known score (under the threshold), and the top-k
+    columns then start at the best class, which the label does not name."""
+    from edgecl.core.images import UNKNOWN
+
+    unknown = prediction.label == UNKNOWN
+    line = f"{_field(prediction.path)}\t{_field(prediction.label)}\t"
+    line += f"{prediction.known:.4f}" if unknown else f"{prediction.score:.4f}"
     if top_k > 1:
-        line += "".join(f"\t{_field(t['label'])}\t{t['score']:.4f}" for t in prediction.top_k[1:])
+        line += "".join(f"\t{_field(t['label'])}\t{t['score']:.4f}" for t in prediction.top_k[0 if unknown else 1 :])
     return line
 
 
@@ -94,7 +100,15 @@ def classify(
     paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Image files or folders (searched recursively).")],
     bundle: BundleOption = DEFAULT_BUNDLE,
     top_k: Annotated[
-        int, typer.Option("--top-k", "-k", min=1, help="Also print the K best labels, as label and score columns.")
+        int,
+        typer.Option(
+            "--top-k",
+            "-k",
+            min=1,
+            metavar="K",
+            help="Also print the next best labels, up to K classes in all, as label and score columns "
+            "(all K after an `unknown`).",
+        ),
     ] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of {path, label, score, top_k}.")] = False,
     runtime: RuntimeOption = None,
@@ -103,7 +117,8 @@ def classify(
 ) -> None:
     """Device: label images; one line per image as soon as it is done: path <TAB> label <TAB> score.
 
-    An image that looks like none of the bundle's classes is labelled `unknown` (--min-score)."""
+    An image that looks like none of the bundle's classes is labelled `unknown` (--min-score); its score
+    column is then its known score (0..1), not a class's probability."""
     from edgecl.core.bundle import Bundle
     from edgecl.core.images import find_images
     from edgecl.runtime.service import Classifier, Prediction
@@ -232,8 +247,10 @@ def info(
     forgotten = [c.name for c in m.classes if c.forgotten]
     if forgotten:
         out.print(f"forgotten  {', '.join(forgotten)} (never predicted)")
+    changes = [h.get("change", "a change") for h in reversed(m.history)]
     out.print(
         f"undo       {count(len(m.history), 'change')} can be taken back (the bundle keeps the last {m.history_limit})"
+        + (f", the last first: {'; '.join(changes)}" if changes else "")
     )
     out.print(
         "files      "

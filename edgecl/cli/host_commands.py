@@ -137,20 +137,27 @@ def export(
         ),
     ] = None,
     lock_timeout: LockTimeoutOption = 60.0,
+    quiet: QuietOption = False,
 ) -> None:
-    """Host: the bundle's backbone -> backbone.onnx for a target, checked against PyTorch."""
+    """Host: the bundle's backbone -> backbone.onnx and its heads -> heads.onnx for a target, each checked
+    against PyTorch."""
     import edgecl
     from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL
+    from edgecl.runtime.tensorrt_engines import for_tensorrt
 
-    report = edgecl.export(bundle, target, images or [], lock_timeout=lock_timeout)
+    report = edgecl.export(bundle, target, images or [], lock_timeout=lock_timeout, show_progress=not quiet)
     if not report.real_images:
         fix = "none of the --images could be read" if images else "pass --images DIR to check on real images"
         err.print(f"warning: parity checked on random inputs; {fix}")
     out.print(
         f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target}: max |PyTorch - onnxruntime| "
         f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
-        f"(limit {BACKBONE_PARITY_ATOL:g}), {report.seconds:.1f} s; "
-        "the TensorRT engine is built on the target (`edgecl engine build`)"
+        f"(limit {BACKBONE_PARITY_ATOL:g}), {report.seconds:.1f} s"
+        + (
+            "; the TensorRT engine is built on the target (`edgecl engine build`, or on first use)"
+            if for_tensorrt(report.profile)
+            else "; onnxruntime runs it on the target"
+        )
     )
     if report.heads.data is None:
         err.print(f"warning: no heads.onnx, the heads will run in PyTorch on the device: {report.heads.error}")

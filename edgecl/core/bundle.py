@@ -91,11 +91,11 @@ class SessionEntry:
     stats: dict[str, float] = field(default_factory=dict)
     # how known the session's training images look, each held out of its own class (KNOWN_BINS bins over 0..1):
     # what "unknown" is calibrated on
-    known_histogram: list[int] = field(default_factory=list)
+    known_histogram: list[int] = field(default_factory=list, repr=False)
     added_to: list[str] = field(default_factory=list)  # known classes the session brought more images of
 
 
-HISTORY_LIMIT = 3  # changes `undo` can take back; each keeps its heads file (70 MB at the defaults)
+HISTORY_LIMIT = 3  # changes `undo` can take back; each keeps the heads files it named
 SNAPSHOT_FIELDS = ("backbone", "preprocess", "method", "heads", "classes", "sessions", "updated")
 KNOWN_BINS = 100
 KEEP_KNOWN = 0.95  # the default threshold keeps this fraction of known images
@@ -148,9 +148,11 @@ class Manifest:
     def snapshot(self) -> dict[str, Any]:
         return {key: copy.deepcopy(value) for key, value in dataclasses.asdict(self).items() if key in SNAPSHOT_FIELDS}
 
-    def remember(self) -> None:
-        """Keep the manifest as it is now in the history (the oldest beyond the limit dropped), before a change."""
-        self.history = [*self.history, self.snapshot()][-self.history_limit :] if self.history_limit else []
+    def remember(self, change: str) -> None:
+        """Keep the manifest as it is now in the history (the oldest beyond the limit dropped), before `change`
+        (what is about to be done, as `undo` and `info` name it)."""
+        entry = {**self.snapshot(), "change": change}
+        self.history = [*self.history, entry][-self.history_limit :] if self.history_limit else []
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         self.backbone, self.preprocess, self.method, self.heads = (

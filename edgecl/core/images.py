@@ -342,9 +342,9 @@ def load_image(path: Path) -> Image.Image:
 
 def check_frame(array: np.ndarray, where: str) -> None:
     """An array the library is handed must be a uint8 RGB (or grey) image; anything else is a caller's mistake."""
-    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
         raise EdgeclError(
-            f"{where}: an image array must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (grey), "
+            f"{where}: an image array must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (x 1) (grey), "
             f"dtype uint8; got shape {tuple(array.shape)}, dtype {array.dtype}"
         )
     if 0 in array.shape[:2]:
@@ -360,7 +360,7 @@ def to_rgb(image: ImageLike) -> Image.Image:
     """Any ImageLike as an RGB PIL image: files are decoded by load_image, frames converted as files are."""
     if isinstance(image, np.ndarray):
         check_frame(image, "image")
-        return _to_rgb(Image.fromarray(image))
+        return _to_rgb(Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image))
     if isinstance(image, Image.Image):
         return _to_rgb(image)
     return load_image(Path(image))

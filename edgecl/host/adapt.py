@@ -76,7 +76,7 @@ def adapt(
     with bundles.update(bundle_path, lock_timeout) as change:
         if change.manifest.backbone != m.backbone or len(change.manifest.sessions) != index:
             raise EdgeclError(f"{bundle_path}: changed while adapting; run adapt again")
-        change.manifest.remember()  # for `undo`, before anything changes
+        change.manifest.remember(f"adapt of session {index} ({', '.join(c.name for c in classes)})")  # for `undo`
         method = load_method(change.bundle, learning=True)
         session = run_session(method, data, [c.name for c in classes], m.seed, index, show_progress=show_progress)
         backbone_entry = change.write_tensors("backbone", model.state_dict())

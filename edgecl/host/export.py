@@ -15,6 +15,7 @@ from edgecl import __version__
 from edgecl.core import bundle as bundles
 from edgecl.core.images import UnreadableImage, find_images, load_image
 from edgecl.core.preprocess import PreprocessConfig, preprocess
+from edgecl.core.progress import progress_bar
 from edgecl.core.session import load_method
 from edgecl.errors import EdgeclError
 from edgecl.host.backbone_onnx import BACKBONE_PARITY_ATOL, OPSET, export_onnx, parity
@@ -34,6 +35,7 @@ class ExportReport:
     real_images: bool
     seconds: float
     heads: HeadsExport
+    profile: dict  # the target profile, as the manifest records it
 
 
 def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np.ndarray, bool]:
@@ -51,7 +53,12 @@ def _parity_inputs(images: Sequence[Path], config: PreprocessConfig) -> tuple[np
 
 
 def export_bundle(
-    bundle_path: Path, target: str, images: Sequence[Path] = (), *, lock_timeout: float = 60.0
+    bundle_path: Path,
+    target: str,
+    images: Sequence[Path] = (),
+    *,
+    lock_timeout: float = 60.0,
+    show_progress: bool = False,
 ) -> ExportReport:
     """Write backbone.onnx into the bundle for `target`, after the checker and a parity check
     against PyTorch (on `images` when given, else on random inputs), and heads.onnx, checked on those
@@ -61,20 +68,26 @@ def export_bundle(
     bundle = bundles.Bundle.open(bundle_path)
     from edgecl.host.backbones import rebuild
 
-    model = rebuild(bundle.manifest.backbone, bundle.backbone_weights(), exportable=True)
-    config = PreprocessConfig.from_dict(bundle.manifest.preprocess)
-    inputs, real = _parity_inputs(images, config)
-    with bundles.scratch_beside(bundle_path) as scratch:  # not $TMPDIR: a killed export's is removed by the next writer
-        onnx_path = export_onnx(model, config.input_size, Path(scratch) / bundles.ONNX_FILE)
-        diff = parity(model, onnx_path, inputs)
-        if diff > BACKBONE_PARITY_ATOL:
-            raise EdgeclError(
-                f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} "
-                f"(> {BACKBONE_PARITY_ATOL:g}); not exported"
-            )
-        data = onnx_path.read_bytes()
-    with torch.no_grad():
-        heads = export_checked(load_method(bundle), model(torch.from_numpy(inputs)))
+    with progress_bar("export", 4, enabled=show_progress, unit="steps") as advance:
+        advance(0, step="the backbone from the bundle")
+        model = rebuild(bundle.manifest.backbone, bundle.backbone_weights(), exportable=True)
+        config = PreprocessConfig.from_dict(bundle.manifest.preprocess)
+        inputs, real = _parity_inputs(images, config)
+        advance(step="ONNX export")
+        with bundles.scratch_beside(bundle_path) as scratch:  # not $TMPDIR: the next writer removes a killed one's
+            onnx_path = export_onnx(model, config.input_size, Path(scratch) / bundles.ONNX_FILE)
+            advance(step=f"parity with PyTorch on {len(inputs)} inputs")
+            diff = parity(model, onnx_path, inputs)
+            if diff > BACKBONE_PARITY_ATOL:
+                raise EdgeclError(
+                    f"{bundle_path}: the ONNX backbone differs from PyTorch by {diff:.2e} "
+                    f"(> {BACKBONE_PARITY_ATOL:g}); not exported"
+                )
+            data = onnx_path.read_bytes()
+        advance(step="heads.onnx")
+        with torch.no_grad():
+            heads = export_checked(load_method(bundle), model(torch.from_numpy(inputs)))
+        advance(step="done")
     import onnx
 
     with bundles.update(bundle_path, lock_timeout) as change:
@@ -107,4 +120,5 @@ def export_bundle(
         real,
         time.perf_counter() - start,
         heads,
+        profile.to_dict(),
     )

@@ -42,7 +42,7 @@ def forget(bundle_path: Path, name: str, *, lock_timeout: float = 60.0) -> Corre
             raise EdgeclError(
                 f"{param('name')} {name}: it is the bundle's last class; a bundle must predict at least one"
             )
-        m.remember()
+        m.remember(f"forget {name}")
         m.classes[index].forgotten = True
     return Correction(f"forgot {name}: it is never predicted again", change.manifest.active_class_names)
 
@@ -57,7 +57,7 @@ def rename(bundle_path: Path, old: str, new: str, *, lock_timeout: float = 60.0)
                 f"{param('new')} {new}: the bundle has a class of that name already; choose another, or "
                 "forget that one first"
             )
-        m.remember()
+        m.remember(f"rename {old} -> {new}")
         m.classes[index].name = new
         for session in m.sessions:  # the session that learned it lists it under its new name
             session.classes = [new if c == old else c for c in session.classes]
@@ -79,6 +79,7 @@ def undo(bundle_path: Path, *, lock_timeout: float = 60.0) -> Correction:
         if m.backbone.get("sha256") != backbone.get("sha256"):  # an undone `adapt`: the export described its backbone
             m.export, m.engines = None, {}
     return Correction(
-        f"undid the last change: the bundle is as it was at {before.get('updated', 'its previous state')}",
+        f"undid the {before.get('change', 'last change')}: the bundle is as it was at "
+        f"{before.get('updated', 'its previous state')}",
         change.manifest.active_class_names,
     )

@@ -88,9 +88,14 @@ def learn(
             known_classes=active_positions(change.manifest),
             show_progress=show_progress,
         )
-        change.manifest.remember()  # for `undo`
+        change.manifest.remember(f"learn of session {index} ({describe_session(session)})")  # for `undo`
         record_session(change.manifest, method, write_heads(change, method, before), session)
     return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"])
+
+
+def describe_session(session: SessionEntry) -> str:
+    parts = [", ".join(session.classes), ", ".join(f"+{c}" for c in session.added_to)]
+    return ", ".join(p for p in parts if p)
 
 
 def active_positions(manifest) -> list[str | None]:
@@ -113,6 +118,10 @@ def check_session_classes(bundle: Bundle, classes: Sequence[ClassImages]) -> Non
 
 @dataclass
 class Prediction:
+    """What the model says of one image. `score` is the top class's probability among the classes the
+    bundle knows (it is high even for an image of none of them); `known` says how much the image looks
+    like that class at all, and under the threshold (min_score) the label is "unknown"."""
+
     path: str | None  # the image's file, None for an image handed over in memory
     label: str  # the class, or "unknown" when `known` is under the threshold
     score: float  # the top class's probability

@@ -102,8 +102,15 @@ class MethodConfig:
         hints, name = typing.get_type_hints(type(self)), _group + key
         head, _, rest = key.partition(".")
         if head not in hints:
+            owner = f"{_group.rstrip('.')} has" if _group else f"{self.method_name()} has"
+            nearby = [
+                f"{_group}{group}.{key}"
+                for group, kind in hints.items()
+                if _is_config(kind) and _has_setting(kind, key)
+            ]
+            hint = f"; did you mean {' or '.join(nearby)}?" if nearby else ""
             raise EdgeclError(
-                f"{param('settings')} {name}: {type(self).__name__} has no setting {head!r} (known: {', '.join(hints)})"
+                f"{param('settings')} {name}: {owner} no setting {head!r} (known: {', '.join(hints)}){hint}"
             )
         kind = hints[head]
         if rest:
@@ -125,6 +132,11 @@ class MethodConfig:
             return dataclasses.replace(self, **{head: value})
         except EdgeclError as err:
             raise EdgeclError(f"{param('settings')} {name}={text}: {err}") from None
+
+    def method_name(self) -> str:
+        """ "method NAME" for the method this config belongs to, else the config's class name."""
+        names = [name for name, cls in METHODS.items() if cls.config_class is type(self)]
+        return f"method {names[0]}" if names else type(self).__name__
 
     def check_session(self, new_classes: int) -> None:
         """Refuse, in one line, a session of this many new classes that the method cannot learn."""
@@ -229,6 +241,15 @@ def restrict(probabilities: torch.Tensor, active: torch.Tensor | None) -> torch.
 
 
 METHODS: dict[str, type[ContinualMethod]] = {}
+
+
+def _has_setting(kind: type, key: str) -> bool:
+    """Whether a config class has the dotted setting `key`."""
+    head, _, rest = key.partition(".")
+    hints = typing.get_type_hints(kind)
+    if head not in hints:
+        return False
+    return _has_setting(hints[head], rest) if rest and _is_config(hints[head]) else not rest
 
 
 def register_method(cls: type[ContinualMethod]) -> type[ContinualMethod]:
