@@ -21,13 +21,34 @@ from edgecl.core.layers import known_from_means, power_normalize
 from edgecl.core.methods import method_class, method_config
 from edgecl.core.session import LabeledEmbeddings, run_session
 from edgecl.eval.datasets import class_order, load_train_test, session_sizes
-from edgecl.eval.metrics import auroc
+from edgecl.eval.metrics import auroc, fpr_at_tpr
 from edgecl.eval.protocol import _Embedder
 from edgecl.host.backbones import create_backbone, preprocess_config
 
 
-def scores(method, features: torch.Tensor, train: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each candidate score of `features` (higher: more like a known class); `train`: the training
+def relative_mahalanobis(train: torch.Tensor, labels: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Ren et al.'s relative Mahalanobis score on unit vectors: the distance to the nearest class under the
+    covariance shared by the classes, less the distance to all the training data as one Gaussian. A bundle
+    could keep what it needs exactly (a D x D sum of outer products and the class sums)."""
+    train, features = F.normalize(train.double(), dim=-1), F.normalize(features.double(), dim=-1)
+    classes, index = torch.unique(labels, return_inverse=True)
+    means = torch.zeros(len(classes), train.shape[1], dtype=train.dtype).index_add_(0, index, train)
+    means /= torch.bincount(index).to(train.dtype)[:, None]
+
+    def precision(centered: torch.Tensor) -> torch.Tensor:
+        cov = centered.T @ centered / len(centered)
+        return torch.linalg.inv(cov + 0.1 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype))
+
+    shared = precision(train - means[index])
+    projected = features @ shared
+    distances = (projected * features).sum(1)[:, None] - 2 * projected @ means.T + ((means @ shared) * means).sum(1)
+    centre = train.mean(0)
+    background = (((features - centre) @ precision(train - centre)) * (features - centre)).sum(1)
+    return -(distances - background[:, None]).min(1).values.float()
+
+
+def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each candidate score of `features` (higher: more like a known class); `train`, `labels`: the training
     embeddings seen so far (for the nearest-image score, which a bundle could not afford to keep)."""
     logits = method.logits(features)
     temperature = method.config.temperature
@@ -42,12 +63,16 @@ def scores(method, features: torch.Tensor, train: torch.Tensor) -> dict[str, np.
             -(((f[:, None] - method.tosca.class_mean[None]) ** 2) / variance[None]).sum(-1).min(1).values
         ).numpy(),
         "nearest training image": (F.normalize(f, dim=-1) @ neighbours.T).max(1).values.numpy(),
+        "relative Mahalanobis (unit vectors)": relative_mahalanobis(
+            power_normalize(train, method.config.feature_power), labels, f
+        ).numpy(),
         "cosine to the nearest mean": known_from_means(f, means, torch.zeros(len(means))).numpy(),
         "the same, over the class's typical cosine": method.known_scores(features).numpy(),
     }
 
 
-def run(name: str, root: Path) -> dict[str, list[float]]:
+def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:
+    """AUROC and the false-positive rate at 95% true positives of each score, after each session."""
     if name == "fashion-mnist":
         dataset, init, increment = load_train_test(root), 2, 2
     else:
@@ -64,7 +89,7 @@ def run(name: str, root: Path) -> dict[str, list[float]]:
     train, test = splits["train"], splits["test"]
     method = method_class("edgecl")(method_config("edgecl", settings={"safe.slow.tuner": "none"}), spec.embedding_dim)
     bounds = np.cumsum([0, *session_sizes(len(dataset.classes), init, increment)])
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[tuple[float, float]]] = {}
     for t in range(len(bounds) - 2):
         lo, hi = int(bounds[t]), int(bounds[t + 1])
         chosen = (train.labels >= lo) & (train.labels < hi)
@@ -72,10 +97,18 @@ def run(name: str, root: Path) -> dict[str, list[float]]:
         run_session(method, data, [str(c) for c in range(lo, hi)], 1993, t, show_progress=False)
         seen = test.labels < hi
         with torch.no_grad():
-            for score, values in scores(method, test.features, train.features[train.labels < hi]).items():
-                results.setdefault(score, []).append(auroc(values[seen], values[~seen]))
+            taught = train.labels < hi
+            labels = torch.from_numpy(train.labels[taught])
+            for score, values in scores(method, test.features, train.features[taught], labels).items():
+                known, unseen = values[seen], values[~seen]
+                results.setdefault(score, []).append((auroc(known, unseen), fpr_at_tpr(known, unseen)))
     for score, values in results.items():
-        print(f"{name}, {score}: AUROC after sessions 0-{len(values) - 1}: {' / '.join(f'{v:.3f}' for v in values)}")
+        per_session = " / ".join(f"{a:.3f}" for a, _ in values)
+        mean_auroc, mean_fpr = (float(np.mean([v[i] for v in values])) for i in (0, 1))
+        print(
+            f"{name}, {score}: AUROC after sessions 0-{len(values) - 1}: {per_session}; "
+            f"mean AUROC {mean_auroc:.3f}, mean FPR at 95% TPR {mean_fpr:.3f}"
+        )
     return results
 
 

@@ -58,16 +58,17 @@ def _bundle(data: Path, size: int, weights: Path, sessions) -> tuple[Path, list[
 
 
 def _heads(bundle: Path) -> dict:
-    from safetensors import safe_open
+    """The heads as the device holds them (the base file and its journal entries, replayed)."""
+    from edgecl.core.session import load_method
 
-    m = Bundle.open(bundle).manifest
-    with safe_open(str(bundle / m.heads["file"]), "pt") as f:
-        parameters = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    b = Bundle.open(bundle)
+    m = b.manifest
+    state = load_method(b).state_dict()
     return {
         "sessions": len(m.sessions),
         "classes": len(m.class_names),
-        "bytes": m.heads["size"],
-        "parameters": parameters,
+        "bytes": m.heads["size"] + sum(e["size"] for e in m.heads.get("journal", [])),
+        "parameters": sum(v.numel() for v in state.values()),
     }
 
 

@@ -323,7 +323,7 @@ def test_damaged_tensor_files_are_one_line(bundle, case):
     elif case == "wrong shape":
         data = tensors_with(bundle, lambda t: t.update({k: torch.zeros(3, 3) for k in list(t)[:1]}))
     elif case == "missing tensor":
-        data = tensors_with(bundle, lambda t: t.pop(next(iter(t))))
+        data = tensors_with(bundle, lambda t: t.pop(min(k for k in t if "class_count" not in k)))  # not an old one
     else:
         data = (bundle / manifest(bundle)["heads"]["file"]).read_bytes()
     set_heads(bundle, data)
@@ -367,6 +367,34 @@ def test_a_full_disk_names_the_file_and_leaves_no_orphan(bundle, new_images, mon
     assert (
         sorted(p.name for p in bundle.iterdir() if p.name != ".lock") == before
     )  # the new heads went with the failed commit
+
+
+def test_a_full_disk_in_train_or_export_names_the_file(base_images, tmp_path, monkeypatch):
+    from pathlib import Path as RealPath
+
+    real_write = RealPath.write_bytes
+
+    def full_disk(self, data):
+        if ".tmp-" in self.name:
+            raise OSError(28, "No space left on device")  # as write() raises it: no file name
+        return real_write(self, data)
+
+    monkeypatch.setattr(RealPath, "write_bytes", full_disk)
+    out = tmp_path / "new"
+    result = edgecl(
+        "train",
+        base_images,
+        "--bundle",
+        out,
+        "--backbone",
+        "test_efficientnet",
+        "--random-init",
+        "-q",
+        "--slow-epochs",
+        "0",
+    )
+    one_line_error(result, "No space left on device", f".{out.name}.new-")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".new")] == []
 
 
 def test_damaged_file_errors_are_the_damaged_kind(bundle):

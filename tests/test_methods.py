@@ -54,6 +54,21 @@ def test_state_round_trip_gives_the_same_predictions(name):
     torch.testing.assert_close(restored.predict(features), method.predict(features), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["edgecl", "safe", "simplecil", "tosca"])
+def test_class_statistics_missing_altogether_are_an_old_bundle_and_in_part_a_damaged_one(name):
+    method = learn_sessions(fast(name))
+    state = method.state_dict()
+    kept = [k for k in state if k.rpartition(".")[2] in ("class_count", "class_similarity")]
+    group = [k for k in kept if k.rpartition(".")[0] == kept[0].rpartition(".")[0]]  # one module's statistics
+    old = {k: v for k, v in state.items() if k not in group}  # written before they were kept
+    restored = restore_method(name, DIM, method.config.to_dict(), method.structure(), old)
+    assert all(not restored.state_dict()[k].any() for k in group)
+    if len(group) > 1:
+        damaged = {k: v for k, v in state.items() if k != group[-1]}
+        with pytest.raises(RuntimeError, match="Missing key"):
+            restore_method(name, DIM, method.config.to_dict(), method.structure(), damaged)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_predictions_do_not_depend_on_the_batch(name):
     method = learn_sessions(fast(name))

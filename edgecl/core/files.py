@@ -28,20 +28,33 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
+def naming_failures(path: Path) -> Iterator[None]:
+    """An OSError raised in the block without a file name (a full disk in a write) takes `path`'s, so the
+    one-line message says which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
+
+
+@contextmanager
 def written_aside(path: Path, *, durable: bool = True) -> Iterator[Path]:
     """Yields a temporary name beside `path` for the caller to write; on success it is fsynced (durable)
     and renamed over `path`, on any failure (Ctrl-C, a full disk) removed: no half-written `path`, ever."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        yield tmp
-        if durable:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, path)
+        with naming_failures(path):
+            yield tmp
+            if durable:
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.replace(tmp, path)
     except BaseException:  # a kill leaves the temporary file for the next update to remove
         tmp.unlink(missing_ok=True)
         raise

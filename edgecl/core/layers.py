@@ -160,6 +160,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
+def fill_unkept_statistics(state_dict: dict, prefix: str, rows: str, names: tuple[str, ...]) -> None:
+    """Per-class statistics (`names`) that bundles written before they were kept lack, as zeros ("not
+    known"), one per row of `rows`. Only when all of them are missing: heads that lack some but not all
+    were damaged, and loading them must fail."""
+    present = state_dict.get(prefix + rows)
+    if present is not None and not any(prefix + name in state_dict for name in names):
+        for name in names:
+            state_dict[prefix + name] = torch.zeros(len(present))
+
+
 def merge_class_statistics(
     means: torch.Tensor,
     counts: torch.Tensor,

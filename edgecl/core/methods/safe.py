@@ -28,6 +28,7 @@ from edgecl.core.layers import (
     ScaleShift,
     class_means,
     entropy,
+    fill_unkept_statistics,
     held_out_known,
     known_from_means,
     merge_class_statistics,
@@ -259,10 +260,7 @@ class Safe(ContinualMethod):
         return held_out_known(features, targets, self.slow_classifier.weight, self.class_count, self.class_similarity)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        rows = state_dict.get(f"{prefix}slow_classifier.weight")
-        for name in ("class_count", "class_similarity"):  # bundles written before they were kept: unknown (0)
-            if rows is not None and f"{prefix}{name}" not in state_dict:
-                state_dict[f"{prefix}{name}"] = torch.zeros(len(rows))
+        fill_unkept_statistics(state_dict, prefix, "slow_classifier.weight", ("class_count", "class_similarity"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def structure(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgecl.core.layers import held_out_known, known_from_means, merge_class_statistics
+from edgecl.core.layers import fill_unkept_statistics, held_out_known, known_from_means, merge_class_statistics
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 
 
@@ -61,10 +61,7 @@ class SimpleCIL(ContinualMethod):
         return held_out_known(features, targets, self.prototypes, self.class_count, self.class_similarity)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        rows = state_dict.get(f"{prefix}prototypes")
-        for name in ("class_count", "class_similarity"):  # bundles written before they were kept: unknown (0)
-            if rows is not None and f"{prefix}{name}" not in state_dict:
-                state_dict[f"{prefix}{name}"] = torch.zeros(len(rows))
+        fill_unkept_statistics(state_dict, prefix, "prototypes", ("class_count", "class_similarity"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def structure(self) -> dict[str, Any]:

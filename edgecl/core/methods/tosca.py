@@ -32,7 +32,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgecl.core.layers import CosineClassifier, LuCA, LuCAStack, class_means, entropy, merge_class_statistics
+from edgecl.core.layers import (
+    CosineClassifier,
+    LuCA,
+    LuCAStack,
+    class_means,
+    entropy,
+    fill_unkept_statistics,
+    merge_class_statistics,
+)
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.progress import progress_bar
 from edgecl.core.sgd import MomentumSGD, SGDSchedule, cosine_lr, train_minibatches
@@ -238,9 +246,7 @@ class Tosca(ContinualMethod):
         return torch.cat([earlier, rows[None]])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        rows = state_dict.get(f"{prefix}class_mean")
-        if rows is not None and f"{prefix}class_count" not in state_dict:  # bundles written before counts were kept
-            state_dict[f"{prefix}class_count"] = torch.zeros(len(rows))
+        fill_unkept_statistics(state_dict, prefix, "class_mean", ("class_count",))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def session_logits(self, features: torch.Tensor) -> torch.Tensor:
