@@ -121,13 +121,13 @@ KILLER = textwrap.dedent(
     where = sys.argv[3]
     real_write = BundleFiles.write
 
-    def write_then_die(self, name, data):
+    def write_then_die(self, name, data, **kwargs):
         if where == "heads" and name.startswith(("heads-", "journal-")):
             (self.root / f".{name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         if where == "manifest" and name == "manifest.json":
             os.kill(os.getpid(), signal.SIGKILL)
-        real_write(self, name, data)
+        real_write(self, name, data, **kwargs)
 
     BundleFiles.write = write_then_die
     learn(Path(sys.argv[1]), Path(sys.argv[2]), show_progress=False)
@@ -178,6 +178,37 @@ def test_a_file_the_manifest_names_is_never_overwritten_before_the_commit(bundle
     with bundles.update(bundle):
         pass
     assert not (bundle / "heads.onnx").exists() and (bundle / b.manifest.export["file"]).exists()
+
+
+def test_ctrl_c_while_the_committed_manifest_is_synced_keeps_the_change_whole(bundle, new_images, monkeypatch):
+    from edgecl.core import bundle_files
+
+    real_write, real_fsync = bundle_files.BundleFiles.write, bundle_files.os.fsync
+
+    def write(self, name, data, replaced=None):
+        if name != bundles.MANIFEST:
+            return real_write(self, name, data, replaced)
+        calls = []
+
+        def fsync(fd):
+            real_fsync(fd)
+            calls.append(fd)
+            if len(calls) == 2:  # the folder's, after the new manifest was renamed into place
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(bundle_files.os, "fsync", fsync)
+        try:
+            real_write(self, name, data, replaced)
+        finally:
+            monkeypatch.setattr(bundle_files.os, "fsync", real_fsync)
+
+    monkeypatch.setattr(bundle_files.BundleFiles, "write", write)
+    learn(bundle, new_images / "grey", show_progress=False)  # the change is made: the interrupt comes too late
+    monkeypatch.undo()
+    b = Bundle.open(bundle)
+    assert b.manifest.class_names[-1] == "grey"
+    load_method(b)  # every file the committed manifest names is there
+    Classifier(bundle).classify(sorted((new_images / "grey").iterdir()), show_progress=False)
 
 
 def test_second_learner_times_out_with_a_clear_message(bundle, new_images):

@@ -84,6 +84,12 @@ def test_learn_with_a_known_label_adds_to_that_class(adds, new_images, tmp_path)
     done = edgecl("learn", "--images", mixed, "--bundle", adds, "-q")
     assert done.exit_code == 0 and "learned purple and added to green as session 2" in done.stdout
     assert Bundle.open(adds).manifest.class_names == [*before.class_names, "purple"]
+    rename(adds, "green", "lime")  # the session that added to it says so under the new name
+    assert [s.added_to for s in Bundle.open(adds).manifest.sessions] == [[], ["red"], ["lime"]]
+    data = json.loads((adds / "manifest.json").read_text())
+    data["history"][-1]["classes"] = [{"name": "x", "session": 0, "colour": "red"}]  # a hand edit
+    (adds / "manifest.json").write_text(json.dumps(data))
+    one_line_error(edgecl("undo", "--bundle", adds), "history cannot be restored", "the bundle is damaged")
 
 
 def test_a_method_that_cannot_add_to_a_class_says_so_before_any_work(bundle, new_images, tmp_path, monkeypatch):
@@ -168,11 +174,11 @@ KILL = textwrap.dedent(
     from edgecl.runtime import corrections
     real_write = BundleFiles.write
 
-    def die_on_the_manifest(self, name, data):
+    def die_on_the_manifest(self, name, data, **kwargs):
         if name == "manifest.json":
             (self.root / f".{name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
-        real_write(self, name, data)
+        real_write(self, name, data, **kwargs)
 
     BundleFiles.write = die_on_the_manifest
     verb, *args = sys.argv[2:]
@@ -209,6 +215,15 @@ def test_unknown_is_calibrated_at_train_and_said_under_the_threshold(adds, base_
         edgecl("classify", base_images, "--bundle", adds, "--min-score", "-0.1"),
         "--min-score -0.1: must be a number from 0 to 1",
     )
+
+
+def test_a_forgotten_class_does_not_count_in_the_calibration_of_unknown():
+    x = torch.tensor([[1.0, 0.0]])  # an image of class 0, whose other image is [0, 1]
+    means = torch.tensor([[0.5, 0.5], [1.0, 0.0]])  # class 1 (to be forgotten) sits right on it
+    counts, similarity = torch.tensor([2.0, 5.0]), torch.tensor([0.7, 1.0])
+    assert held_out_known(x, torch.tensor([0]), means, counts, similarity).item() == pytest.approx(1.0)
+    alone = held_out_known(x, torch.tensor([0]), means, counts, similarity, torch.tensor([True, False]))
+    assert alone.item() == pytest.approx(0.0, abs=1e-6)  # held out of its own class, it resembles nothing
 
 
 def test_the_plain_output_of_an_unknown_gives_its_known_score_and_the_best_classes(adds, base_images):

@@ -5,6 +5,7 @@ is watched with inotify while the commands run, so a read through a symlink is c
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import random
@@ -332,6 +333,39 @@ def test_damaged_tensor_files_are_one_line(bundle, case):
         m["heads"]["structure"] = {"sessions": 10**6, "classes": 10**6}
         write_manifest(bundle, m)
     one_line_error(edgecl("info", "--bundle", bundle), "the bundle is damaged")
+
+
+@pytest.mark.parametrize("where", ["base_structure", "entry structure", "recorded classes"])
+def test_a_journal_cannot_size_what_the_heads_do_not_hold(tmp_path, base_images, new_images, where):
+    import torch
+    from safetensors.torch import load, save
+
+    from edgecl.host.train import train
+    from edgecl.runtime.service import learn
+
+    bundle = tmp_path / "safe"
+    settings = {"slow.epochs": "0", "projection": "128", "min_steps": "0", "epochs": "1"}
+    train(base_images, bundle, backbone="test_efficientnet", random_init=True, method="safe", settings=settings)
+    learn(bundle, new_images / "grey", show_progress=False)
+    data = manifest(bundle)
+    entry = data["heads"]["journal"][-1]
+    if where == "base_structure":
+        data["heads"]["base_structure"] = {"sessions": 10**5, "classes": 10**5}
+    elif where == "entry structure":
+        entry["structure"] = {"sessions": 10**5, "classes": 10**5}
+    else:
+        tensors = load((bundle / entry["file"]).read_bytes())
+        key = next(k for k in tensors if k.endswith(".classes"))
+        tensors[key] = torch.tensor(2**20)
+        body = save(tensors)
+        name = f"journal-{hashlib.sha256(body).hexdigest()[:16]}.safetensors"
+        (bundle / name).write_bytes(body)
+        entry.update(file=name, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    write_manifest(bundle, data)
+    if where == "recorded classes":  # only learning replays what a session was given
+        one_line_error(edgecl("learn", "--images", new_images / "yellow", "--bundle", bundle, "-q"), "damaged")
+    else:
+        one_line_error(edgecl("info", "--bundle", bundle), "structure", "the bundle is damaged")
 
 
 @pytest.mark.parametrize("case", ["not utf-8", "string size", "huge size", "embedding"])

@@ -381,6 +381,7 @@ class BundleUpdate:
         self.manifest = copy.deepcopy(bundle.manifest)
         self.written: list[str] = []
         self.discarded = False
+        self.committed = False  # the new manifest is in place: what it names must stay, whatever comes after
 
     def write_tensors(self, stem: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         entry, data = content_named(stem, tensors)
@@ -405,7 +406,10 @@ class BundleUpdate:
         """The new manifest replaces the old one: the commit point."""
         self.manifest.updated = now()
         check_named_files(self.manifest, self.bundle.path / MANIFEST)
-        self.bundle.files.write(MANIFEST, self.manifest.to_json().encode())
+        self.bundle.files.write(MANIFEST, self.manifest.to_json().encode(), replaced=self._committed)
+
+    def _committed(self) -> None:
+        self.committed = True
 
     def clean(self) -> None:
         """After the commit: remove what no manifest names any more."""
@@ -454,8 +458,14 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
             yield change
             if not change.discarded:
                 change.commit()
+        except KeyboardInterrupt:
+            if not change.committed:
+                change.abandon()
+                raise
+            # Ctrl-C while the committed manifest was being synced: the change is made; finish it
         except BaseException:  # a commit that failed too (a full disk): what this change wrote goes
-            change.abandon()
+            if not change.committed:
+                change.abandon()
             raise
         if change.discarded:
             change.abandon()

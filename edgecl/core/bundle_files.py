@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
@@ -144,9 +144,10 @@ class BundleFiles:
         except (DamagedFile, UnsafeName):
             return False
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, replaced: Callable[[], None] | None = None) -> None:
         """`name` replaced by `data` all at once: written aside (O_EXCL, no link followed), fsynced,
-        renamed, the folder fsynced. A failure leaves `name` as it was and no temporary file."""
+        renamed, the folder fsynced. A failure before the rename leaves `name` as it was and no temporary
+        file; `replaced` is called right after the rename, before anything else can fail."""
         sub, leaf = check_name(name)
         tmp = f".{leaf}.tmp-{os.getpid()}"
         with self.folder(sub, create=sub is not None) as folder:
@@ -169,6 +170,8 @@ class BundleFiles:
                 finally:
                     os.close(fd)
                 os.replace(tmp, leaf, src_dir_fd=folder, dst_dir_fd=folder)
+                if replaced is not None:
+                    replaced()
             except BaseException as err:
                 try:
                     os.unlink(tmp, dir_fd=folder)
@@ -185,8 +188,8 @@ class BundleFiles:
         try:
             with self.folder(sub) as folder:
                 os.unlink(leaf, dir_fd=folder)
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            pass  # a folder where a file was named: not one of the bundle's files
         except UnsafeName:
             pass  # a subfolder that is a link: nothing of the bundle's is in it
 

@@ -81,12 +81,11 @@ def _split(tensors: Tensors) -> tuple[Tensors, dict[str, list[tuple[torch.Tensor
     for name, tensor in tensors.items():
         if f".{_INPUT}" not in name:
             changed[name] = tensor
-    for name in sorted(n for n in tensors if n.endswith(".features") and f".{_INPUT}" in n):
-        prefix, _, rest = name.partition(f".{_INPUT}")
-        index = rest.split(".")[0]
-        base = f"{prefix}.{_INPUT}{index}"
+    recorded = [n.partition(f".{_INPUT}") for n in tensors if n.endswith(".features") and f".{_INPUT}" in n]
+    for prefix, _, rest in sorted(recorded, key=lambda r: (r[0], int(r[2].split(".")[0]))):  # 2 before 10
+        base = f"{prefix}.{_INPUT}{rest.split('.')[0]}"
         inputs.setdefault(prefix, []).append(
-            (tensors[name], tensors[f"{base}.targets"], int(tensors[f"{base}.classes"]))
+            (tensors[f"{base}.features"], tensors[f"{base}.targets"], int(tensors[f"{base}.classes"]))
         )
     return changed, inputs
 
@@ -109,11 +108,12 @@ def replay(
     entries: list[tuple[dict, Tensors]],
     *,
     learning: bool,
+    max_classes: int,
 ) -> torch.nn.Module:
     """The method after the base and the entries ((structure, tensors) each). `restore(structure, state)`
     builds it. With `learning`, each entry's analytic inputs are added again, which brings the factors
     and Q up to date for the next session; without, those stay the base's (classifying never reads them)
-    and the classifiers refuse to learn."""
+    and the classifiers refuse to learn. `max_classes`: the bundle's, which no recorded session may exceed."""
     method = restore(base_structure, base)
     for structure, tensors in entries:
         changed, inputs = _split(tensors)
@@ -121,6 +121,8 @@ def replay(
             analytic = analytic_modules(method)
             for prefix, adds in inputs.items():
                 for features, targets, classes in adds:
+                    if not 0 < classes <= max_classes:  # a journal entry must not size what the bundle has not
+                        raise ValueError(f"{prefix}: a recorded session of {classes} classes")
                     analytic[prefix].add(features, targets, classes)
             state = method.state_dict()
         else:

@@ -218,11 +218,19 @@ def known_from_means(features: torch.Tensor, means: torch.Tensor, similarity: to
 
 
 def held_out_known(
-    features: torch.Tensor, targets: torch.Tensor, means: torch.Tensor, counts: torch.Tensor, similarity: torch.Tensor
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    means: torch.Tensor,
+    counts: torch.Tensor,
+    similarity: torch.Tensor,
+    active: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """known_from_means of a class's own images, each held out of its class mean (leave one out): what an
-    image the class never saw scores, for calibrating the threshold without setting images aside."""
+    image the class never saw scores, for calibrating the threshold without setting images aside. `active`:
+    the classes still predicted (a forgotten one's mean does not count, as in classifying)."""
     relative = relative_similarities(features, means, similarity)
+    if active is not None:
+        relative[:, ~active] = -1.0
     n = counts[targets].to(features.dtype)
     held_out = (n[:, None] * means[targets].to(features.dtype) - features) / (n - 1).clamp_min(1)[:, None]
     own = (

@@ -88,7 +88,9 @@ def load_method(bundle: Bundle, *, learning: bool = False) -> ContinualMethod:
 
     try:
         entries = [(e["structure"], bundle.read_tensors(e)) for e in journal]
-        method = heads_journal.replay(restore, base_structure, bundle.heads(), entries, learning=learning)
+        method = heads_journal.replay(
+            restore, base_structure, bundle.heads(), entries, learning=learning, max_classes=len(m.classes)
+        )
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # tensors of other shapes, a missing one
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise EdgeclError(
@@ -128,17 +130,24 @@ def check_structure_fits(bundle: Bundle, config: MethodConfig) -> None:
     """The manifest's structure of the heads, sized without allocating (on PyTorch's meta device), must fit
     the heads file: a hand-edited count cannot make edgecl allocate what no file holds."""
     m = bundle.manifest
-    try:
-        with torch.device("meta"):
-            probe = METHODS[m.method["name"]](config, m.backbone["embedding_dim"])
-            probe.build(m.heads["structure"])
-        need = sum(t.numel() * t.element_size() for t in probe.state_dict().values())
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
-        raise EdgeclError(
-            f"{bundle.path / bundles.MANIFEST}: heads.structure does not describe {m.method['name']}'s heads "
-            f"({type(err).__name__}: {str(err)[:120]}); the bundle is damaged"
-        ) from None
-    sizes = [bundle.files.size(e["file"]) for e in [m.heads, *(m.heads.get("journal") or [])]]
+    journal = m.heads.get("journal") or []
+    structures = [("heads.structure", m.heads["structure"])]
+    if journal:
+        structures.append(("heads.base_structure", m.heads.get("base_structure", m.heads["structure"])))
+        structures += [(f"heads.journal[{i}].structure", e.get("structure")) for i, e in enumerate(journal)]
+    need = 0
+    for where, structure in structures:  # what loading builds, the base and every entry
+        try:
+            with torch.device("meta"):
+                probe = METHODS[m.method["name"]](config, m.backbone["embedding_dim"])
+                probe.build(structure)
+            need = max(need, sum(t.numel() * t.element_size() for t in probe.state_dict().values()))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise EdgeclError(
+                f"{bundle.path / bundles.MANIFEST}: {where} does not describe {m.method['name']}'s heads "
+                f"({type(err).__name__}: {str(err)[:120]}); the bundle is damaged"
+            ) from None
+    sizes = [bundle.files.size(e["file"]) for e in [m.heads, *journal]]
     size = None if None in sizes else sum(sizes)
     # slack: tensors a bundle of an older edgecl lacks, and what a journal's entries leave to be recomputed
     if size is not None and need > size * 1.1 + (8 << 20):
@@ -176,7 +185,9 @@ def run_session(
     start = time.perf_counter()
     stats = method.learn(data.features, targets, session_generator(seed, index), show_progress=show_progress)
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    histogram = torch.histc(method.held_out_known_scores(data.features, targets).float(), bins=KNOWN_BINS, min=0, max=1)
+    active = torch.tensor([name is not None for name in known_classes] + [True] * len(fresh))
+    held_out = method.held_out_known_scores(data.features, targets, None if active.all() else active)
+    histogram = torch.histc(held_out.float(), bins=KNOWN_BINS, min=0, max=1)
     return SessionEntry(
         index,
         fresh,

@@ -59,8 +59,9 @@ def rename(bundle_path: Path, old: str, new: str, *, lock_timeout: float = 60.0)
             )
         m.remember(f"rename {old} -> {new}")
         m.classes[index].name = new
-        for session in m.sessions:  # the session that learned it lists it under its new name
+        for session in m.sessions[m.classes[index].session :]:  # the sessions that learned it, under its new name
             session.classes = [new if c == old else c for c in session.classes]
+            session.added_to = [new if c == old else c for c in session.added_to]
     return Correction(f"renamed {old} to {new}", change.manifest.active_class_names)
 
 
@@ -74,7 +75,13 @@ def undo(bundle_path: Path, *, lock_timeout: float = 60.0) -> Correction:
             )
         before = m.history[-1]
         backbone = m.backbone
-        m.restore(before)
+        try:
+            m.restore(before)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise EdgeclError(
+                f"{bundle_path / bundles.MANIFEST}: the last entry of its history cannot be restored "
+                f"({type(err).__name__}: {str(err)[:120]}); the bundle is damaged"
+            ) from None
         m.history = m.history[:-1]
         if m.backbone.get("sha256") != backbone.get("sha256"):  # an undone `adapt`: the export described its backbone
             m.export, m.engines = None, {}

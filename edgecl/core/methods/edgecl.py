@@ -120,8 +120,10 @@ class Edgecl(ContinualMethod):
         )  # SAFE's class means
 
     @torch.inference_mode()
-    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.safe.held_out_known_scores(power_normalize(features, self.config.feature_power), targets)
+    def held_out_known_scores(
+        self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.safe.held_out_known_scores(power_normalize(features, self.config.feature_power), targets, active)
 
     def structure(self) -> dict[str, Any]:
         return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}

@@ -204,10 +204,12 @@ class ContinualMethod(nn.Module, ABC):
         return restrict(self.predict(features), active).max(dim=1).values
 
     @torch.inference_mode()
-    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def held_out_known_scores(
+        self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """known_scores of a session's own training images as if each were not among them (calibrates the
         threshold); this default scores them as they are."""
-        return self.known_scores(features)
+        return self.known_scores(features, active)
 
     def session_classes(self, targets: torch.Tensor) -> int:
         """The number of new classes of a session that may also bring images of known classes (methods that

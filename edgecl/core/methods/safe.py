@@ -256,8 +256,11 @@ class Safe(ContinualMethod):
         )
 
     @torch.inference_mode()
-    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return held_out_known(features, targets, self.slow_classifier.weight, self.class_count, self.class_similarity)
+    def held_out_known_scores(
+        self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        means = self.slow_classifier.weight
+        return held_out_known(features, targets, means, self.class_count, self.class_similarity, active)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         fill_unkept_statistics(state_dict, prefix, "slow_classifier.weight", ("class_count", "class_similarity"))

@@ -57,8 +57,10 @@ class SimpleCIL(ContinualMethod):
         )
 
     @torch.inference_mode()
-    def held_out_known_scores(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return held_out_known(features, targets, self.prototypes, self.class_count, self.class_similarity)
+    def held_out_known_scores(
+        self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return held_out_known(features, targets, self.prototypes, self.class_count, self.class_similarity, active)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         fill_unkept_statistics(state_dict, prefix, "prototypes", ("class_count", "class_similarity"))
