@@ -45,4 +45,8 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True, u
             info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
             bar.update(task, advance=n, **({"info": info} if fields else {}))
 
-        yield advance
+        try:
+            yield advance
+        except BaseException:
+            bar.live.transient = True  # a failed step's error line stands alone, with no half bar above it
+            raise

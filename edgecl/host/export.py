@@ -68,7 +68,7 @@ def export_bundle(
     bundle = bundles.Bundle.open(bundle_path)
     from edgecl.host.backbones import rebuild
 
-    with progress_bar("export", 4, enabled=show_progress, unit="steps") as advance:
+    with progress_bar("export", 5, enabled=show_progress, unit="steps") as advance:
         advance(0, step="the backbone from the bundle")
         model = rebuild(bundle.manifest.backbone, bundle.backbone_weights(), exportable=True)
         config = PreprocessConfig.from_dict(bundle.manifest.preprocess)
@@ -87,18 +87,37 @@ def export_bundle(
         advance(step="heads.onnx")
         with torch.no_grad():
             heads = export_checked(load_method(bundle), model(torch.from_numpy(inputs)))
-        advance(step="done")
-    import onnx
-
-    with bundles.update(bundle_path, lock_timeout) as change:
-        if change.manifest.backbone["sha256"] != bundle.manifest.backbone["sha256"]:
-            raise EdgeclError(f"{bundle_path}: its backbone changed during the export; run export again")
-        change.manifest.export = {
-            **change.write_file(bundles.ONNX_FILE, data),
+        advance(step="writing the bundle")
+        record = {
             "opset": OPSET,
             "target": profile.name,
             "profile": profile.to_dict(),
             "parity": {"max_abs_diff": diff, "images": len(inputs), "real_images": real},
+        }
+        change = _commit(bundle_path, bundle.manifest.backbone["sha256"], record, data, heads, lock_timeout)
+        advance(step="done")
+    return ExportReport(
+        Path(bundle_path) / change.manifest.export["file"],
+        len(data),
+        profile.name,
+        diff,
+        len(inputs),
+        real,
+        time.perf_counter() - start,
+        heads,
+        profile.to_dict(),
+    )
+
+
+def _commit(bundle_path: Path, backbone_sha: str, record: dict, data: bytes, heads, lock_timeout: float):
+    import onnx
+
+    with bundles.update(bundle_path, lock_timeout) as change:
+        if change.manifest.backbone["sha256"] != backbone_sha:
+            raise EdgeclError(f"{bundle_path}: its backbone changed during the export; run export again")
+        change.manifest.export = {
+            **change.write_file(bundles.ONNX_FILE, data),
+            **record,
             "exported": bundles.now(),
             "versions": {"edgecl": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
             "heads": (
@@ -111,14 +130,4 @@ def export_bundle(
             ),
         }
         change.manifest.engines = {}  # built from the previous ONNX, if any
-    return ExportReport(
-        Path(bundle_path) / change.manifest.export["file"],
-        len(data),
-        profile.name,
-        diff,
-        len(inputs),
-        real,
-        time.perf_counter() - start,
-        heads,
-        profile.to_dict(),
-    )
+    return change
