@@ -7,7 +7,7 @@ import json
 import platform
 from pathlib import Path
 
-from benchmarks import analytic, classify, device_loop, interference, learn_cost, training
+from benchmarks import analytic, classify, device_loop, interference, learn_cost, training, vit
 
 BENCHMARKS = {
     "classify": classify.run,
@@ -16,6 +16,7 @@ BENCHMARKS = {
     "analytic": analytic.run,
     "interference": interference.run,
     "training": training.run,
+    "vit": vit.run,
 }
 
 

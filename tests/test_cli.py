@@ -1,6 +1,7 @@
 """The command line: happy paths, and one-line errors with exit code 1 that leave the bundle as it was."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -297,3 +298,11 @@ def test_a_reader_that_closes_the_pipe_early_gets_no_error(bundle, base_images):
     )
     proc.stdout.close()  # `edgecl classify dir | head -0`
     assert proc.wait(timeout=300) == 1 and proc.stderr.read() == b""
+
+
+def test_every_option_says_what_to_type_not_its_type():
+    commands = [[c.name] for c in app.registered_commands] + [["engine", "build"]]
+    for words in commands:
+        text = runner.invoke(app, [*words, "--help"], terminal_width=200).output
+        assert "--lock-timeout" not in text or "--lock-timeout SECONDS" in text, (words, text)
+        assert not re.search(r"--[a-z-]+ <", text), (words, text)

@@ -4,8 +4,9 @@ only the runtime."""
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import Annotated
+from typing import Annotated, get_args, get_type_hints
 
 import typer
 
@@ -59,6 +60,35 @@ for name, command in [
 engine_app = typer.Typer(help="TensorRT engines, built on the target from backbone.onnx.", no_args_is_help=True)
 engine_app.command("build")(device_commands.engine_build)
 app.add_typer(engine_app, name="engine")
+
+
+METAVARS = {
+    **dict.fromkeys(["bundle", "images", "out", "done", "workdir", "cache_dir"], "DIR"),
+    **dict.fromkeys(["weights", "plot", "json", "json_file", "log", "train_list", "test_list"], "FILE"),
+    **dict.fromkeys(["seed", "epochs", "slow_epochs", "init", "increment", "train_per_class", "test_per_class"], "N"),
+    **dict.fromkeys(["lock_timeout", "interval"], "SECONDS"),
+    "method": "NAMES",
+    "top_k": "K",
+}
+
+
+def _name_metavars(typer_app: typer.Typer) -> None:
+    """Typer's default metavars read as types (<float range>); a user reads what to type."""
+    for info in typer_app.registered_commands:
+        hints = get_type_hints(info.callback, include_extras=True)
+        for function in (info.callback, inspect.unwrap(info.callback)):
+            function.__annotations__ = hints  # evaluated once, so typer reads the options named here
+        for name, hint in hints.items():
+            options = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)]
+            flag = get_args(hint)[:1] == (bool,)
+            for option in options:
+                if option.metavar is None and not flag:
+                    option.metavar = METAVARS.get(name, "NAME")
+    for group in typer_app.registered_groups:
+        _name_metavars(group.typer_instance)
+
+
+_name_metavars(app)
 
 
 def main() -> None:
