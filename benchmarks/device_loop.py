@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.timing import compare
+from benchmarks.timing import compare, edgecl
 from edgecl.eval import fashion_mnist
 
 ROUNDS = 3
@@ -31,38 +31,8 @@ def _bundle(data: Path) -> Path:
     base = data / "bundle"
     if not (base / "manifest.json").exists():
         fashion_mnist.write_image_folders(data / "base", "train", 100, [0, 1, 2, 3, 4, 5], seed=0)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgecl",
-                "train",
-                str(data / "base"),
-                "--bundle",
-                str(base),
-                "--slow-epochs",
-                "0",
-                "-q",
-            ],
-            check=True,
-        )
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgecl",
-                "export",
-                "--target",
-                "cpu",
-                "-b",
-                str(base),
-                "--images",
-                str(data / "base"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        edgecl("train", str(data / "base"), "--bundle", str(base), "--slow-epochs", "0", "-q")
+        edgecl("export", "--target", "cpu", "-b", str(base), "--images", str(data / "base"))
     return base
 
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.timing import edgecl
 from edgecl.eval import fashion_mnist
 
 # A forked child's peak RSS starts at its parent's size, so a small wrapper process forks the learner.
@@ -49,36 +50,9 @@ def run(out: Path) -> dict:
     for method in ("edgecl", "tosca"):
         base = data / f"bundle-{method}"
         shutil.rmtree(base, ignore_errors=True)
-        train = [
-            sys.executable,
-            "-m",
-            "edgecl",
-            "train",
-            str(data / "base"),
-            "--out",
-            str(base),
-            "--method",
-            method,
-            "-q",
-        ]
-        subprocess.run(train + (["--set", "safe.slow.epochs=1"] if method == "edgecl" else []), check=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgecl",
-                "export",
-                "--target",
-                "cpu",
-                "-b",
-                str(base),
-                "--images",
-                str(data / "base"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        slow = ["--set", "safe.slow.epochs=1"] if method == "edgecl" else []
+        edgecl("train", str(data / "base"), "--bundle", str(base), "--method", method, "-q", *slow)
+        edgecl("export", "--target", "cpu", "-b", str(base), "--images", str(data / "base"))
         for runtime in ("onnxruntime", "torch"):
             results[f"{method}/{runtime}"] = _measure(base, data / f"bundle-{method}-{runtime}", new_class, runtime)
             print(f"{method}: learn 1 class on {runtime}: {_summary(results[f'{method}/{runtime}'])}")

@@ -4,6 +4,8 @@ round, so that a machine whose speed drifts (shared cores, frequency scaling) bi
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,3 +26,10 @@ def compare(variants: dict[str, Callable[[], object]], repeats: int = 15, warmup
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def edgecl(*args: str) -> None:
+    """The command line in a fresh process, quietly (a failure still raises)."""
+    subprocess.run(
+        [sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from benchmarks.classify import timed
 from benchmarks.learn_cost import _measure, _summary
+from benchmarks.timing import edgecl
 from benchmarks.vit_weights import LABEL, MODEL, vit_weights
 from edgecl.core.bundle import Bundle
 from edgecl.core.images import load_image
@@ -28,12 +28,6 @@ SESSIONS = ([0, 1, 2, 3, 4, 5], [6, 7], [8, 9])
 TRAIN_PER_CLASS = 20
 ROUNDS = 3
 IMAGES = {224: 16, 518: 4}  # timed images per size (518 px is some 6x the work of 224)
-
-
-def edgecl(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 def _bundle(data: Path, size: int, weights: Path, sessions) -> tuple[Path, list[dict]]:

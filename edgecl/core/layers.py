@@ -208,10 +208,15 @@ def relative_similarities(features: torch.Tensor, means: torch.Tensor, similarit
     return (F.normalize(features, dim=-1) @ F.normalize(means.to(features.dtype), dim=-1).T) / scale
 
 
-def known_from_means(features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+def known_from_means(
+    features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor, active: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per sample, in [0, 1]: its relative similarity to the class it is most like. Unseen classes sit farther
     from every mean than known images from theirs, and the per-class scale lets one threshold fit tight and
-    loose classes alike (measured against the top probability: docs/methods.md)."""
+    loose classes alike (measured against the top probability: docs/methods.md). `active` masks out
+    forgotten classes."""
+    if active is not None:
+        means, similarity = means[active], similarity[active]
     if not len(means):
         return torch.zeros(len(features))
     return relative_similarities(features, means, similarity).max(dim=1).values.clamp(0, 1)

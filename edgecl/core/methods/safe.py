@@ -247,13 +247,8 @@ class Safe(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        means, similarity = (
-            self.slow_classifier.weight,
-            self.class_similarity,
-        )  # the slow classifier's rows: the class means
-        return known_from_means(
-            features, *((means, similarity) if active is None else (means[active], similarity[active]))
-        )
+        # the slow classifier's rows are the class means
+        return known_from_means(features, self.slow_classifier.weight, self.class_similarity, active)
 
     @torch.inference_mode()
     def held_out_known_scores(

@@ -51,10 +51,7 @@ class SimpleCIL(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        means, similarity = self.prototypes, self.class_similarity
-        return known_from_means(
-            features, *((means, similarity) if active is None else (means[active], similarity[active]))
-        )
+        return known_from_means(features, self.prototypes, self.class_similarity, active)
 
     @torch.inference_mode()
     def held_out_known_scores(
