@@ -75,16 +75,15 @@ def run_demo(
                 "edgecl export --target cpu"
             )
             _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
-            _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=False)
+            _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=quiet)
         else:
             console.print(f"\n[bold]session {index}[/] (device): edgecl learn --images {folders[index]}")
             _edgecl("learn", "--images", str(folders[index]), "--bundle", str(bundle), quiet=quiet)
         timings.append(time.perf_counter() - start)
         seen = [names[c] for s in SESSIONS[: index + 1] for c in s]
         paths = [str(p) for name in seen for p in tests[name]]
-        predictions = json.loads(
-            _edgecl("classify", *paths, "--bundle", str(bundle), "--json", quiet=quiet, capture=True)
-        )
+        closed_set = ["--bundle", str(bundle), "--min-score", "0", "--json"]
+        predictions = json.loads(_edgecl("classify", *paths, *closed_set, quiet=quiet, capture=True))
         correct = {p["path"]: p["label"] == Path(p["path"]).parent.name for p in predictions}
         row = []
         for s in SESSIONS[: index + 1]:
@@ -92,7 +91,7 @@ def run_demo(
             row.append(sum(correct[p] for p in group) / len(group))
         row.append(sum(correct.values()) / len(correct))
         rows.append(row)
-    table = Table(title="accuracy on the test images of the classes seen so far")
+    table = Table(title="accuracy on the test images of the classes seen so far (never 'unknown': --min-score 0)")
     table.add_column("after", no_wrap=True)
     for index in range(len(SESSIONS)):
         table.add_column(f"s{index} classes", justify="right", no_wrap=True)
