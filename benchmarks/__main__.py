@@ -30,7 +30,7 @@ def main() -> None:
     for name in args.only or BENCHMARKS:
         print(f"\n== {name}")
         results[name] = BENCHMARKS[name](args.out)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")  # kept if a later one fails
     print(f"\nwrote {args.out / 'results.json'}")
 
 

@@ -29,7 +29,7 @@ def compare(variants: dict[str, Callable[[], object]], repeats: int = 15, warmup
 
 
 def edgecl(*args: str) -> None:
-    """The command line in a fresh process, quietly (a failure still raises)."""
-    subprocess.run(
-        [sys.executable, "-m", "edgecl", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    """The command line in a fresh process, quietly; a failure raises with the end of its stderr."""
+    done = subprocess.run([sys.executable, "-m", "edgecl", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"edgecl {' '.join(args[:2])} failed (exit {done.returncode}): {done.stderr[-2000:]}")

@@ -18,7 +18,7 @@ import numpy as np
 from benchmarks.classify import timed
 from benchmarks.learn_cost import _measure, _summary
 from benchmarks.timing import edgecl
-from benchmarks.vit_weights import LABEL, MODEL, vit_weights
+from benchmarks.vit_weights import LABEL, MODEL, WeightsUnavailable, vit_weights
 from edgecl.core.bundle import Bundle
 from edgecl.core.images import load_image
 from edgecl.core.preprocess import PreprocessConfig, preprocess
@@ -75,7 +75,11 @@ def _timings(bundle: Path, images: Path, variants: tuple[str, ...], rounds: int)
 
 
 def run(out: Path) -> dict:
-    weights = vit_weights()
+    try:
+        weights = vit_weights()
+    except WeightsUnavailable as error:
+        print(f"skipped: {error}")
+        return {"skipped": str(error)}
     data = out / "vit"
     tests = fashion_mnist.write_image_folders(data / "test", "test", 2, seed=3)
     files = [p for group in tests.values() for p in group]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Annotated, get_args, get_type_hints
+from typing import Annotated, get_args
 
 import typer
 
@@ -75,8 +75,10 @@ METAVARS = {
 def _name_metavars(typer_app: typer.Typer) -> None:
     """Typer's default metavars read as types (<float range>); a user reads what to type."""
     for info in typer_app.registered_commands:
-        hints = get_type_hints(info.callback, include_extras=True)
-        for function in (info.callback, inspect.unwrap(info.callback)):
+        original = inspect.unwrap(info.callback)
+        parameters = inspect.signature(original, eval_str=True).parameters  # never wraps in Optional
+        hints = {name: p.annotation for name, p in parameters.items() if p.annotation is not inspect.Parameter.empty}
+        for function in (info.callback, original):
             function.__annotations__ = hints  # evaluated once, so typer reads the options named here
         for name, hint in hints.items():
             options = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)]
