@@ -458,15 +458,13 @@ def update(path: Path, lock_timeout: float = 60.0) -> Iterator[BundleUpdate]:
             yield change
             if not change.discarded:
                 change.commit()
-        except KeyboardInterrupt:
+        except BaseException as err:  # a commit that failed too (a full disk): what this change wrote goes
             if not change.committed:
                 change.abandon()
                 raise
+            if not isinstance(err, KeyboardInterrupt):
+                raise
             # Ctrl-C while the committed manifest was being synced: the change is made; finish it
-        except BaseException:  # a commit that failed too (a full disk): what this change wrote goes
-            if not change.committed:
-                change.abandon()
-            raise
         if change.discarded:
             change.abandon()
         else:
