@@ -45,6 +45,8 @@ def test_methods_lists_every_setting_with_its_default():
         "  safe.slow.epochs = 20",
         "  tosca.bottleneck = 48",
         "  use_tosca = true",
+        "  feature_power = auto",
+        "  safe.class_balance = 0.5",
         "simplecil:",
     ):
         assert line in result.output

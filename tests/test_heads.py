@@ -2,7 +2,15 @@ import math
 
 import torch
 
-from edgecl.core.layers import CosineClassifier, LuCA, LuCAStack, class_means, entropy, power_normalize
+from edgecl.core.layers import (
+    CosineClassifier,
+    LuCA,
+    LuCAStack,
+    class_balance,
+    class_means,
+    entropy,
+    power_normalize,
+)
 
 
 def test_luca_has_the_paper_parameter_count_for_768_and_48():
@@ -80,3 +88,10 @@ def test_all_modules_at_once_equal_each_module_alone():
         torch.testing.assert_close(stack(x), torch.stack([m(x) for m in modules]), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(stack.module(2)(x), modules[2](x))
     assert len(stack) == 4 and len(LuCAStack(32, 6, sessions=3)) == 3
+
+
+def test_class_balance_needs_every_count():
+    assert class_balance(torch.tensor([10.0, 40.0]), 0.0) is None
+    unknown = class_balance(torch.tensor([10.0, 0.0]), 0.5)  # a class of heads that kept no counts
+    assert torch.equal(unknown, torch.ones(2))
+    torch.testing.assert_close(class_balance(torch.tensor([10.0, 40.0]), 0.5), torch.tensor([2.5**0.5, 0.625**0.5]))

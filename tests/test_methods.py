@@ -229,3 +229,57 @@ def test_edgecl_heads_learn_and_classify_the_power_normalised_embedding():
     features, _ = clustered(5, 4, seed=5)
     torch.testing.assert_close(powered.logits(features), by_hand.logits(features.sign() * features.abs().sqrt()))
     assert not torch.allclose(powered.logits(features), by_hand.logits(features))
+
+
+def test_edgecl_chooses_the_power_from_the_first_session_and_keeps_it():
+    g = torch.Generator().manual_seed(0)
+    signed, targets = clustered(3, 10)
+    for features, chosen in ((signed, 1.0), (signed.abs(), 0.5)):
+        method = fast("edgecl")
+        assert method.config.feature_power is None
+        method.learn(features, targets, g, show_progress=False)
+        more, more_targets = clustered(2, 10, offset=3, seed=1)
+        method.learn(-more.abs() if chosen == 0.5 else more.abs(), more_targets, g, show_progress=False)
+        assert method.feature_power == chosen  # the later session, of the other sign, changes nothing
+        restored = restore_method("edgecl", DIM, method.config.to_dict(), method.structure(), method.state_dict())
+        assert restored.feature_power == chosen
+        torch.testing.assert_close(restored.logits(features), method.logits(features), rtol=0, atol=0)
+    # heads whose structure predates the choice keep the configured power
+    configured = create_method("edgecl", DIM, feature_power=0.5)
+    configured.build({k: v for k, v in method.structure().items() if k != "feature_power"})
+    assert configured.feature_power == 0.5
+
+
+def test_edgecl_feature_power_settings():
+    config = method_config("edgecl", {})
+    assert config.setting("feature_power", "1").feature_power == 1.0
+    assert config.setting("feature_power", "1").setting("feature_power", "auto").feature_power is None
+    for text in ("0", "-1", "nan"):
+        with pytest.raises(EdgeclError, match="feature_power"):
+            config.setting("feature_power", text)
+    with pytest.raises(EdgeclError, match="feature_power=x: not a valid float"):
+        config.setting("feature_power", "x")
+
+
+@pytest.mark.parametrize("name", ["safe", "edgecl"])
+def test_analytic_columns_are_weighed_by_class_size(name):
+    g = torch.Generator().manual_seed(0)
+    balanced = fast(name)
+    for offset, count, per_class in ((0, 3, 30), (3, 2, 3)):
+        features, targets = clustered(count, per_class, offset, seed=offset)
+        balanced.learn(features, targets, g, show_progress=False)
+    counts = balanced.safe.class_count if name == "edgecl" else balanced.class_count
+    assert counts.tolist() == [30, 30, 30, 3, 3]
+    plain = restore_method(
+        name, DIM, balanced.config.override(class_balance=0.0).to_dict(), balanced.structure(), balanced.state_dict()
+    )
+    weights = (counts.mean() / counts).sqrt()
+    features, _ = clustered(5, 4, seed=5)
+    members, plain_members = ((m.safe if name == "edgecl" else m).member_logits(features) for m in (balanced, plain))
+    for member, logits in members.items():
+        torch.testing.assert_close(logits, plain_members[member] * weights)
+    # a bundle written before the setting keeps the plain ridge solution
+    stored = {k: v for k, v in balanced.config.to_dict().items()}
+    (stored["safe"] if name == "edgecl" else stored).pop("class_balance")
+    old = restore_method(name, DIM, stored, balanced.structure(), balanced.state_dict())
+    torch.testing.assert_close(old.logits(features), plain.logits(features), rtol=0, atol=0)

@@ -208,7 +208,7 @@ def methods(
         cls = method_class(method)
         out.print(f"{method}: {cls.summary}")
         for key, value in flatten(method_config(method).to_dict()):
-            out.print(f"  {key} = {json.dumps(value)}")
+            out.print(f"  {key} = {'auto' if value is None else json.dumps(value)}")  # None: the method chooses
 
 
 def flatten(config: dict, prefix: str = ""):

@@ -154,6 +154,17 @@ def power_normalize(features: torch.Tensor, power: float) -> torch.Tensor:
     return features if power == 1 else features.sign() * features.abs().pow(power)
 
 
+def class_balance(counts: torch.Tensor, power: float) -> torch.Tensor | None:
+    """(mean count / count)^power per class: scaling a ridge solution's columns by it is scaling the
+    columns of Q = H^T Y, i.e. each class's images weighed as if the classes were closer in size. Ones
+    where a class's count is not known (heads written before counts were kept). Without branches on the
+    counts, so that the heads' graph takes them as an input."""
+    if power == 0:
+        return None
+    weights = (counts.mean() / counts.clamp(min=1)).pow(power)
+    return torch.where((counts > 0).all(), weights, torch.ones_like(weights))
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy of softmax(logits) over the last axis."""
     log_p = torch.log_softmax(logits, dim=-1)

@@ -109,7 +109,9 @@ def export_bundle(
     )
 
 
-def _commit(bundle_path: Path, backbone_sha: str, record: dict, data: bytes, heads, lock_timeout: float):
+def _commit(
+    bundle_path: Path, backbone_sha: str, record: dict, data: bytes, heads: HeadsExport, lock_timeout: float
+) -> None:
     import onnx
 
     with bundles.update(bundle_path, lock_timeout) as change:

@@ -9,7 +9,9 @@ cosines (about -5..15); they are put on TOSCA's scale (`analytic_scale`, measure
 the entropies are compared, or TOSCA's sharper logits would win every sample. The scores are the
 blend's softmax at `temperature`, so that they rank and mean something rather than read 1.0000.
 Every head sees the embedding power-normalised (`feature_power`, measured: docs/methods.md), which the
-published TOSCA and SAFE do not do.
+published TOSCA and SAFE do not do. Left to the method, the power is chosen from the first session's
+embedding: a square root where it is non-negative (a CNN's pooled features), none where it is signed (a
+ViT's [CLS] token, where the root cost 2 to 3 points); the choice is part of the heads' structure.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -26,6 +28,10 @@ from edgecl.core.methods.safe import Safe, SafeConfig, blend
 from edgecl.core.methods.tosca import Tosca, ToscaConfig
 from edgecl.errors import EdgeclError
 
+# the share of negative numbers above which an embedding counts as signed: pooled CNN features have none,
+# a ViT's [CLS] about half (measured on Lite0 and ViT-S/14, docs/methods.md)
+SIGNED_SHARE = 0.05
+
 
 @dataclass(frozen=True)
 class EdgeclConfig(MethodConfig):
@@ -39,12 +45,16 @@ class EdgeclConfig(MethodConfig):
     # temperature of the scores' softmax; no label changes (at 1 most images, known classes or not, score 1.0000:
     # docs/methods.md)
     temperature: float = 3.0
-    feature_power: float = 0.5  # the heads see sign(f)|f|^p; 1 = the embedding as it is (measured: docs/methods.md)
+    # the heads see sign(f)|f|^p; 1 = the embedding as it is; None: chosen at the first session (measured:
+    # docs/methods.md)
+    feature_power: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (self.use_tosca or self.use_fast or self.use_slow):
             raise EdgeclError("edgecl needs at least one of use_tosca, use_fast, use_slow")
+        if self.feature_power == 0:
+            raise EdgeclError("EdgeclConfig.feature_power=0: must be a number above 0, or auto")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EdgeclConfig:
@@ -69,6 +79,12 @@ class Edgecl(ContinualMethod):
         super().__init__(config, embedding_dim)
         self.tosca = Tosca(config.tosca, embedding_dim)
         self.safe = Safe(replace(config.safe, fast_learner=config.use_fast), embedding_dim)
+        self.feature_power = config.feature_power
+
+    def _powered(self, features: torch.Tensor, *, choose: bool = False) -> torch.Tensor:
+        if self.feature_power is None and choose:  # the first session: a signed embedding keeps its scale
+            self.feature_power = 0.5 if (features < 0).float().mean().item() <= SIGNED_SHARE else 1.0
+        return power_normalize(features, self.feature_power or 1.0)
 
     @property
     def num_classes(self) -> int:
@@ -80,7 +96,7 @@ class Edgecl(ContinualMethod):
         self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
     ) -> dict[str, float]:
         stats = {}
-        features = power_normalize(features, self.config.feature_power)
+        features = self._powered(features, choose=True)
         if self.config.use_tosca:
             stats.update(
                 {
@@ -98,7 +114,7 @@ class Edgecl(ContinualMethod):
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         members = {}
-        features = power_normalize(features, self.config.feature_power)
+        features = self._powered(features)
         if self.config.use_tosca:
             members["tosca"] = self.tosca.logits(features)
         analytic = self.safe.member_logits(features)
@@ -115,19 +131,19 @@ class Edgecl(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        return self.safe.known_scores(
-            power_normalize(features, self.config.feature_power), active
-        )  # SAFE's class means
+        return self.safe.known_scores(self._powered(features), active)  # SAFE's class means
 
     @torch.inference_mode()
     def held_out_known_scores(
         self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.safe.held_out_known_scores(power_normalize(features, self.config.feature_power), targets, active)
+        return self.safe.held_out_known_scores(self._powered(features), targets, active)
 
     def structure(self) -> dict[str, Any]:
-        return {"tosca": self.tosca.structure(), "safe": self.safe.structure()}
+        return {"tosca": self.tosca.structure(), "safe": self.safe.structure(), "feature_power": self.feature_power}
 
     def build(self, structure: dict[str, Any]) -> None:
         self.tosca.build(structure["tosca"])
         self.safe.build(structure["safe"])
+        # heads written before the choice was stored were made with the configured power
+        self.feature_power = structure.get("feature_power", self.config.feature_power)

@@ -45,8 +45,8 @@ _AT_MOST = {"projection": 1 << 16, "bottleneck": 1 << 14, "fast_bottleneck": 1 <
 class MethodConfig:
     def __post_init__(self) -> None:
         for name, kind in typing.get_type_hints(type(self)).items():
-            value = getattr(self, name)
-            if kind not in (int, float) or isinstance(value, bool):
+            value, kind = getattr(self, name), _unless_none(kind)
+            if kind not in (int, float) or isinstance(value, bool) or value is None:
                 continue
             if (
                 not isinstance(value, (int, float))
@@ -122,6 +122,9 @@ class MethodConfig:
             raise EdgeclError(
                 f"{param('settings')} {name}={text}: {name} is a group of settings; set one of them ({known})"
             )
+        if kind is not _unless_none(kind) and text.strip().lower() in _NONE:
+            return dataclasses.replace(self, **{head: None})
+        kind = _unless_none(kind)
         try:
             value = _parse_bool(text) if kind is bool else kind(text)
         except (TypeError, ValueError) as err:
@@ -148,6 +151,17 @@ class MethodConfig:
     def session_backbone(self) -> Any:
         """The backbone adaptation to run on the host in every session (InfLoRA), or None."""
         return None
+
+
+_NONE = ("auto", "none")  # --set text for a setting that may be left to the method (None)
+
+
+def _unless_none(kind: Any) -> Any:
+    """X for a setting typed `X | None`, else the type as it is."""
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(arg for arg in args if arg is not type(None))
+    return kind
 
 
 def _is_config(kind: Any) -> bool:

@@ -26,6 +26,7 @@ from edgecl.core.layers import (
     CosineClassifier,
     LuCA,
     ScaleShift,
+    class_balance,
     class_means,
     entropy,
     fill_unkept_statistics,
@@ -112,11 +113,14 @@ class SafeConfig(MethodConfig):
     l_cos: float = 0.5  # feature alignment, summed over the batch (SAFE CIFAR: 0.5)
     l_cc: float = 1.0  # cross-classification (SAFE CIFAR: 1)
     sigma_init: float = 1.0
+    # the analytic classifiers' columns weighed by (mean class count / class count)^p, so that a class taught
+    # from 5 images is not drowned by one of 300 (measured: docs/methods.md); 0 = the plain ridge solution
+    class_balance: float = 0.5
     slow: SlowLearnerConfig = field(default_factory=SlowLearnerConfig)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SafeConfig:
-        data = legacy_projection(data)
+        data = {"class_balance": 0.0, **legacy_projection(data)}  # bundles from before the setting keep their W
         legacy = {_LEGACY_SLOW[k]: v for k, v in data.items() if k in _LEGACY_SLOW}
         if legacy:
             data = {
@@ -236,11 +240,14 @@ class Safe(ContinualMethod):
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         if not self.config.fast_learner:
-            return {"slow": self.slow_head(features)}
-        # both heads share one projection (same kind, dim, size, seed): one pass over it for both inputs
-        n = len(features)
-        expanded = self.slow_head.expand(torch.cat([self.fast(features), features]))
-        return {"fast": self.fast_head.classify(expanded[:n]), "slow": self.slow_head.classify(expanded[n:])}
+            members = {"slow": self.slow_head(features)}
+        else:
+            # both heads share one projection (same kind, dim, size, seed): one pass over it for both inputs
+            n = len(features)
+            expanded = self.slow_head.expand(torch.cat([self.fast(features), features]))
+            members = {"fast": self.fast_head.classify(expanded[:n]), "slow": self.slow_head.classify(expanded[n:])}
+        weights = class_balance(self.class_count, self.config.class_balance)
+        return members if weights is None else {name: logits * weights for name, logits in members.items()}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)
