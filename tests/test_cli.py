@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from edgecl.cli.app import app
 from edgecl.core.bundle import Bundle
+from edgecl.core.methods import method_config
 
 runner = CliRunner()
 
@@ -131,8 +132,9 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
         "tosca.min_steps=0",
         "safe.slow.epochs=1",
         "safe.projection=256",
+        f"the heads see the embedding to the power {m.heads['structure']['feature_power']:g} (chosen at the first",
     ):
-        assert text in result.output
+        assert text in result.output, result.output
     info = json.loads(edgecl("info", "--bundle", out, "--json").output)
     assert info["runtime"] == "torch" and len(info["manifest"]["sessions"]) == 3
 
@@ -308,3 +310,13 @@ def test_every_option_says_what_to_type_not_its_type():
         text = runner.invoke(app, [*words, "--help"], terminal_width=200).output
         assert "--lock-timeout" not in text or "--lock-timeout SECONDS" in text, (words, text)
         assert not re.search(r"--[a-z-]+ <", text), (words, text)
+
+
+def test_info_names_the_settings_a_bundle_predates():
+    from edgecl.cli.device_commands import _settings_changed
+
+    assert _settings_changed("edgecl", {}) == (
+        'settings other than the defaults: safe.projection_kind="gaussian", safe.class_balance=0.0, '
+        "temperature=1.0, feature_power=1.0"
+    )
+    assert _settings_changed("edgecl", method_config("edgecl").to_dict()) == "default settings"

@@ -283,3 +283,17 @@ def test_analytic_columns_are_weighed_by_class_size(name):
     (stored["safe"] if name == "edgecl" else stored).pop("class_balance")
     old = restore_method(name, DIM, stored, balanced.structure(), balanced.state_dict())
     torch.testing.assert_close(old.logits(features), plain.logits(features), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("power", [0, -1, float("nan"), "0.5", True])
+def test_edgecl_refuses_a_stored_power_that_is_not_a_number_above_0(power):
+    method = learn_sessions(fast("edgecl"), sessions=((0, 3),))
+    with pytest.raises(ValueError, match="feature_power"):
+        restore_method(
+            "edgecl", DIM, method.config.to_dict(), {**method.structure(), "feature_power": power}, method.state_dict()
+        )
+
+
+def test_class_balance_is_bounded():
+    with pytest.raises(EdgeclError, match="class_balance=3.0: must be at most 2"):
+        method_config("safe", {}).setting("class_balance", "3")

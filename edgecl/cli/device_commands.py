@@ -151,9 +151,9 @@ def _settings_changed(name: str, config: dict) -> str:
     from edgecl.core.methods import method_config
 
     defaults = dict(flatten(method_config(name).to_dict()))
-    changed = [
-        f"{key}={json.dumps(value)}" for key, value in flatten(config) if key not in defaults or defaults[key] != value
-    ]
+    # what the bundle runs with: a setting it predates reads as the value it had then, not today's default
+    effective = flatten(method_config(name, config).to_dict())
+    changed = [f"{key}={json.dumps(value)}" for key, value in effective if defaults[key] != value]
     return f"settings other than the defaults: {', '.join(changed)}" if changed else "default settings"
 
 
@@ -219,6 +219,10 @@ def info(
             "input space in memory"
         )
     out.print(f"method     {m.method['name']}  {_settings_changed(m.method['name'], m.method['config'])}")
+    power = m.heads.get("structure", {}).get("feature_power")
+    if power is not None:
+        chosen = " (chosen at the first session)" if m.method["config"].get("feature_power", 1) is None else ""
+        out.print(f"           the heads see the embedding to the power {power:g}{chosen}")
     out.print(f"runtime    {embedder.runtime}: {cli_message(embedder.reason)}")
     for reason in embedder.passed_over:
         out.print(f"           not {cli_message(reason)}")

@@ -53,13 +53,11 @@ class EdgeclConfig(MethodConfig):
         super().__post_init__()
         if not (self.use_tosca or self.use_fast or self.use_slow):
             raise EdgeclError("edgecl needs at least one of use_tosca, use_fast, use_slow")
-        if self.feature_power == 0:
-            raise EdgeclError("EdgeclConfig.feature_power=0: must be a number above 0, or auto")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EdgeclConfig:
         # bundles written before these settings keep their scores and their heads' inputs
-        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, **data})
+        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, "safe": {}, **data})
 
     def slow_learner(self):
         return self.safe.slow_learner()
@@ -146,4 +144,7 @@ class Edgecl(ContinualMethod):
         self.tosca.build(structure["tosca"])
         self.safe.build(structure["safe"])
         # heads written before the choice was stored were made with the configured power
-        self.feature_power = structure.get("feature_power", self.config.feature_power)
+        power = structure.get("feature_power", self.config.feature_power)
+        if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0):
+            raise ValueError(f"feature_power {power!r} is not a number above 0")
+        self.feature_power = power if power is None else float(power)

@@ -38,7 +38,13 @@ _POSITIVE = frozenset(
     }
 )
 # sizes of tensors: a stored config (a bundle from elsewhere) cannot ask for more than a device holds
-_AT_MOST = {"projection": 1 << 16, "bottleneck": 1 << 14, "fast_bottleneck": 1 << 14, "rank": 1 << 10}
+_AT_MOST = {
+    "projection": 1 << 16,
+    "bottleneck": 1 << 14,
+    "fast_bottleneck": 1 << 14,
+    "rank": 1 << 10,
+    "class_balance": 2,  # beyond, a 5-image class's weight against a 300-image one leaves float32
+}
 
 
 @dataclasses.dataclass(frozen=True)
