@@ -262,7 +262,7 @@ def test_edgecl_feature_power_settings():
 
 
 @pytest.mark.parametrize("name", ["safe", "edgecl"])
-def test_analytic_columns_are_weighed_by_class_size(name):
+def test_slow_analytic_columns_are_weighed_by_class_size(name):
     g = torch.Generator().manual_seed(0)
     balanced = fast(name)
     for offset, count, per_class in ((0, 3, 30), (3, 2, 3)):
@@ -276,8 +276,8 @@ def test_analytic_columns_are_weighed_by_class_size(name):
     weights = (counts.mean() / counts).sqrt()
     features, _ = clustered(5, 4, seed=5)
     members, plain_members = ((m.safe if name == "edgecl" else m).member_logits(features) for m in (balanced, plain))
-    for member, logits in members.items():
-        torch.testing.assert_close(logits, plain_members[member] * weights)
+    torch.testing.assert_close(members["slow"], plain_members["slow"] * weights)
+    torch.testing.assert_close(members["fast"], plain_members["fast"], rtol=0, atol=0)  # its features drift
     # a bundle written before the setting keeps the plain ridge solution
     stored = {k: v for k, v in balanced.config.to_dict().items()}
     (stored["safe"] if name == "edgecl" else stored).pop("class_balance")

@@ -113,7 +113,7 @@ class SafeConfig(MethodConfig):
     l_cos: float = 0.5  # feature alignment, summed over the batch (SAFE CIFAR: 0.5)
     l_cc: float = 1.0  # cross-classification (SAFE CIFAR: 1)
     sigma_init: float = 1.0
-    # the analytic classifiers' columns weighed by (mean class count / class count)^p, so that a class taught
+    # the slow analytic classifier's columns weighed by (mean class count / class count)^p, so that a class taught
     # from 5 images is not drowned by one of 300 (measured: docs/methods.md); 0 = the plain ridge solution
     class_balance: float = 0.5
     slow: SlowLearnerConfig = field(default_factory=SlowLearnerConfig)
@@ -246,8 +246,13 @@ class Safe(ContinualMethod):
             n = len(features)
             expanded = self.slow_head.expand(torch.cat([self.fast(features), features]))
             members = {"fast": self.fast_head.classify(expanded[:n]), "slow": self.slow_head.classify(expanded[n:])}
+        # the slow member only: its features are fixed, so its ridge solution is exact; the fast member's rows
+        # come from a fast learner retrained every session, and weighing them up carried its drift onto the
+        # base classes (measured: docs/methods.md)
         weights = class_balance(self.class_count, self.config.class_balance)
-        return members if weights is None else {name: logits * weights for name, logits in members.items()}
+        if weights is not None:
+            members["slow"] = members["slow"] * weights
+        return members
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return blend(list(self.member_logits(features).values()), self.config.gamma)
