@@ -47,7 +47,7 @@ def test_methods_lists_every_setting_with_its_default():
         "  tosca.bottleneck = 48",
         "  use_tosca = true",
         "  feature_power = auto",
-        "  safe.class_balance = 0.5",
+        "  safe.class_balance = 0.75",
         "simplecil:",
     ):
         assert line in result.output

@@ -115,7 +115,7 @@ class SafeConfig(MethodConfig):
     sigma_init: float = 1.0
     # the slow analytic classifier's columns weighed by (mean class count / class count)^p, so that a class taught
     # from 5 images is not drowned by one of 300 (measured: docs/methods.md); 0 = the plain ridge solution
-    class_balance: float = 0.5
+    class_balance: float = 0.75
     slow: SlowLearnerConfig = field(default_factory=SlowLearnerConfig)
 
     @classmethod
