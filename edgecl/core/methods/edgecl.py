@@ -11,7 +11,7 @@ blend's softmax at `temperature`, so that they rank and mean something rather th
 Every head sees the embedding power-normalised (`feature_power`, measured: docs/methods.md), which the
 published TOSCA and SAFE do not do. Left to the method, the power is chosen from the first session's
 embedding: a square root where it is non-negative (a CNN's pooled features), none where it is signed (a
-ViT's [CLS] token, where the root cost 2 to 3 points); the choice is part of the heads' structure.
+ViT's [CLS] token, where the root cost 2 to 4 points); the choice is part of the heads' structure.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
