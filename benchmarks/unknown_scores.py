@@ -52,10 +52,10 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
     embeddings seen so far (for the nearest-image score, which a bundle could not afford to keep)."""
     logits = method.logits(features)
     temperature = method.config.temperature
-    f = power_normalize(features, method.feature_power)
+    f, trained = (power_normalize(x, method.feature_power) for x in (features, train))
     means = method.safe.slow_classifier.weight
     variance = method.tosca.class_var + 1e-3 * method.tosca.class_var.mean()
-    neighbours = F.normalize(power_normalize(train, method.feature_power), dim=-1)
+    neighbours = F.normalize(trained, dim=-1)
     return {
         "top probability": torch.softmax(logits / temperature, -1).max(1).values.numpy(),
         "energy": torch.logsumexp(logits / temperature, -1).numpy(),
@@ -63,9 +63,7 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
             -(((f[:, None] - method.tosca.class_mean[None]) ** 2) / variance[None]).sum(-1).min(1).values
         ).numpy(),
         "nearest training image": (F.normalize(f, dim=-1) @ neighbours.T).max(1).values.numpy(),
-        "relative Mahalanobis (unit vectors)": relative_mahalanobis(
-            power_normalize(train, method.feature_power), labels, f
-        ).numpy(),
+        "relative Mahalanobis (unit vectors)": relative_mahalanobis(trained, labels, f).numpy(),
         "cosine to the nearest mean": known_from_means(f, means, torch.zeros(len(means))).numpy(),
         "the same, over the class's typical cosine": method.known_scores(features).numpy(),
     }

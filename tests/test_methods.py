@@ -279,7 +279,7 @@ def test_slow_analytic_columns_are_weighed_by_class_size(name):
     torch.testing.assert_close(members["slow"], plain_members["slow"] * weights)
     torch.testing.assert_close(members["fast"], plain_members["fast"], rtol=0, atol=0)  # its features drift
     # a bundle written before the setting keeps the plain ridge solution
-    stored = {k: v for k, v in balanced.config.to_dict().items()}
+    stored = balanced.config.to_dict()
     (stored["safe"] if name == "edgecl" else stored).pop("class_balance")
     old = restore_method(name, DIM, stored, balanced.structure(), balanced.state_dict())
     torch.testing.assert_close(old.logits(features), plain.logits(features), rtol=0, atol=0)
