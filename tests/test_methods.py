@@ -175,6 +175,9 @@ def test_unknown_method_and_setting_are_user_errors():
     ]:
         with pytest.raises(EdgeclError, match=rf"^settings {key}={text}: .*={text}: must be a number {bound}"):
             method_config("edgecl", settings={key: text})
+    for stored in ({"safe": {"projection": True}}, {"tosca": {"lr": False}}, {"temperature": True}):
+        with pytest.raises(EdgeclError, match=r"=(True|False): must be a number"):  # a bundle's config, edited
+            method_config("edgecl", stored)
     with pytest.raises(EdgeclError, match="^settings safe.fast=bogus: fast=bogus: must be one of luca, scale_shift"):
         method_config("edgecl", settings={"safe.fast": "bogus"})
     assert method_config("edgecl", settings={"safe.slow.epochs": "3"}).safe.slow.epochs == 3

@@ -52,10 +52,11 @@ class MethodConfig:
     def __post_init__(self) -> None:
         for name, kind in typing.get_type_hints(type(self)).items():
             value, kind = getattr(self, name), _unless_none(kind)
-            if kind not in (int, float) or isinstance(value, bool) or value is None:
+            if kind not in (int, float) or value is None:
                 continue
             if (
-                not isinstance(value, (int, float))
+                isinstance(value, bool)  # an int to Python, but a stored `true` is no size or rate
+                or not isinstance(value, (int, float))
                 or not math.isfinite(value)
                 or value < 0
                 or (name in _POSITIVE and value == 0)
