@@ -54,6 +54,19 @@ def test_sessions_one_by_one_give_the_joint_ridge_solution(kind):
     assert relative_error(head.weight, expected) < 1e-4
 
 
+def test_an_add_without_solving_updates_the_factor_and_q_alone():
+    parts = sessions()
+    solved, held = AnalyticClassifier(DIM, SIZE, seed=3), AnalyticClassifier(DIM, SIZE, seed=3)
+    for head in (solved, held):
+        head.add(*parts[0])
+    before = held.weight.clone()
+    solved.add(*parts[1])
+    held.add(*parts[1], solve=False)  # the journal's replay, which holds the new W already
+    assert torch.equal(held.weight, before)
+    assert torch.equal(held.factor_packed, solved.factor_packed) and torch.equal(held.moment, solved.moment)
+    torch.testing.assert_close(held.solve(), solved.weight)  # from the stored (float32) factor
+
+
 @pytest.mark.parametrize("size,block", [(1, 4), (7, 3), (8, 4), (9, 512)])
 def test_a_packed_triangle_unpacks_to_its_symmetric_matrix(size, block):
     a = torch.randn(size, size, dtype=torch.float64)

@@ -175,7 +175,14 @@ def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     50 rows 0.12 s against 0.55, 1,000 rows the same time, 3,000 rows 3.3 s against 1.9: LAPACK's ormqr
     runs slower than the matmul that accumulates G). Block by block of columns, a QR of the block's
     triangle stacked on the rows' block zeroes those rows; its Q^T then carries the rest of the rows
-    on (the stacked Householder update of LAPACK's tpqrt, on torch's QR)."""
+    on (the stacked Householder update of LAPACK's tpqrt, on torch's QR). All of it on one thread: as fast
+    on an idle CPU, the same numbers to the bit, and a core taken by other work no longer stalls each of
+    its some 200 small ops (benchmarks/learn_cost.py)."""
+    with torch_threads(1):
+        _update(factor, rows)
+
+
+def _update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     size, explicit = len(factor), len(rows) <= 128
     block = 128 if explicit else 256 if len(rows) <= 1024 else 512
     if not len(rows):
@@ -184,12 +191,10 @@ def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
         end = min(start + block, size)
         width = end - start
         stacked = torch.cat([factor[start:end, start:end].triu(), rows[:, :width]])
-        # one thread: as fast on an idle CPU; with two learners at once, 50 rows took 0.7-1.2 s, not 1.1-2.4
-        with torch_threads(1):
-            if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
-                q, r = torch.linalg.qr(stacked, mode="complete")
-            else:
-                reflectors, tau = torch.geqrf(stacked)
+        if explicit:  # a small Q formed once beats LAPACK's ormqr applying its reflectors (0.12 vs 0.24 s)
+            q, r = torch.linalg.qr(stacked, mode="complete")
+        else:
+            reflectors, tau = torch.geqrf(stacked)
         factor[start:end, start:end] = r[:width] if explicit else reflectors[:width].triu()
         if end < size:
             rest = torch.cat([factor[start:end, end:], rows[:, width:]])
@@ -313,10 +318,17 @@ class AnalyticClassifier(nn.Module):
         return torch.relu(self.projection(features))
 
     def add(
-        self, features: torch.Tensor, targets: torch.Tensor, num_classes: int, ridges: tuple[float, ...] = RIDGES
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        num_classes: int,
+        ridges: tuple[float, ...] = RIDGES,
+        *,
+        solve: bool = True,
     ) -> float:
         """Accumulate one session (targets in [0, num_classes)), pick lambda in the first session (every
-        session if `repick`), solve; returns lambda. If it fails, nothing has changed."""
+        session if `repick`), solve; returns lambda. If it fails, nothing has changed. Without `solve`, W
+        stays as it was where lambda is kept: for a caller that holds the new W already (the journal's replay)."""
         if not min(ridges) > 0:
             raise EdgeclError(f"ridge candidates must be positive (got {min(ridges):g})")
         if self.stale:
@@ -331,7 +343,7 @@ class AnalyticClassifier(nn.Module):
         )
         moment = self.moment + h.T @ y
         try:
-            ridge, kept, weight = self._fit(h, y, ridges, moment)
+            ridge, kept, weight = self._fit(h, y, ridges, moment, solve)
         except BaseException:
             self.moment = previous
             raise
@@ -343,13 +355,13 @@ class AnalyticClassifier(nn.Module):
         return ridge
 
     def _fit(
-        self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], moment: torch.Tensor
+        self, h: torch.Tensor, y: torch.Tensor, ridges: tuple[float, ...], moment: torch.Tensor, solve: bool = True
     ) -> tuple[float, torch.Tensor, torch.Tensor]:
         """(lambda, the packed triangle to keep, W) with this session's H added; `moment` is Q with its Y."""
         if self.learned and not self.repick:
             factor = self.factor
             cholesky_update(factor, h)
-            return float(self.ridge), pack_upper(factor), self.solve(factor, moment)
+            return float(self.ridge), pack_upper(factor), self.solve(factor, moment) if solve else self.weight
         gram = self.gram if self.learned else None
         ridge = self.select_ridge(h, y, ridges, gram)
         system = (gram if gram is not None else torch.zeros(self.size, self.size, dtype=torch.float64)).addmm_(h.T, h)

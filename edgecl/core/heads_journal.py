@@ -123,7 +123,7 @@ def replay(
                 for features, targets, classes in adds:
                     if not 0 < classes <= max_classes:  # a journal entry must not size what the bundle has not
                         raise ValueError(f"{prefix}: a recorded session of {classes} classes")
-                    analytic[prefix].add(features, targets, classes)
+                    analytic[prefix].add(features, targets, classes, solve=False)  # W: the entry's
             state = method.state_dict()
         else:
             state = _grown_for(method, structure, restore)
