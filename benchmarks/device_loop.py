@@ -6,7 +6,8 @@ Fashion-MNIST, 6 base classes of 100 images, slow learner off: its quality does 
   interleaved; and `edgecl.load`'s start-up;
 - one `learn` of 5 and of 50 images, whole heads written every session (as before the journal) against
   the journal: seconds in start-up (imports, opening the bundle), embedding, heads and the rest (reading
-  and writing the bundle), and the bytes written.
+  and writing the bundle), and the bytes written; and one of 50 images into the bundle after three more
+  one-class sessions, whose journal entries `learn` replays first (the most before a new base).
 
 Each learn runs in a fresh process (python -m benchmarks.device_loop_worker)."""
 
@@ -72,6 +73,17 @@ def frame_latency(bundle: Path) -> dict:
     }
 
 
+def _after_three_sessions(data: Path, base: Path) -> Path:
+    """The base bundle with three more one-class sessions of 50 images (Shirt, Sneaker, Bag) in its journal."""
+    deep = data / "bundle-3-entries"
+    if not (deep / "manifest.json").exists():
+        shutil.rmtree(deep, ignore_errors=True)
+        shutil.copytree(base, deep)
+        for paths in fashion_mnist.write_image_folders(data / "more", "train", 50, [6, 7, 8], seed=2).values():
+            edgecl("learn", "--images", str(Path(paths[0]).parent), "--bundle", str(deep), "-q")
+    return deep
+
+
 def learn_costs(data: Path, base: Path) -> dict:
     new = fashion_mnist.write_image_folders(data / "new", "train", 50, [9], seed=1)
     folder50 = Path(next(iter(new.values()))[0]).parent
@@ -80,22 +92,26 @@ def learn_costs(data: Path, base: Path) -> dict:
         folder5.mkdir(parents=True)
         for path in sorted(folder50.iterdir())[:5]:
             shutil.copy(path, folder5 / path.name)
+    deep = _after_three_sessions(data, base)
+    cases = [
+        (f"{n} images, {how}", folder, how, base)
+        for n, folder in (("5", folder5), ("50", folder50))
+        for how in ("whole", "journal")
+    ]
+    cases.append(("50 images, journal, 3 entries replayed", folder50, "journal", deep))
     results: dict[str, list[dict]] = {}
     for _ in range(ROUNDS):
-        for images, folder in (("5", folder5), ("50", folder50)):
-            for how in ("whole", "journal"):
-                bundle = data / f"learn-{how}"
-                shutil.rmtree(bundle, ignore_errors=True)
-                shutil.copytree(base, bundle)
-                done = subprocess.run(
-                    [sys.executable, "-m", "benchmarks.device_loop_worker", str(bundle), str(folder), how],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                results.setdefault(f"{images} images, {how}", []).append(
-                    json.loads(done.stdout.strip().splitlines()[-1])
-                )
+        for name, folder, how, start in cases:
+            bundle = data / f"learn-{how}"
+            shutil.rmtree(bundle, ignore_errors=True)
+            shutil.copytree(start, bundle)
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.device_loop_worker", str(bundle), str(folder), how],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results.setdefault(name, []).append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in results.items()}
 
 
