@@ -13,7 +13,9 @@ HEAVY = re.compile(r"^(torch|triton|nvidia[-_].*|cuda[-_].*)$", re.IGNORECASE)
 
 
 def main(target: str) -> None:
-    linked = 0
+    if not Path(target).is_dir() or Path(target).name != "site-packages":
+        sys.exit(f"link_heavy: {target!r} is not a site-packages folder")
+    linked = copied = 0
     for dist in distributions():
         if not HEAVY.match(dist.metadata["Name"] or "") or not dist.files:
             continue
@@ -26,10 +28,11 @@ def main(target: str) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(src, dst)
-            except OSError:
+                linked += 1
+            except OSError:  # another file system: a copy, which costs the disk this was meant to spare
                 shutil.copy2(src, dst)
-            linked += 1
-    print(f"linked {linked} files of torch, triton and the CUDA libraries into {target}")
+                copied += 1
+    print(f"torch, triton and the CUDA libraries into {target}: {linked} files linked, {copied} copied")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def frame_latency(bundle: Path) -> dict:
 def _after_three_sessions(data: Path, base: Path) -> Path:
     """The base bundle with three more one-class sessions of 50 images (Shirt, Sneaker, Bag) in its journal."""
     deep = data / "bundle-3-entries"
-    if not (deep / "manifest.json").exists():
+    manifest = deep / "manifest.json"
+    if not manifest.exists() or len(json.loads(manifest.read_text())["heads"].get("journal", [])) != 3:
         shutil.rmtree(deep, ignore_errors=True)
         shutil.copytree(base, deep)
         for paths in fashion_mnist.write_image_folders(data / "more", "train", 50, [6, 7, 8], seed=2).values():

@@ -176,8 +176,9 @@ def cholesky_update(factor: torch.Tensor, rows: torch.Tensor) -> None:
     runs slower than the matmul that accumulates G). Block by block of columns, a QR of the block's
     triangle stacked on the rows' block zeroes those rows; its Q^T then carries the rest of the rows
     on (the stacked Householder update of LAPACK's tpqrt, on torch's QR). All of it on one thread: as fast
-    on an idle CPU, the same numbers to the bit, and a core taken by other work no longer stalls each of
-    its some 200 small ops (benchmarks/learn_cost.py)."""
+    on an idle CPU, and a core taken by other work no longer stalls each of its some 200 small ops
+    (docs/benchmarks.md, section 9). The numbers are those of two threads to the bit up to 128 rows (Q
+    formed); ormqr's differ in the last bits (about 1e-14 of the factor) with the thread count."""
     with torch_threads(1):
         _update(factor, rows)
 
