@@ -7,7 +7,7 @@ Fashion-MNIST, 6 base classes of 100 images, slow learner off: its quality does 
 - one `learn` of 5 and of 50 images, whole heads written every session (as before the journal) against
   the journal: seconds in start-up (imports, opening the bundle), embedding, heads and the rest (reading
   and writing the bundle), and the bytes written; and one of 50 images into the bundle after three more
-  one-class sessions, whose journal entries `learn` replays first (the most before a new base).
+  one-class sessions, whose journal entries `learn` replays first (a journal holds up to four).
 
 Each learn runs in a fresh process (python -m benchmarks.device_loop_worker)."""
 
