@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edgecl.core import bundle as bundles
+from edgecl.core.analytic import solve_factored
 from edgecl.core.cache import cache_root
 from edgecl.core.layers import known_from_means, power_normalize
 from edgecl.core.methods import method_class, method_config
@@ -56,7 +57,11 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
     means = method.safe.slow_classifier.weight
     variance = method.tosca.class_var + 1e-3 * method.tosca.class_var.mean()
     neighbours = F.normalize(trained, dim=-1)
-    return {
+    slow = method.safe.slow_head
+    expanded = slow.expand(f).double()
+    # the ridge's leverage h^T (G + lambda I)^-1 h, over |h|^2: how little of h the training data spans
+    leverage = (expanded * solve_factored(slow.factor, expanded.T).T).sum(1) / expanded.square().sum(1)
+    candidates = {
         "top probability": torch.softmax(logits / temperature, -1).max(1).values.numpy(),
         "energy": torch.logsumexp(logits / temperature, -1).numpy(),
         "Mahalanobis (diagonal)": (
@@ -65,8 +70,19 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
         "nearest training image": (F.normalize(f, dim=-1) @ neighbours.T).max(1).values.numpy(),
         "relative Mahalanobis (unit vectors)": relative_mahalanobis(trained, labels, f).numpy(),
         "cosine to the nearest mean": known_from_means(f, means, torch.zeros(len(means))).numpy(),
+        "leverage of the slow analytic classifier": (-leverage).float().numpy(),
         "the same, over the class's typical cosine": method.known_scores(features).numpy(),
     }
+    # pairs with the chosen score, as the mean of their ranks among these test images: an optimistic estimate
+    # (a bundle would have to rank against its own images)
+    chosen = _ranks(candidates["the same, over the class's typical cosine"])
+    for other in ("top probability", "relative Mahalanobis (unit vectors)", "nearest training image"):
+        candidates[f"ranks of the chosen score and {other}, mean"] = chosen + _ranks(candidates[other])
+    return candidates
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(values)) / len(values)
 
 
 def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:

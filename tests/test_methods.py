@@ -149,6 +149,15 @@ def test_min_steps_raises_epochs_for_small_sessions_only():
     assert schedule.epochs_for(10_000) == 20
 
 
+def test_edgecl_floors_its_steps_at_100_and_a_stored_floor_is_kept():
+    assert method_config("edgecl").tosca.min_steps == method_config("edgecl").safe.min_steps == 100
+    assert method_config("tosca").min_steps == method_config("safe").min_steps == 400  # the methods alone keep theirs
+    stored = method_config("edgecl", settings={"tosca.min_steps": "400", "safe.min_steps": "400"}).to_dict()
+    restored = method_config("edgecl", stored)
+    assert restored.tosca.min_steps == restored.safe.min_steps == 400
+    assert method_config("edgecl", stored, settings={"tosca.lr": "0.01"}).tosca.min_steps == 400
+
+
 def test_unknown_method_and_setting_are_user_errors():
     with pytest.raises(EdgeclError, match="unknown method"):
         create_method("nope", DIM)

@@ -31,12 +31,15 @@ from edgecl.errors import EdgeclError
 # the share of negative numbers above which an embedding counts as signed: pooled CNN features have none,
 # a ViT's [CLS] about half (measured on Lite0 and ViT-S/14, docs/methods.md)
 SIGNED_SHARE = 0.05
+STEP_FLOOR = 100
 
 
 @dataclass(frozen=True)
 class EdgeclConfig(MethodConfig):
-    tosca: ToscaConfig = field(default_factory=ToscaConfig)
-    safe: SafeConfig = field(default_factory=SafeConfig)
+    # a floor of 100 gradient steps, not 400: inside the blend it costs at most 0.4 points and brings a 50-image
+    # class's heads under a second (docs/methods.md, section 4); bundles keep the floor they were trained with
+    tosca: ToscaConfig = field(default_factory=lambda: ToscaConfig(min_steps=STEP_FLOOR))
+    safe: SafeConfig = field(default_factory=lambda: SafeConfig(min_steps=STEP_FLOOR))
     use_tosca: bool = True
     use_fast: bool = True
     use_slow: bool = True
@@ -56,8 +59,8 @@ class EdgeclConfig(MethodConfig):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EdgeclConfig:
-        # bundles written before these settings keep their scores and their heads' inputs
-        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, "safe": {}, **data})
+        # bundles written before these settings keep their scores, their heads' inputs and their step floor
+        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, "tosca": {}, "safe": {}, **data})
 
     def slow_learner(self):
         return self.safe.slow_learner()
