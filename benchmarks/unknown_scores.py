@@ -82,7 +82,11 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values)) / len(values)
+    """Ranks in 0..1, ties sharing their mean rank (a saturated top probability ties often)."""
+    ranks = np.empty(len(values))
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    _, tied, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.bincount(tied, weights=ranks) / counts)[tied] / len(values)
 
 
 def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:

@@ -150,12 +150,18 @@ def test_min_steps_raises_epochs_for_small_sessions_only():
 
 
 def test_edgecl_floors_its_steps_at_100_and_a_stored_floor_is_kept():
-    assert method_config("edgecl").tosca.min_steps == method_config("edgecl").safe.min_steps == 100
+    method = create_method("edgecl", DIM)
+    # 50 images in batches of 48: 2 steps per epoch, so 50 epochs make the 100 steps
+    assert method.tosca.config.schedule().epochs_for(50) == method.safe.config.schedule().epochs_for(50) == 50
     assert method_config("tosca").min_steps == method_config("safe").min_steps == 400  # the methods alone keep theirs
     stored = method_config("edgecl", settings={"tosca.min_steps": "400", "safe.min_steps": "400"}).to_dict()
     restored = method_config("edgecl", stored)
     assert restored.tosca.min_steps == restored.safe.min_steps == 400
     assert method_config("edgecl", stored, settings={"tosca.lr": "0.01"}).tosca.min_steps == 400
+    # a stored config that names some settings of a group (or none of the group) keeps the floor of its time
+    partial = method_config("edgecl", {"tosca": {"lr": 0.01}, "safe": {"projection": 256}})
+    assert (partial.tosca.lr, partial.tosca.min_steps, partial.safe.min_steps) == (0.01, 400, 400)
+    assert method_config("edgecl", {}).tosca.min_steps == 400
 
 
 def test_unknown_method_and_setting_are_user_errors():
