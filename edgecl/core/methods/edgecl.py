@@ -36,7 +36,7 @@ STEP_FLOOR = 100
 
 @dataclass(frozen=True)
 class EdgeclConfig(MethodConfig):
-    # a floor of 100 gradient steps, not 400: inside the blend it costs at most 0.4 points and brings a 50-image
+    # a floor of 100 gradient steps, not 400: inside the blend it costs at most 0.5 points and brings a 50-image
     # class's heads under a second (docs/methods.md, section 4); bundles keep the floor they were trained with
     tosca: ToscaConfig = field(default_factory=lambda: ToscaConfig(min_steps=STEP_FLOOR))
     safe: SafeConfig = field(default_factory=lambda: SafeConfig(min_steps=STEP_FLOOR))
