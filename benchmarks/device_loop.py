@@ -30,11 +30,24 @@ ROUNDS = 3
 
 def _bundle(data: Path) -> Path:
     base = data / "bundle"
-    if not (base / "manifest.json").exists():
+    if _stale(base):
+        shutil.rmtree(data / "bundle-3-entries", ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
         fashion_mnist.write_image_folders(data / "base", "train", 100, [0, 1, 2, 3, 4, 5], seed=0)
         edgecl("train", str(data / "base"), "--bundle", str(base), "--slow-epochs", "0", "-q")
         edgecl("export", "--target", "cpu", "-b", str(base), "--images", str(data / "base"))
     return base
+
+
+def _stale(bundle: Path) -> bool:
+    """No bundle, or one of an earlier run whose method settings are not today's defaults (a default changed)."""
+    from edgecl.core.methods import method_config
+
+    manifest = bundle / "manifest.json"
+    if not manifest.exists():
+        return True
+    today = method_config("edgecl", settings={"safe.slow.epochs": "0"}).to_dict()
+    return json.loads(manifest.read_text())["method"]["config"] != today
 
 
 def frame_latency(bundle: Path) -> dict:
