@@ -4,6 +4,7 @@ so far against those of the classes not learned yet, for each candidate score.
 
     python -m benchmarks.unknown_scores fashion-mnist DATA          # DATA/train/<class>, DATA/test/<class>; B2 Inc2
     python -m benchmarks.unknown_scores caltech-101 CALTECH         # the official split; B11 Inc10
+    python -m benchmarks.unknown_scores caltech-101 CALTECH VIT     # on the ViT-S/14 of VIT (benchmarks.vit_weights)
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from edgecl.eval.datasets import class_order, load_train_test, session_sizes
 from edgecl.eval.metrics import auroc, fpr_at_tpr
 from edgecl.eval.protocol import _Embedder
 from edgecl.host.backbones import create_backbone, preprocess_config
+
+VIT = "vit_small_patch14_dinov2"
 
 
 def relative_mahalanobis(train: torch.Tensor, labels: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -89,7 +92,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return (np.bincount(tied, weights=ranks) / counts)[tied] / len(values)
 
 
-def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:
+def run(name: str, root: Path, vit_weights: Path | None = None) -> dict[str, list[tuple[float, float]]]:
     """AUROC and the false-positive rate at 95% true positives of each score, after each session."""
     if name == "fashion-mnist":
         dataset, init, increment = load_train_test(root), 2, 2
@@ -98,7 +101,7 @@ def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:
             root / "101_ObjectCategories", root / "train.txt", root / "test.txt", ["BACKGROUND_Google"]
         )
         init, increment = 11, 10
-    model, spec = create_backbone()
+    model, spec = create_backbone(VIT, vit_weights, img_size=224) if vit_weights else create_backbone()
     order = class_order(len(dataset.classes), 1993)
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
@@ -131,4 +134,4 @@ def run(name: str, root: Path) -> dict[str, list[tuple[float, float]]]:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], Path(sys.argv[2]))
+    run(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) > 3 else None)
