@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.vit_weights import MODEL
 from edgecl.core import bundle as bundles
 from edgecl.core.analytic import solve_factored
 from edgecl.core.cache import cache_root
@@ -26,8 +27,6 @@ from edgecl.eval.datasets import class_order, load_train_test, session_sizes
 from edgecl.eval.metrics import auroc, fpr_at_tpr
 from edgecl.eval.protocol import _Embedder
 from edgecl.host.backbones import create_backbone, preprocess_config
-
-VIT = "vit_small_patch14_dinov2"
 
 
 def relative_mahalanobis(train: torch.Tensor, labels: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -101,7 +100,7 @@ def run(name: str, root: Path, vit_weights: Path | None = None) -> dict[str, lis
             root / "101_ObjectCategories", root / "train.txt", root / "test.txt", ["BACKGROUND_Google"]
         )
         init, increment = 11, 10
-    model, spec = create_backbone(VIT, vit_weights, img_size=224) if vit_weights else create_backbone()
+    model, spec = create_backbone(MODEL, vit_weights, img_size=224) if vit_weights else create_backbone()
     order = class_order(len(dataset.classes), 1993)
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
