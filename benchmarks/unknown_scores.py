@@ -20,7 +20,7 @@ from benchmarks.vit_weights import MODEL
 from edgecl.core import bundle as bundles
 from edgecl.core.analytic import solve_factored
 from edgecl.core.cache import cache_root
-from edgecl.core.layers import known_from_means, power_normalize
+from edgecl.core.layers import known_from_means
 from edgecl.core.methods import method_class, method_config
 from edgecl.core.session import LabeledEmbeddings, run_session
 from edgecl.eval.datasets import class_order, load_train_test, session_sizes
@@ -55,7 +55,7 @@ def scores(method, features: torch.Tensor, train: torch.Tensor, labels: torch.Te
     embeddings seen so far (for the nearest-image score, which a bundle could not afford to keep)."""
     logits = method.logits(features)
     temperature = method.config.temperature
-    f, trained = (power_normalize(x, method.feature_power) for x in (features, train))
+    f, trained = method.heads_input(features), method.heads_input(train)  # where the class means live
     means = method.safe.slow_classifier.weight
     variance = method.tosca.class_var + 1e-3 * method.tosca.class_var.mean()
     neighbours = F.normalize(trained, dim=-1)

@@ -10,6 +10,7 @@ from edgecl.core.layers import (
     class_means,
     entropy,
     power_normalize,
+    whitening_of,
 )
 
 
@@ -67,6 +68,20 @@ def test_class_means_and_entropy():
     torch.testing.assert_close(class_means(features, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0, 0], [0, 2.0]]))
     assert torch.isclose(entropy(torch.zeros(1, 4))[0], torch.tensor(math.log(4)))
     assert entropy(torch.tensor([[100.0, 0, 0]]))[0] < 1e-6
+
+
+def test_whitening_of_flattens_the_covariance_and_shrinks_its_weak_directions():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 6, generator=g) @ torch.randn(6, 6, generator=g) + 3
+    centre, whitening = whitening_of(features, 0.0)
+    torch.testing.assert_close(centre, features.mean(0))
+    torch.testing.assert_close(whitening, whitening.T)
+    torch.testing.assert_close(torch.cov(((features - centre) @ whitening).T), torch.eye(6), atol=1e-4, rtol=0)
+    _, shrunk = whitening_of(features, 1.0)
+    spread = torch.linalg.eigvalsh(torch.cov(((features - centre) @ shrunk).T))
+    assert (spread < 1).all() and (spread > 0).all()
+    one = whitening_of(features[:1], 1.0)[1]  # a first session of one image still gives finite numbers
+    assert torch.isfinite(one).all()
 
 
 def test_power_normalize_keeps_signs_and_zeros():

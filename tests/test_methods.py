@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from edgecl.core.layers import whitening_of
 from edgecl.core.methods import METHODS, create_method, restore_method
+from edgecl.core.methods.edgecl import WHITEN_SHRINK
 from edgecl.core.methods.interface import method_config
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.core.sgd import SGDSchedule
@@ -266,6 +268,39 @@ def test_edgecl_chooses_the_power_from_the_first_session_and_keeps_it():
     configured = create_method("edgecl", DIM, feature_power=0.5)
     configured.build({k: v for k, v in method.structure().items() if k != "feature_power"})
     assert configured.feature_power == 0.5
+
+
+def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
+    settings = dict(epochs=3, min_steps=60, projection=256)
+    first, first_targets = clustered(3, 20)
+    later, later_targets = clustered(2, 20, offset=3, seed=3)
+    centre, whitening = whitening_of(first, WHITEN_SHRINK)
+
+    def sessions(method, transform):
+        g = torch.Generator().manual_seed(0)
+        for features, targets in ((first, first_targets), (later, later_targets)):
+            method.learn(transform(features), targets, g, show_progress=False)
+        return method
+
+    whitened = sessions(create_method("edgecl", DIM, **settings), lambda f: f)
+    assert whitened.whiten and whitened.feature_power == 1.0
+    torch.testing.assert_close(whitened.state_dict()["centre"], first.mean(0))
+    by_hand = sessions(create_method("edgecl", DIM, **settings, whiten=False), lambda f: (f - centre) @ whitening)
+    features, _ = clustered(5, 4, seed=5)
+    torch.testing.assert_close(whitened.logits(features), by_hand.logits((features - centre) @ whitening))
+    torch.testing.assert_close(whitened.known_scores(features), by_hand.known_scores((features - centre) @ whitening))
+    restored = restore_method("edgecl", DIM, whitened.config.to_dict(), whitened.structure(), whitened.state_dict())
+    torch.testing.assert_close(restored.logits(features), whitened.logits(features), rtol=0, atol=0)
+    # a non-negative embedding (a CNN's pooled features) is not whitened and keeps no tensors for it
+    pooled = sessions(create_method("edgecl", DIM, **settings), lambda f: f.abs())
+    assert pooled.whiten is False and "centre" not in pooled.state_dict()
+    forced = sessions(create_method("edgecl", DIM, **settings, whiten=True), lambda f: f.abs())
+    assert forced.whiten and "whitening" in forced.state_dict()
+    # heads written before the setting see the embedding as they did
+    stored = {k: v for k, v in pooled.config.to_dict().items() if k != "whiten"}
+    assert restore_method("edgecl", DIM, stored, pooled.structure(), pooled.state_dict()).config.whiten is False
+    with pytest.raises(ValueError, match="whiten"):
+        restore_method("edgecl", DIM, stored, {**whitened.structure(), "whiten": 1}, whitened.state_dict())
 
 
 def test_edgecl_feature_power_settings():

@@ -1,6 +1,8 @@
 """SAFE's slow learner: the transfer loss, and tuning + merging a backbone on images (plumbing:
 a tiny random-init CNN; accuracy is measured on real data in test_accuracy.py)."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -78,5 +80,17 @@ def test_tuned_backbone_is_cached(base_images, tmp_path):
     first, stats = tune()
     again, cached = tune()
     assert "cached" not in stats and cached["cached"] and cached["steps"] == stats["steps"]
+    # `auto` is the backbone's own tuner (SSF on this CNN), and shares its cache
+    _, named = tuned_backbone(
+        create_backbone(PLUMBING_BACKBONE, random_init=True)[0],
+        paths,
+        labels,
+        preprocess_config(first),
+        dataclasses.replace(config, tuner="ssf"),
+        base_sha256="x",
+        cache_dir=tmp_path,
+        show_progress=False,
+    )
+    assert config.tuner == "auto" and named["cached"] and stats["tuner"] == "ssf"
     for key, value in first.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)

@@ -10,7 +10,7 @@ from edgecl.core.preprocess import preprocess
 from edgecl.errors import EdgeclError
 from edgecl.eval import fashion_mnist
 from edgecl.host.backbones import create_backbone, create_model, preprocess_config, rebuild
-from edgecl.host.tuners import create_tuner
+from edgecl.host.tuners import create_tuner, tuner_for
 
 
 def perturb(params, seed=0):
@@ -109,6 +109,14 @@ def lora_after_training(model, layers):
 
 
 @requires_fashion_mnist
+def test_auto_is_adaptformer_on_a_vit_and_ssf_on_a_cnn():
+    vit, _ = create_backbone("test_vit", random_init=True)
+    cnn, _ = create_backbone("test_efficientnet", random_init=True)
+    assert (tuner_for("auto", vit), tuner_for("auto", cnn)) == ("adaptformer", "ssf")
+    assert (tuner_for("ssf", vit), tuner_for("adaptformer", cnn)) == ("ssf", "adaptformer")  # a name is kept
+    create_tuner(tuner_for("auto", vit)).attach(vit)
+
+
 def test_lora_merges_exactly_into_the_pretrained_cnn_on_real_images():
     model, _ = create_backbone()
     original_count, original_keys = count(model), set(model.state_dict())

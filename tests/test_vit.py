@@ -176,7 +176,10 @@ def test_the_real_vit_trains_exports_learns_and_classifies(tmp_path, vit_file):
     result = learn(path, tmp_path / "new" / fashion_mnist.CLASSES[9], show_progress=False)
     assert result.session.classes == [fashion_mnist.CLASSES[9]]
     images = [p for paths in base.values() for p in paths]
-    predictions, _ = Classifier(path, runtime="onnxruntime", min_score=0).classify(images, show_progress=False)
+    assert m.heads["structure"]["whiten"] is True  # the [CLS] is signed: the heads whiten it
+    classifier = Classifier(path, runtime="onnxruntime", min_score=0)
+    assert classifier.heads.runtime == "onnxruntime", classifier.heads.reason  # the whitening in heads.onnx too
+    predictions, _ = classifier.classify(images, show_progress=False)
     right = np.mean([p.label == Path(p.path).parent.name for p in predictions])
     assert right >= 0.75, right  # its own training images, after a later session
     config = PreprocessConfig.from_dict(json.loads((path / "manifest.json").read_text())["preprocess"])

@@ -223,6 +223,8 @@ def info(
     if power is not None:
         chosen = " (chosen at the first session)" if m.method["config"].get("feature_power", 1) is None else ""
         out.print(f"           the heads see the embedding to the power {power:g}{chosen}")
+    if m.heads.get("structure", {}).get("whiten"):
+        out.print("           whitened with the first session's mean and covariance")
     out.print(f"runtime    {embedder.runtime}: {cli_message(embedder.reason)}")
     for reason in embedder.passed_over:
         out.print(f"           not {cli_message(reason)}")

@@ -154,6 +154,18 @@ def power_normalize(features: torch.Tensor, power: float) -> torch.Tensor:
     return features if power == 1 else features.sign() * features.abs().pow(power)
 
 
+def whitening_of(features: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, W) with W = (C + shrink * mean variance * I)^-1/2, C the covariance of `features`: (f - mean) W has
+    about unit variance along each of their principal directions, the weak ones damped by the shrinkage."""
+    x = features.double()
+    centre = x.mean(0)
+    cov = torch.cov(x.T, correction=1) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+    level = cov.diagonal().mean()
+    level = level if level > 0 else x.square().mean().clamp_min(1e-12)  # one image, or all alike
+    values, vectors = torch.linalg.eigh(cov + shrink * level * torch.eye(len(cov), dtype=x.dtype))
+    return centre.float(), ((vectors * values.clamp_min(1e-12).rsqrt()) @ vectors.T).float()
+
+
 def class_balance(counts: torch.Tensor, power: float) -> torch.Tensor | None:
     """(mean count / count)^power per class: scaling a ridge solution's columns by it is scaling the
     columns of Q = H^T Y, i.e. each class's images weighed as if the classes were closer in size. Ones

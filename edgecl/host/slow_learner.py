@@ -29,7 +29,7 @@ from edgecl.core.preprocess import PreprocessConfig
 from edgecl.core.sgd import MomentumSGD
 from edgecl.errors import EdgeclError
 from edgecl.host.image_batches import image_loader, train_on_images
-from edgecl.host.tuners import TUNERS, create_tuner, rebuild
+from edgecl.host.tuners import AUTO, TUNERS, create_tuner, rebuild, tuner_for
 
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
@@ -44,10 +44,10 @@ def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l
 
 def check_slow_learner(config: SlowLearnerConfig | None) -> None:
     """Before the backbone is even loaded: a tuner name that train_slow_learner would refuse."""
-    if config is not None and config.tuner not in TUNERS:
+    if config is not None and config.tuner not in TUNERS and config.tuner != AUTO:
         raise EdgeclError(
             f"slow learner tuner {config.tuner!r}: unknown "
-            f"(known: {', '.join(TUNERS)}, or none to train no slow learner)"
+            f"(known: {AUTO}, {', '.join(TUNERS)}, or none to train no slow learner)"
         )
 
 
@@ -63,6 +63,7 @@ def train_slow_learner(
     show_progress: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Tune `model` (in place) on the session-0 images, merge, return (model, stats, incl. its structure)."""
+    config = dataclasses.replace(config, tuner=tuner_for(config.tuner, model))
     torch.manual_seed(seed)
     device = torch.device(device)
     teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
@@ -146,6 +147,7 @@ def tuned_backbone(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """`train_slow_learner`, cached in `cache_dir` by backbone, config, images and seed (evaluations
     of several methods, or a rerun, tune the backbone once)."""
+    config = dataclasses.replace(config, tuner=tuner_for(config.tuner, model))  # `auto` shares its tuner's cache
     identity = {
         "images": cache_key(paths, base_sha256, preprocess),
         "labels": [int(v) for v in labels],

@@ -11,7 +11,9 @@ blend's softmax at `temperature`, so that they rank and mean something rather th
 Every head sees the embedding power-normalised (`feature_power`, measured: docs/methods.md), which the
 published TOSCA and SAFE do not do. Left to the method, the power is chosen from the first session's
 embedding: a square root where it is non-negative (a CNN's pooled features), none where it is signed (a
-ViT's [CLS] token, where the root cost 2 to 4 points); the choice is part of the heads' structure.
+ViT's [CLS] token, where the root cost 2 to 4 points); a signed embedding is also whitened with the first
+session's mean and shrunk covariance (`whiten`), which lifts every member on a ViT's [CLS] and costs them on
+a CNN's pooled features. Both choices are part of the heads' structure.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from edgecl.core.layers import power_normalize
+from edgecl.core.layers import power_normalize, whitening_of
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.methods.safe import Safe, SafeConfig, blend
 from edgecl.core.methods.tosca import Tosca, ToscaConfig
@@ -31,6 +33,9 @@ from edgecl.errors import EdgeclError
 # the share of negative numbers above which an embedding counts as signed: pooled CNN features have none,
 # a ViT's [CLS] about half (measured on Lite0 and ViT-S/14, docs/methods.md)
 SIGNED_SHARE = 0.05
+# the whitening's covariance is shrunk towards the identity at this share of its mean variance: 0.5 to 4 gave
+# the same within half a point on the ViT (docs/methods.md, section 5); more is safer on a small first session
+WHITEN_SHRINK = 1.0
 STEP_FLOOR = 100
 
 
@@ -51,6 +56,8 @@ class EdgeclConfig(MethodConfig):
     # the heads see sign(f)|f|^p; 1 = the embedding as it is; None: chosen at the first session (measured:
     # docs/methods.md)
     feature_power: float | None = None
+    # the heads see (f - mean) W, W = (C + s I)^-1/2 from the first session; None: where the embedding is signed
+    whiten: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,7 +67,8 @@ class EdgeclConfig(MethodConfig):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EdgeclConfig:
         # bundles written before these settings keep their scores, their heads' inputs and their step floor
-        return super().from_dict({"temperature": 1.0, "feature_power": 1.0, "tosca": {}, "safe": {}, **data})
+        legacy = {"temperature": 1.0, "feature_power": 1.0, "whiten": False, "tosca": {}, "safe": {}}
+        return super().from_dict({**legacy, **data})
 
     def slow_learner(self):
         return self.safe.slow_learner()
@@ -81,11 +89,23 @@ class Edgecl(ContinualMethod):
         self.tosca = Tosca(config.tosca, embedding_dim)
         self.safe = Safe(replace(config.safe, fast_learner=config.use_fast), embedding_dim)
         self.feature_power = config.feature_power
+        self.whiten = config.whiten
 
-    def _powered(self, features: torch.Tensor, *, choose: bool = False) -> torch.Tensor:
-        if self.feature_power is None and choose:  # the first session: a signed embedding keeps its scale
-            self.feature_power = 0.5 if (features < 0).float().mean().item() <= SIGNED_SHARE else 1.0
-        return power_normalize(features, self.feature_power or 1.0)
+    def _choose_inputs(self, features: torch.Tensor) -> None:
+        """The first session: how the heads see every embedding from now on."""
+        signed = (features < 0).float().mean().item() > SIGNED_SHARE
+        if self.feature_power is None:  # a signed embedding keeps its scale
+            self.feature_power = 1.0 if signed else 0.5
+        self.whiten = signed if self.whiten is None else self.whiten
+        if self.whiten:
+            centre, whitening = whitening_of(power_normalize(features, self.feature_power), WHITEN_SHRINK)
+            self.register_buffer("centre", centre)
+            self.register_buffer("whitening", whitening)
+
+    def heads_input(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding as every head sees it."""
+        features = power_normalize(features, self.feature_power or 1.0)
+        return (features - self.centre) @ self.whitening if self.whiten else features
 
     @property
     def num_classes(self) -> int:
@@ -97,7 +117,9 @@ class Edgecl(ContinualMethod):
         self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator, *, show_progress: bool = True
     ) -> dict[str, float]:
         stats = {}
-        features = self._powered(features, choose=True)
+        if self.num_classes == 0:
+            self._choose_inputs(features)
+        features = self.heads_input(features)
         if self.config.use_tosca:
             stats.update(
                 {
@@ -115,7 +137,7 @@ class Edgecl(ContinualMethod):
 
     def member_logits(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         members = {}
-        features = self._powered(features)
+        features = self.heads_input(features)
         if self.config.use_tosca:
             members["tosca"] = self.tosca.logits(features)
         analytic = self.safe.member_logits(features)
@@ -132,16 +154,17 @@ class Edgecl(ContinualMethod):
 
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        return self.safe.known_scores(self._powered(features), active)  # SAFE's class means
+        return self.safe.known_scores(self.heads_input(features), active)  # SAFE's class means
 
     @torch.inference_mode()
     def held_out_known_scores(
         self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.safe.held_out_known_scores(self._powered(features), targets, active)
+        return self.safe.held_out_known_scores(self.heads_input(features), targets, active)
 
     def structure(self) -> dict[str, Any]:
-        return {"tosca": self.tosca.structure(), "safe": self.safe.structure(), "feature_power": self.feature_power}
+        parts = {"tosca": self.tosca.structure(), "safe": self.safe.structure()}
+        return {**parts, "feature_power": self.feature_power, "whiten": self.whiten}
 
     def build(self, structure: dict[str, Any]) -> None:
         self.tosca.build(structure["tosca"])
@@ -151,3 +174,10 @@ class Edgecl(ContinualMethod):
         if power is not None and (isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0):
             raise ValueError(f"feature_power {power!r} is not a number above 0")
         self.feature_power = power if power is None else float(power)
+        whiten = structure.get("whiten", self.config.whiten)
+        if whiten is not None and not isinstance(whiten, bool):
+            raise ValueError(f"whiten {whiten!r} is not true or false")
+        self.whiten = whiten
+        if whiten:  # shapes to load the stored tensors into
+            self.register_buffer("centre", torch.zeros(self.embedding_dim))
+            self.register_buffer("whitening", torch.zeros(self.embedding_dim, self.embedding_dim))

@@ -61,7 +61,8 @@ FAST_MODULES = {
 class SlowLearnerConfig(MethodConfig):
     """The slow learner inside the backbone, trained on the host in session 0 (edgecl/slow_learner.py)."""
 
-    tuner: str = "ssf"  # ssf | adaptformer | none (also: epochs 0)
+    # auto (adaptformer on a ViT, ssf on a CNN: measured) | ssf | adaptformer | none (also: epochs 0)
+    tuner: str = "auto"
     epochs: int = 20
     batch_size: int = 48
     lr: float = 0.01

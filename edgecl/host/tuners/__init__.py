@@ -15,6 +15,18 @@ from edgecl.host.tuners.tuner import Tuner
 TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer, LoRA)}
 
 
+AUTO = "auto"  # a slow-learner tuner left to the backbone
+
+
+def tuner_for(name: str, model) -> str:
+    """`name`, or for `auto` the tuner measured best on the backbone's kind (docs/benchmarks.md, section 10):
+    AdaptFormer on a ViT (blocks with an MLP: SAFE's choice), SSF on a CNN (it merges into the weights)."""
+    if name != AUTO:
+        return name
+    blocks = getattr(model, "blocks", None)
+    return "adaptformer" if blocks is not None and all(hasattr(b, "mlp") for b in blocks) else "ssf"
+
+
 def create_tuner(name: str, **settings) -> Tuner:
     if name not in TUNERS:
         raise EdgeclError(f"unknown tuner {name!r} (known: {', '.join(TUNERS)})")
