@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PLUMBING_BACKBONE, QUICK_EDGECL
 from test_cli import edgecl, one_line_error
 
 from edgecl.core.bundle import Bundle
@@ -383,6 +384,19 @@ def test_a_hand_edited_manifest_is_one_line(bundle, case):
             m["backbone"]["embedding_dim"] = 10**9
         write_manifest(bundle, m)
     one_line_error(edgecl("info", "--bundle", bundle), "manifest.json", "the bundle is damaged")
+
+
+def test_a_whitening_flag_that_disagrees_with_its_tensors_names_them(base_images, tmp_path):
+    from edgecl.host.train import train
+
+    bundle = tmp_path / "edgecl"
+    train(base_images, bundle, backbone=PLUMBING_BACKBONE, random_init=True, settings=QUICK_EDGECL, show_progress=False)
+    m = json.loads((bundle / "manifest.json").read_text())
+    whiten = m["heads"]["structure"]["whiten"]
+    assert isinstance(whiten, bool)
+    m["heads"]["structure"]["whiten"] = not whiten  # tensors the flag does not want, or no tensors where it does
+    write_manifest(bundle, m)
+    one_line_error(edgecl("info", "--bundle", bundle), "centre", "the bundle is damaged")
 
 
 def test_a_full_disk_names_the_file_and_leaves_no_orphan(bundle, new_images, monkeypatch):

@@ -289,6 +289,11 @@ def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
     features, _ = clustered(5, 4, seed=5)
     torch.testing.assert_close(whitened.logits(features), by_hand.logits((features - centre) @ whitening))
     torch.testing.assert_close(whitened.known_scores(features), by_hand.known_scores((features - centre) @ whitening))
+    targets = torch.arange(5).repeat_interleave(4)  # the threshold's calibration sees the same space
+    torch.testing.assert_close(
+        whitened.held_out_known_scores(features, targets),
+        by_hand.held_out_known_scores((features - centre) @ whitening, targets),
+    )
     restored = restore_method("edgecl", DIM, whitened.config.to_dict(), whitened.structure(), whitened.state_dict())
     torch.testing.assert_close(restored.logits(features), whitened.logits(features), rtol=0, atol=0)
     # a non-negative embedding (a CNN's pooled features) is not whitened and keeps no tensors for it
@@ -301,6 +306,11 @@ def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
     assert restore_method("edgecl", DIM, stored, pooled.structure(), pooled.state_dict()).config.whiten is False
     with pytest.raises(ValueError, match="whiten"):
         restore_method("edgecl", DIM, stored, {**whitened.structure(), "whiten": 1}, whitened.state_dict())
+    # the flag and the tensors must agree: either way round the state does not load
+    with pytest.raises(RuntimeError, match="centre"):
+        restore_method("edgecl", DIM, stored, {**pooled.structure(), "whiten": True}, pooled.state_dict())
+    with pytest.raises(RuntimeError, match="whitening"):
+        restore_method("edgecl", DIM, stored, {**whitened.structure(), "whiten": False}, whitened.state_dict())
 
 
 def test_edgecl_feature_power_settings():

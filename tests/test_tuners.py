@@ -108,7 +108,6 @@ def lora_after_training(model, layers):
     return tuner, params
 
 
-@requires_fashion_mnist
 def test_auto_is_adaptformer_on_a_vit_and_ssf_on_a_cnn():
     vit, _ = create_backbone("test_vit", random_init=True)
     cnn, _ = create_backbone("test_efficientnet", random_init=True)
@@ -117,6 +116,7 @@ def test_auto_is_adaptformer_on_a_vit_and_ssf_on_a_cnn():
     create_tuner(tuner_for("auto", vit)).attach(vit)
 
 
+@requires_fashion_mnist
 def test_lora_merges_exactly_into_the_pretrained_cnn_on_real_images():
     model, _ = create_backbone()
     original_count, original_keys = count(model), set(model.state_dict())

@@ -159,10 +159,10 @@ def whitening_of(features: torch.Tensor, shrink: float) -> tuple[torch.Tensor, t
     about unit variance along each of their principal directions, the weak ones damped by the shrinkage."""
     x = features.double()
     centre = x.mean(0)
-    cov = torch.cov(x.T, correction=1) if len(x) > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype)
+    cov = torch.cov(x.T, correction=1) if len(x) > 1 else x.new_zeros(x.shape[1], x.shape[1])
     level = cov.diagonal().mean()
     level = level if level > 0 else x.square().mean().clamp_min(1e-12)  # one image, or all alike
-    values, vectors = torch.linalg.eigh(cov + shrink * level * torch.eye(len(cov), dtype=x.dtype))
+    values, vectors = torch.linalg.eigh(cov + shrink * level * torch.eye(len(cov), dtype=x.dtype, device=x.device))
     return centre.float(), ((vectors * values.clamp_min(1e-12).rsqrt()) @ vectors.T).float()
 
 

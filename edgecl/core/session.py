@@ -92,7 +92,8 @@ def load_method(bundle: Bundle, *, learning: bool = False) -> ContinualMethod:
             restore, base_structure, bundle.heads(), entries, learning=learning, max_classes=len(m.classes)
         )
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:  # tensors of other shapes, a missing one
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        first = " ".join(lines[:2])[:200]  # torch's first line is a header; the second names the tensors
         raise EdgeclError(
             f"{bundle.path / m.heads['file']}: the heads do not fit the manifest's method ({first}); "
             "the bundle is damaged"

@@ -279,7 +279,7 @@ def fixed_backbone_features(
             show_progress=embedder.show_progress,
         )
         tuning[slow] = {k: v for k, v in stats.items() if k != "structure"}
-        features[slow] = embedder(tuned, f"{slow.tuner} slow learner")
+        features[slow] = embedder(tuned, f"{stats['tuner']} slow learner")
     return features, tuning
 
 

@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 
 from edgecl.core.cache import cache_key, cached_result
 from edgecl.core.layers import CosineClassifier, class_means
-from edgecl.core.methods.safe import SlowLearnerConfig
+from edgecl.core.methods.safe import AUTO_TUNER, SlowLearnerConfig
 from edgecl.core.preprocess import PreprocessConfig
 from edgecl.core.sgd import MomentumSGD
 from edgecl.errors import EdgeclError
 from edgecl.host.image_batches import image_loader, train_on_images
-from edgecl.host.tuners import AUTO, TUNERS, create_tuner, rebuild, tuner_for
+from edgecl.host.tuners import TUNERS, create_tuner, rebuild, tuner_for
 
 
 def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l_rdn: float) -> torch.Tensor:
@@ -44,10 +44,10 @@ def transfer_loss(student: torch.Tensor, teacher: torch.Tensor, l_diag: float, l
 
 def check_slow_learner(config: SlowLearnerConfig | None) -> None:
     """Before the backbone is even loaded: a tuner name that train_slow_learner would refuse."""
-    if config is not None and config.tuner not in TUNERS and config.tuner != AUTO:
+    if config is not None and config.tuner not in TUNERS and config.tuner != AUTO_TUNER:
         raise EdgeclError(
             f"slow learner tuner {config.tuner!r}: unknown "
-            f"(known: {AUTO}, {', '.join(TUNERS)}, or none to train no slow learner)"
+            f"(known: {AUTO_TUNER}, {', '.join(TUNERS)}, or none to train no slow learner)"
         )
 
 

@@ -12,8 +12,8 @@ Every head sees the embedding power-normalised (`feature_power`, measured: docs/
 published TOSCA and SAFE do not do. Left to the method, the power is chosen from the first session's
 embedding: a square root where it is non-negative (a CNN's pooled features), none where it is signed (a
 ViT's [CLS] token, where the root cost 2 to 4 points); a signed embedding is also whitened with the first
-session's mean and shrunk covariance (`whiten`), which lifts every member on a ViT's [CLS] and costs them on
-a CNN's pooled features. Both choices are part of the heads' structure.
+session's mean and shrunk covariance (`whiten`), which lifts edgecl on a ViT's [CLS] and costs it on a CNN's
+pooled features. Both choices are part of the heads' structure.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -33,7 +33,7 @@ from edgecl.errors import EdgeclError
 # the share of negative numbers above which an embedding counts as signed: pooled CNN features have none,
 # a ViT's [CLS] about half (measured on Lite0 and ViT-S/14, docs/methods.md)
 SIGNED_SHARE = 0.05
-# the whitening's covariance is shrunk towards the identity at this share of its mean variance: 0.5 to 4 gave
+# the whitening's covariance is shrunk towards the identity at this share of its mean variance: 0.3 to 4 gave
 # the same within half a point on the ViT (docs/methods.md, section 5); more is safer on a small first session
 WHITEN_SHRINK = 1.0
 STEP_FLOOR = 100

@@ -57,12 +57,15 @@ FAST_MODULES = {
 }
 
 
+AUTO_TUNER = "auto"  # the slow learner's tuner left to the backbone (edgecl/host/tuners: tuner_for)
+
+
 @dataclass(frozen=True)
 class SlowLearnerConfig(MethodConfig):
     """The slow learner inside the backbone, trained on the host in session 0 (edgecl/slow_learner.py)."""
 
     # auto (adaptformer on a ViT, ssf on a CNN: measured) | ssf | adaptformer | none (also: epochs 0)
-    tuner: str = "auto"
+    tuner: str = AUTO_TUNER
     epochs: int = 20
     batch_size: int = 48
     lr: float = 0.01

@@ -6,6 +6,7 @@ timm model with the original parameter count), or leaves them in the graph, desc
 `structure()` so that a bundle can rebuild them (`rebuild`).
 """
 
+from edgecl.core.methods.safe import AUTO_TUNER
 from edgecl.errors import EdgeclError
 from edgecl.host.tuners.adaptformer import AdaptFormer
 from edgecl.host.tuners.lora import LoRA
@@ -15,16 +16,12 @@ from edgecl.host.tuners.tuner import Tuner
 TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer, LoRA)}
 
 
-AUTO = "auto"  # a slow-learner tuner left to the backbone
-
-
 def tuner_for(name: str, model) -> str:
     """`name`, or for `auto` the tuner measured best on the backbone's kind (docs/benchmarks.md, section 10):
     AdaptFormer on a ViT (blocks with an MLP: SAFE's choice), SSF on a CNN (it merges into the weights)."""
-    if name != AUTO:
+    if name != AUTO_TUNER:
         return name
-    blocks = getattr(model, "blocks", None)
-    return "adaptformer" if blocks is not None and all(hasattr(b, "mlp") for b in blocks) else "ssf"
+    return AdaptFormer.name if AdaptFormer.fits(model) else SSF.name
 
 
 def create_tuner(name: str, **settings) -> Tuner:

@@ -47,15 +47,20 @@ class AdaptFormer(Tuner):
     def __init__(self, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1) -> None:
         self.settings = {"bottleneck": bottleneck, "scale": scale, "dropout": dropout}
 
-    def attach(self, model: nn.Module) -> list[nn.Parameter]:
+    @staticmethod
+    def fits(model: nn.Module) -> bool:
+        """Whether the model has ViT-style blocks, each with an MLP to put an adapter beside."""
         blocks = getattr(model, "blocks", None)
-        if blocks is None or not all(hasattr(b, "mlp") for b in blocks):
+        return blocks is not None and len(blocks) > 0 and all(hasattr(b, "mlp") for b in blocks)
+
+    def attach(self, model: nn.Module) -> list[nn.Parameter]:
+        if not self.fits(model):
             raise EdgeclError(
                 f"the adaptformer tuner needs a ViT-style backbone with blocks[i].mlp; "
                 f"{type(model).__name__} has none (use ssf)"
             )
         params = []
-        for block in blocks:
+        for block in model.blocks:
             dim = block.mlp.fc1.in_features
             adapter = Adapter(dim, self.settings["bottleneck"], self.settings["scale"], self.settings["dropout"])
             block.mlp = MlpWithAdapter(block.mlp, adapter)
