@@ -317,11 +317,6 @@ def test_info_names_the_settings_a_bundle_predates():
 
     assert _settings_changed("edgecl", {}) == (
         'settings other than the defaults: tosca.min_steps=400, safe.projection_kind="gaussian", safe.min_steps=400, '
-        "safe.class_balance=0.0, temperature=1.0, feature_power=1.0, whiten=false"
+        "safe.class_balance=0.0, temperature=1.0, feature_power=1.0"
     )
     assert _settings_changed("edgecl", method_config("edgecl").to_dict()) == "default settings"
-    # a bundle that named the tuner `auto` resolves to on its backbone chose nothing else
-    named = method_config("edgecl", settings={"safe.slow.tuner": "ssf"}).to_dict()
-    assert _settings_changed("edgecl", named, "ssf") == "default settings"
-    other = _settings_changed("edgecl", named, "adaptformer")
-    assert other == 'settings other than the defaults: safe.slow.tuner="ssf"'

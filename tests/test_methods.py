@@ -282,10 +282,13 @@ def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
             method.learn(transform(features), targets, g, show_progress=False)
         return method
 
-    whitened = sessions(create_method("edgecl", DIM, **settings), lambda f: f)
+    assert create_method("edgecl", DIM).config.whiten is False  # off unless asked
+    auto = {**method_config("edgecl").to_dict(), "whiten": None}  # where the embedding is signed
+    whitened = sessions(create_method("edgecl", DIM, auto, **settings), lambda f: f)
     assert whitened.whiten and whitened.feature_power == 1.0
     torch.testing.assert_close(whitened.state_dict()["centre"], first.mean(0))
-    by_hand = sessions(create_method("edgecl", DIM, **settings, whiten=False), lambda f: (f - centre) @ whitening)
+    plain = create_method("edgecl", DIM, **settings)
+    by_hand = sessions(plain, lambda f: (f - centre) @ whitening)
     features, _ = clustered(5, 4, seed=5)
     torch.testing.assert_close(whitened.logits(features), by_hand.logits((features - centre) @ whitening))
     torch.testing.assert_close(whitened.known_scores(features), by_hand.known_scores((features - centre) @ whitening))
@@ -297,7 +300,7 @@ def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
     restored = restore_method("edgecl", DIM, whitened.config.to_dict(), whitened.structure(), whitened.state_dict())
     torch.testing.assert_close(restored.logits(features), whitened.logits(features), rtol=0, atol=0)
     # a non-negative embedding (a CNN's pooled features) is not whitened and keeps no tensors for it
-    pooled = sessions(create_method("edgecl", DIM, **settings), lambda f: f.abs())
+    pooled = sessions(create_method("edgecl", DIM, auto, **settings), lambda f: f.abs())
     assert pooled.whiten is False and "centre" not in pooled.state_dict()
     forced = sessions(create_method("edgecl", DIM, **settings, whiten=True), lambda f: f.abs())
     assert forced.whiten and "whitening" in forced.state_dict()

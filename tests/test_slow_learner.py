@@ -62,7 +62,7 @@ def test_slow_learner_tunes_and_merges_into_a_plain_backbone(base_images, device
 
 def test_tuned_backbone_is_cached(base_images, tmp_path):
     paths, labels = session_zero(base_images)
-    config = SlowLearnerConfig(epochs=1, batch_size=8)
+    config = SlowLearnerConfig(tuner="auto", epochs=1, batch_size=8)
 
     def tune():
         model, _ = create_backbone(PLUMBING_BACKBONE, random_init=True)

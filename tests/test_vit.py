@@ -162,7 +162,7 @@ def test_the_real_vit_trains_exports_learns_and_classifies(tmp_path, vit_file):
         weights=vit_file,
         img_size=224,
         epochs=1,
-        settings=QUICK_EDGECL,  # the tuner left to the backbone: AdaptFormer on a ViT
+        settings={**QUICK_EDGECL, "safe.slow.tuner": "auto", "whiten": "auto"},  # AdaptFormer; whitened: signed
         show_progress=False,
     )
     m = Bundle.open(path).manifest
@@ -176,7 +176,7 @@ def test_the_real_vit_trains_exports_learns_and_classifies(tmp_path, vit_file):
     result = learn(path, tmp_path / "new" / fashion_mnist.CLASSES[9], show_progress=False)
     assert result.session.classes == [fashion_mnist.CLASSES[9]]
     images = [p for paths in base.values() for p in paths]
-    assert m.heads["structure"]["whiten"] is True  # the [CLS] is signed: the heads whiten it
+    assert m.heads["structure"]["whiten"] is True  # the [CLS] is signed
     classifier = Classifier(path, runtime="onnxruntime", min_score=0)
     assert classifier.heads.runtime == "onnxruntime", classifier.heads.reason  # the whitening in heads.onnx too
     predictions, _ = classifier.classify(images, show_progress=False)

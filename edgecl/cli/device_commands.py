@@ -146,14 +146,11 @@ def classify(
     warn_skipped(skipped)
 
 
-def _settings_changed(name: str, config: dict, tuner: str | None = None) -> str:
+def _settings_changed(name: str, config: dict) -> str:
     from edgecl.cli.eval_commands import flatten
     from edgecl.core.methods import method_config
-    from edgecl.core.methods.safe import AUTO_TUNER
 
     defaults = dict(flatten(method_config(name).to_dict()))
-    # `auto` is the tuner the bundle's slow learner trained with: a bundle that named it chose nothing else
-    defaults.update({k: tuner for k, v in defaults.items() if tuner and k.endswith("slow.tuner") and v == AUTO_TUNER})
     # what the bundle runs with: a setting it predates reads as the value it had then, not today's default
     effective = flatten(method_config(name, config).to_dict())
     changed = [f"{key}={json.dumps(value)}" for key, value in effective if defaults[key] != value]
@@ -221,8 +218,7 @@ def info(
             f"{adapted['protected_fraction']:.0%} of the adapted "
             "input space in memory"
         )
-    tuned = (m.backbone.get("slow_learner") or {}).get("tuner")
-    out.print(f"method     {m.method['name']}  {_settings_changed(m.method['name'], m.method['config'], tuned)}")
+    out.print(f"method     {m.method['name']}  {_settings_changed(m.method['name'], m.method['config'])}")
     power = m.heads.get("structure", {}).get("feature_power")
     if power is not None:
         chosen = " (chosen at the first session)" if m.method["config"].get("feature_power", 1) is None else ""

@@ -64,8 +64,8 @@ AUTO_TUNER = "auto"  # the slow learner's tuner left to the backbone (edgecl/hos
 class SlowLearnerConfig(MethodConfig):
     """The slow learner inside the backbone, trained on the host in session 0 (edgecl/slow_learner.py)."""
 
-    # auto (adaptformer on a ViT, ssf on a CNN: measured) | ssf | adaptformer | none (also: epochs 0)
-    tuner: str = AUTO_TUNER
+    # ssf | adaptformer | auto (adaptformer on a ViT, ssf elsewhere) | none (also: epochs 0)
+    tuner: str = "ssf"
     epochs: int = 20
     batch_size: int = 48
     lr: float = 0.01

@@ -17,8 +17,8 @@ TUNERS: dict[str, type[Tuner]] = {t.name: t for t in (SSF, AdaptFormer, LoRA)}
 
 
 def tuner_for(name: str, model) -> str:
-    """`name`, or for `auto` the tuner measured best on the backbone's kind (docs/benchmarks.md, section 10):
-    AdaptFormer on a ViT (blocks with an MLP: SAFE's choice), SSF on a CNN (it merges into the weights)."""
+    """`name`, or for `auto` the backbone's kind of tuner: AdaptFormer on a ViT (blocks with an MLP: SAFE's
+    choice), SSF on a CNN (AdaptFormer cannot attach there)."""
     if name != AUTO_TUNER:
         return name
     return AdaptFormer.name if AdaptFormer.fits(model) else SSF.name
