@@ -5,7 +5,7 @@ import torch
 
 from edgecl.core.layers import whitening_of
 from edgecl.core.methods import METHODS, create_method, restore_method
-from edgecl.core.methods.edgecl import WHITEN_SHRINK
+from edgecl.core.methods.edgecl import WHITEN_MIN_CLASSES, WHITEN_SHRINK
 from edgecl.core.methods.interface import method_config
 from edgecl.core.methods.safe import SlowLearnerConfig
 from edgecl.core.sgd import SGDSchedule
@@ -272,22 +272,26 @@ def test_edgecl_chooses_the_power_from_the_first_session_and_keeps_it():
 
 def test_edgecl_whitens_a_signed_embedding_with_its_first_sessions_statistics():
     settings = dict(epochs=3, min_steps=60, projection=256)
-    first, first_targets = clustered(3, 20)
-    later, later_targets = clustered(2, 20, offset=3, seed=3)
+    first, first_targets = clustered(WHITEN_MIN_CLASSES, 20)
+    later, later_targets = clustered(2, 20, offset=WHITEN_MIN_CLASSES, seed=3)
     centre, whitening = whitening_of(first, WHITEN_SHRINK)
 
-    def sessions(method, transform):
+    def sessions(method, transform, classes=WHITEN_MIN_CLASSES):
         g = torch.Generator().manual_seed(0)
-        for features, targets in ((first, first_targets), (later, later_targets)):
+        kept, shifted = first_targets < classes, later_targets - WHITEN_MIN_CLASSES + classes
+        for features, targets in ((first[kept], first_targets[kept]), (later, shifted)):
             method.learn(transform(features), targets, g, show_progress=False)
         return method
 
-    assert create_method("edgecl", DIM).config.whiten is False  # off unless asked
-    auto = {**method_config("edgecl").to_dict(), "whiten": None}  # where the embedding is signed
+    auto = method_config("edgecl").to_dict()
+    assert auto["whiten"] is None  # the default: where the embedding is signed and the first session large enough
     whitened = sessions(create_method("edgecl", DIM, auto, **settings), lambda f: f)
     assert whitened.whiten and whitened.feature_power == 1.0
     torch.testing.assert_close(whitened.state_dict()["centre"], first.mean(0))
-    plain = create_method("edgecl", DIM, **settings)
+    few = sessions(create_method("edgecl", DIM, auto, **settings), lambda f: f, classes=WHITEN_MIN_CLASSES - 1)
+    assert few.whiten is False and few.feature_power == 1.0 and "centre" not in few.state_dict()
+    assert sessions(create_method("edgecl", DIM, **settings, whiten=True), lambda f: f, classes=2).whiten
+    plain = create_method("edgecl", DIM, **settings, whiten=False)
     by_hand = sessions(plain, lambda f: (f - centre) @ whitening)
     features, _ = clustered(5, 4, seed=5)
     torch.testing.assert_close(whitened.logits(features), by_hand.logits((features - centre) @ whitening))

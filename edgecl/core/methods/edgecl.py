@@ -11,8 +11,9 @@ blend's softmax at `temperature`, so that they rank and mean something rather th
 Every head sees the embedding power-normalised (`feature_power`, measured: docs/methods.md), which the
 published TOSCA and SAFE do not do. Left to the method, the power is chosen from the first session's
 embedding: a square root where it is non-negative (a CNN's pooled features), none where it is signed (a
-ViT's [CLS] token, where the root cost 2 to 4 points). Asked to (`whiten`), the heads see the embedding
-whitened with the first session's mean and shrunk covariance. Both are part of the heads' structure.
+ViT's [CLS] token, where the root cost 2 to 4 points). With `whiten`, the heads see the embedding
+whitened with the first session's mean and shrunk covariance; left to the method, where the embedding is
+signed and the first session has at least 4 classes. Both choices are part of the heads' structure.
 Each part can be switched off: use_tosca, use_fast, use_slow, safe.slow.tuner=none.
 """
 
@@ -35,6 +36,9 @@ SIGNED_SHARE = 0.05
 # the whitening's covariance is shrunk towards the identity at this share of its mean variance: 0.3 to 4 gave
 # the same within half a point on the ViT (docs/methods.md, section 5); more is safer on a small first session
 WHITEN_SHRINK = 1.0
+# a first session of fewer classes is not whitened unless asked: the ridge it picks for the whitened embedding
+# is 100 times too small for the classes after it (docs/methods.md, section 5)
+WHITEN_MIN_CLASSES = 4
 STEP_FLOOR = 100
 
 
@@ -55,10 +59,10 @@ class EdgeclConfig(MethodConfig):
     # the heads see sign(f)|f|^p; 1 = the embedding as it is; None: chosen at the first session (measured:
     # docs/methods.md)
     feature_power: float | None = None
-    # the heads see (f - mean) W, W = (C + s I)^-1/2 from the first session; None: where the embedding is signed.
-    # Off unless asked: on a ViT it gained 1 to 2 points from an 11-class first session and lost up to 10 from
-    # a 2-class one (docs/methods.md, section 5)
-    whiten: bool | None = False
+    # the heads see (f - mean) W, W = (C + s I)^-1/2 from the first session; None: where the embedding is signed
+    # and the first session has WHITEN_MIN_CLASSES classes. On a ViT it gained 2 points from 11 classes, 0.3 from
+    # 4 and 6, and lost up to 10 from 2, through the ridge picked there (docs/methods.md, section 5)
+    whiten: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,12 +96,13 @@ class Edgecl(ContinualMethod):
         self.feature_power = config.feature_power
         self.whiten = config.whiten
 
-    def _choose_inputs(self, features: torch.Tensor) -> None:
+    def _choose_inputs(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         """The first session: how the heads see every embedding from now on."""
         signed = (features < 0).float().mean().item() > SIGNED_SHARE
         if self.feature_power is None:  # a signed embedding keeps its scale
             self.feature_power = 1.0 if signed else 0.5
-        self.whiten = signed if self.whiten is None else self.whiten
+        if self.whiten is None:
+            self.whiten = signed and len(targets.unique()) >= WHITEN_MIN_CLASSES
         if self.whiten:
             centre, whitening = whitening_of(power_normalize(features, self.feature_power), WHITEN_SHRINK)
             self.register_buffer("centre", centre)
@@ -119,7 +124,7 @@ class Edgecl(ContinualMethod):
     ) -> dict[str, float]:
         stats = {}
         if self.num_classes == 0:
-            self._choose_inputs(features)
+            self._choose_inputs(features, targets)
         features = self.heads_input(features)
         if self.config.use_tosca:
             stats.update(
