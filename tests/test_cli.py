@@ -317,6 +317,6 @@ def test_info_names_the_settings_a_bundle_predates():
 
     assert _settings_changed("edgecl", {}) == (
         'settings other than the defaults: tosca.min_steps=400, safe.projection_kind="gaussian", safe.min_steps=400, '
-        "safe.class_balance=0.0, temperature=1.0, feature_power=1.0"
+        "safe.class_balance=0.0, temperature=1.0, feature_power=1.0, whiten=false"
     )
     assert _settings_changed("edgecl", method_config("edgecl").to_dict()) == "default settings"
