@@ -1,6 +1,8 @@
 """Which score tells known from unseen classes best: after each session of the class-incremental protocol
 (edgecl on the frozen EfficientNet-Lite0 embeddings), the AUROC of the test images of the classes learned
-so far against those of the classes not learned yet, for each candidate score.
+so far against those of the classes not learned yet, for each candidate score. `edgecl` runs at its defaults
+with the slow learner off: on the ViT that whitens Caltech-101's [CLS] (11 first-session classes), not
+Fashion-MNIST's (2).
 
     python -m benchmarks.unknown_scores fashion-mnist DATA          # DATA/train/<class>, DATA/test/<class>; B2 Inc2
     python -m benchmarks.unknown_scores caltech-101 CALTECH         # the official split; B11 Inc10

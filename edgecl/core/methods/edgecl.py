@@ -36,8 +36,8 @@ SIGNED_SHARE = 0.05
 # the whitening's covariance is shrunk towards the identity at this share of its mean variance: 0.3 to 4 gave
 # the same within half a point on the ViT (docs/methods.md, section 5); more is safer on a small first session
 WHITEN_SHRINK = 1.0
-# a first session of fewer classes is not whitened unless asked: the ridge it picks for the whitened embedding
-# is 100 times too small for the classes after it (docs/methods.md, section 5)
+# a first session of fewer classes is not whitened unless asked: from 2 classes the ridge picked for the whitened
+# embedding was 300 to 1,000 times below what the classes after them wanted (docs/methods.md, section 5)
 WHITEN_MIN_CLASSES = 4
 STEP_FLOOR = 100
 
@@ -60,8 +60,8 @@ class EdgeclConfig(MethodConfig):
     # docs/methods.md)
     feature_power: float | None = None
     # the heads see (f - mean) W, W = (C + s I)^-1/2 from the first session; None: where the embedding is signed
-    # and the first session has WHITEN_MIN_CLASSES classes. On a ViT it gained 2 points from 11 classes, 0.3 from
-    # 4 and 6, and lost up to 10 from 2, through the ridge picked there (docs/methods.md, section 5)
+    # and the first session has at least WHITEN_MIN_CLASSES classes. On a ViT it gained 2 points from 11 classes,
+    # 0.3 from 4 and 6, and lost up to 10 from 2, through the ridge picked there (docs/methods.md, section 5)
     whiten: bool | None = None
 
     def __post_init__(self) -> None:
