@@ -324,6 +324,9 @@ def test_edgecl_feature_power_settings():
     config = method_config("edgecl", {})
     assert config.setting("feature_power", "1").feature_power == 1.0
     assert config.setting("feature_power", "1").setting("feature_power", "auto").feature_power is None
+    assert config.setting("whiten", "false").setting("whiten", "AUTO").whiten is None
+    with pytest.raises(EdgeclError, match="whiten=none: not a valid bool"):  # "none" is not "off", nor "auto"
+        config.setting("whiten", "none")
     for text in ("0", "-1", "nan"):
         with pytest.raises(EdgeclError, match="feature_power"):
             config.setting("feature_power", text)

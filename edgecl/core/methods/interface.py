@@ -160,7 +160,8 @@ class MethodConfig:
         return None
 
 
-_NONE = ("auto", "none")  # --set text for a setting that may be left to the method (None)
+# --set text for a setting that may be left to the method (None); not "none", which reads as "off" for whiten
+_NONE = ("auto",)
 
 
 def _unless_none(kind: Any) -> Any:
