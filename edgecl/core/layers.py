@@ -154,6 +154,15 @@ def power_normalize(features: torch.Tensor, power: float) -> torch.Tensor:
     return features if power == 1 else features.sign() * features.abs().pow(power)
 
 
+def inverse_sqrt(matrix: torch.Tensor, min_eigenvalue: float | None = None) -> torch.Tensor:
+    """S^-1/2 of a symmetric positive definite S, from its eigendecomposition; eigenvalues under `min_eigenvalue`
+    (where given) are raised to it first."""
+    values, vectors = torch.linalg.eigh(matrix)
+    if min_eigenvalue is not None:
+        values = values.clamp_min(min_eigenvalue)
+    return (vectors * values.rsqrt()) @ vectors.T
+
+
 def whitening_of(features: torch.Tensor, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, W) with W = (C + shrink * mean variance * I)^-1/2, C the covariance of `features`: (f - mean) W has
     about unit variance along each of their principal directions, the weak ones damped by the shrinkage."""
@@ -162,8 +171,8 @@ def whitening_of(features: torch.Tensor, shrink: float) -> tuple[torch.Tensor, t
     cov = torch.cov(x.T, correction=1) if len(x) > 1 else x.new_zeros(x.shape[1], x.shape[1])
     level = cov.diagonal().mean()
     level = level if level > 0 else x.square().mean().clamp_min(1e-12)  # one image, or all alike
-    values, vectors = torch.linalg.eigh(cov + shrink * level * torch.eye(len(cov), dtype=x.dtype, device=x.device))
-    return centre.float(), ((vectors * values.clamp_min(1e-12).rsqrt()) @ vectors.T).float()
+    shrunk = cov + shrink * level * torch.eye(len(cov), dtype=x.dtype, device=x.device)
+    return centre.float(), inverse_sqrt(shrunk, min_eigenvalue=1e-12).float()
 
 
 def class_balance(counts: torch.Tensor, power: float) -> torch.Tensor | None:

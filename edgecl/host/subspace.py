@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from edgecl.core.layers import inverse_sqrt
+
 REMOVE, RETAIN = "remove", "retain"
 A_SCALE = 1 / math.sqrt(3)  # InfLoRA's rows: the norm of LoRA's kaiming-uniform start
 # old energy counts at least this fraction of the new inputs' mean energy per direction, so that a
@@ -74,8 +76,7 @@ def contrast_design(memory: SubspaceMemory, name: str, covariance: torch.Tensor,
     floor = OLD_ENERGY_FLOOR * float(torch.trace(new)) / max(new.shape[0], 1)
     if floor <= 0:
         return _rows(free[:, :0], rank, dim)
-    values, vectors = torch.linalg.eigh(old + floor * torch.eye(old.shape[0], dtype=torch.float64))
-    whiten = (vectors * values.rsqrt()) @ vectors.T
+    whiten = inverse_sqrt(old + floor * torch.eye(old.shape[0], dtype=torch.float64))
     contrast, directions = torch.linalg.eigh(whiten @ new @ whiten)
     order = contrast.argsort(descending=True)
     chosen = order[contrast[order] * memory.max_leak >= 1]
