@@ -2,7 +2,7 @@
 
     python readme_quickstart.py README.md [SOURCE_PACKAGE]
 
-It writes the images the quick start names (images/<class>/, new_class/, photo.jpg: Fashion-MNIST from
+It writes the images the quick start names (images/<class>/, new_class/, bolt/, photo.jpg: Fashion-MNIST from
 Debian's dataset-fashion-mnist), runs the shell block marked `<!-- quickstart:sh -->` line by line with
 bash, then the Python block marked `<!-- quickstart:python -->`. With SOURCE_PACKAGE (the checkout's
 edgecl/), it first checks that every module of the source tree imports from the installed package, not
@@ -47,6 +47,9 @@ def write_images() -> None:
     written = fashion_mnist.write_image_folders(Path("new"), "train", 8, [7], seed=1)
     Path("new").joinpath("Sneaker").rename("new_class")
     Path("new").rmdir()
+    fashion_mnist.write_image_folders(Path("more"), "train", 8, [5], seed=1)
+    Path("more").joinpath("Sandal").rename("bolt")
+    Path("more").rmdir()
     from PIL import Image
 
     test = fashion_mnist.write_image_folders(Path("test"), "test", 1, [8], seed=2)

@@ -14,12 +14,13 @@ side never imports timm or onnx.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgecl.errors import EdgeclError
+from edgecl.errors import EdgeclError, param
 
 __version__ = "0.1.0"
 
@@ -42,7 +43,7 @@ def load(bundle: str | os.PathLike, runtime: str | None = None, min_score: float
 
 def train(
     data: str | os.PathLike,
-    out: str | os.PathLike,
+    bundle: str | os.PathLike,
     *,
     backbone: str = "tf_efficientnet_lite0",
     weights: str | os.PathLike | None = None,
@@ -51,6 +52,7 @@ def train(
     global_pool: str | None = None,
     method: str = "edgecl",
     epochs: int | None = None,
+    slow_epochs: int | None = None,
     settings: dict[str, Any] | None = None,
     device: str | None = None,
     seed: int = 0,
@@ -58,15 +60,23 @@ def train(
     lock_timeout: float = 60.0,
     show_progress: bool = False,
 ) -> TrainReport:
-    """Host: a new bundle at `out` from DATA/<class>/<images> (session 0). `settings` sets method
-    settings by dotted name ({"safe.slow.epochs": 0}; `edgecl methods` lists them); `device`
-    defaults to CUDA when there is a GPU. `img_size` builds the backbone at that input size (default:
-    timm's), `global_pool` chooses its embedding (a ViT's "token" [CLS] or "avg" of its patch tokens)."""
+    """Host: a new bundle at `bundle` from DATA/<class>/<images> (session 0). `settings` sets method
+    settings by dotted name ({"tosca.epochs": 10}; `edgecl methods` lists them); `slow_epochs` the epochs
+    of SAFE's slow learner (edgecl, safe; 0: off); `device` defaults to CUDA when there is a GPU. `img_size`
+    builds the backbone at that input size (default: timm's), `global_pool` chooses its embedding (a ViT's
+    "token" [CLS] or "avg" of its patch tokens)."""
     from edgecl.host.train import train as train_bundle
 
+    if slow_epochs is not None:
+        if isinstance(slow_epochs, bool) or not hasattr(slow_epochs, "__index__") or slow_epochs < 0:
+            raise EdgeclError(f"{param('slow_epochs')} {slow_epochs!r}: give a whole number, 0 or more (0: off)")
+        if method not in ("edgecl", "safe"):
+            raise EdgeclError(f"{param('slow_epochs')}: method {method} has no slow learner (edgecl and safe have)")
+        slow_epochs = operator.index(slow_epochs)
+        settings = {**(settings or {}), ("slow.epochs" if method == "safe" else "safe.slow.epochs"): slow_epochs}
     return train_bundle(
         Path(data),
-        Path(out),
+        Path(bundle),
         backbone=backbone,
         weights=None if weights is None else Path(weights),
         random_init=random_init,
@@ -86,17 +96,18 @@ def train(
 def export(
     bundle: str | os.PathLike,
     target: str,
-    images: Sequence[str | os.PathLike] = (),
+    images: str | os.PathLike | Sequence[str | os.PathLike] = (),
     *,
     lock_timeout: float = 60.0,
     show_progress: bool = False,
 ) -> ExportReport:
     """Host: the bundle's backbone -> backbone.onnx (and its heads -> heads.onnx) for a target
-    profile, checked against PyTorch on `images` (files or folders) when given."""
+    profile, checked against PyTorch on `images` (a file or folder, or a list of them) when given."""
     from edgecl.host.export import export_bundle
 
+    paths = [images] if isinstance(images, (str, os.PathLike)) else images
     return export_bundle(
-        Path(bundle), target, [Path(p) for p in images], lock_timeout=lock_timeout, show_progress=show_progress
+        Path(bundle), target, [Path(p) for p in paths], lock_timeout=lock_timeout, show_progress=show_progress
     )
 
 

@@ -106,8 +106,9 @@ class Model:
     def learn(
         self, examples: Mapping[str, Sequence[ImageLike]], *, lock_timeout: float = 60.0, show_progress: bool = False
     ) -> LearnResult:
-        """One new session: {class name: its images}. Committed exactly as `edgecl learn` commits it
-        (the bundle's lock, one atomic commit), after which this model predicts with it."""
+        """One new session: {class name: its images}; a known name adds the images to its class. Committed
+        exactly as `edgecl learn` commits it (the bundle's lock, one atomic commit), after which this model
+        predicts with it. The result's `lookalikes` names new classes the model already took for a known one."""
         if not isinstance(examples, Mapping) or not examples:
             raise EdgeclError(f"{param('examples')}: give {{class name: [images]}} with at least one class")
         classes = []

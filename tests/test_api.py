@@ -155,12 +155,28 @@ def test_messages_name_parameters_in_python_and_flags_on_the_command_line(tmp_pa
     assert cli_message(caught.value).startswith("--backbone no_such_model_xyz: not a timm model")
 
 
+@pytest.mark.parametrize("slow_epochs", [-1, 1.5, True])
+def test_slow_epochs_is_checked_before_any_training(tmp_path, base_images, slow_epochs):
+    from edgecl.cli.messages import cli_message
+
+    with pytest.raises(edgecl.EdgeclError) as caught:
+        edgecl.train(base_images, tmp_path / "b", backbone="test_efficientnet", slow_epochs=slow_epochs)
+    assert str(caught.value).startswith(f"slow_epochs {slow_epochs!r}: give a whole number")
+    assert cli_message(caught.value).startswith(f"--slow-epochs {slow_epochs!r}:")
+    assert not (tmp_path / "b").exists()
+
+
+def test_slow_epochs_needs_a_method_with_a_slow_learner(tmp_path, base_images):
+    with pytest.raises(edgecl.EdgeclError, match="slow_epochs: method tosca has no slow learner"):
+        edgecl.train(base_images, tmp_path / "b", backbone="test_efficientnet", method="tosca", slow_epochs=0)
+
+
 def test_train_and_export_are_thin_functions_over_what_the_cli_runs(tmp_path, base_images):
     report = edgecl.train(
-        base_images, tmp_path / "b", backbone="test_efficientnet", random_init=True, method="simplecil"
+        base_images, bundle=tmp_path / "b", backbone="test_efficientnet", random_init=True, method="simplecil"
     )
     assert report.bundle == tmp_path / "b" and report.classes == ["blue", "green", "red"] and report.images == 18
-    exported = edgecl.export(report.bundle, "cpu", [base_images])
+    exported = edgecl.export(report.bundle, "cpu", images=str(base_images))  # one folder, or a list of them
     assert exported.real_images and exported.file.name == "backbone.onnx" and exported.heads.data is not None
     assert edgecl.load(report.bundle).runtime == "onnxruntime"
 

@@ -85,3 +85,31 @@ def test_no_weights_anywhere_says_how_to_provide_them(monkeypatch):
 def test_unknown_model_name_suggests_close_ones():
     with pytest.raises(EdgeclError, match="did you mean.*vit_tiny_patch16_224"):
         create_model("vit_tiny_patch16_22")
+
+
+def test_an_unreachable_hub_is_read_from_its_cache_only(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    def refused(*args, **kwargs):
+        raise OSError("no route")
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(backbones.socket, "create_connection", refused)
+    assert not backbones.hub_reachable()
+    seen = []
+
+    def cache_only(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            seen.append(hub.HF_HUB_OFFLINE)
+            raise OSError("not in the cache")
+        return timm_create(*args, **kwargs)
+
+    timm_create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", cache_only)
+    was = hub.HF_HUB_OFFLINE
+    with pytest.raises(EdgeclError, match=r"test_vit: no pretrained weights available \(the hub cannot be reached"):
+        create_backbone("test_vit")
+    assert seen == [True] and hub.HF_HUB_OFFLINE == was
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert backbones.hub_reachable()  # a proxy may reach it where a direct connection cannot

@@ -132,6 +132,7 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
         "tosca.min_steps=0",
         "safe.slow.epochs=1",
         "safe.projection=256",
+        "training images pass, each scored against its class's mean without it",
         f"the heads see the embedding to the power {m.heads['structure']['feature_power']:g} (chosen at the first",
     ):
         assert text in result.output, result.output

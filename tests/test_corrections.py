@@ -11,17 +11,18 @@ import textwrap
 
 import pytest
 import torch
-from conftest import PLUMBING_BACKBONE, make_image_folder, write_class
+from conftest import COLOURS, PLUMBING_BACKBONE, make_image_folder, write_class
 from test_cli import edgecl, one_line_error
 
 from edgecl.core.analytic import AnalyticClassifier
 from edgecl.core.bundle import Bundle, min_score_of
 from edgecl.core.images import find_images
-from edgecl.core.layers import held_out_known, known_from_means, merge_class_statistics
+from edgecl.core.layers import held_out_known, known_from_means, merge_class_statistics, resemblance
 from edgecl.errors import EdgeclError
 from edgecl.host.train import train
+from edgecl.runtime import service
 from edgecl.runtime.corrections import forget, rename, undo
-from edgecl.runtime.service import Classifier, learn
+from edgecl.runtime.service import LOOKALIKE, LOOKALIKE_MIN_IMAGES, Classifier, learn
 
 SMALL = {"safe.slow.epochs": "0", "safe.projection": "128", "safe.min_steps": "0", "safe.epochs": "1"}
 
@@ -131,6 +132,49 @@ def test_forget_rename_and_undo(adds, base_images):
     assert [(p.label, p.top_k) for p in again] == [(p.label, p.top_k) for p in expected]
     with pytest.raises(EdgeclError, match="nothing to undo"):
         undo(adds)
+
+
+def test_learn_says_when_a_new_class_looks_like_one_the_bundle_knows(adds, new_images, tmp_path, monkeypatch):
+    said = []
+    monkeypatch.setattr(service.log, "warning", lambda text, *args: said.append(text % args))
+    write_class(tmp_path / "crimson", COLOURS["red"], 6, seed=70)  # red again, under another name
+    result = learn(adds, tmp_path / "crimson", show_progress=False)
+    assert list(result.lookalikes) == ["crimson"] and result.lookalikes["crimson"][0] == "red"
+    assert result.lookalikes["crimson"][1] >= LOOKALIKE
+    assert len(said) == 1 and said[0].startswith("'crimson' looks like the known class 'red' taught again")
+    assert learn(adds, new_images / "yellow", show_progress=False).lookalikes == {}
+    assert learn(adds, tmp_path / "crimson", label="red", show_progress=False).lookalikes == {}  # added to red
+    write_class(tmp_path / "two" / "scarlet", COLOURS["red"], LOOKALIKE_MIN_IMAGES - 1, seed=71)
+    assert learn(adds, tmp_path / "two" / "scarlet", show_progress=False).lookalikes == {}  # too few to say
+
+
+def test_resemblance_is_about_one_for_another_sample_of_a_class():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 32, generator=g) * 3
+    images = centres.repeat_interleave(200, 0) + torch.randn(600, 32, generator=g)
+    targets = torch.arange(3).repeat_interleave(200)
+    means = torch.stack([images[targets == c].mean(0) for c in range(3)])
+    unit = torch.nn.functional.normalize(images, dim=-1)
+    typical = torch.stack(
+        [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
+    )
+    again = centres[1] + torch.randn(10, 32, generator=g)
+    best, closeness = resemblance(again, means, typical)
+    assert best == 1 and closeness == pytest.approx(1.0, abs=0.03)
+    other = torch.randn(10, 32, generator=g) * 3
+    assert resemblance(other, means, typical)[1] < 0.8
+    assert resemblance(again, means, typical, torch.tensor([True, False, True]))[0] != 1  # forgotten: never named
+    assert resemblance(again, means, torch.zeros(3)) is None  # a bundle that kept no typical cosines
+
+
+def test_the_correcting_commands_say_what_they_did_unless_quiet(adds):
+    said = edgecl("forget", "red", "--bundle", adds)
+    assert said.exit_code == 0 and said.output.startswith("forgot red")
+    assert "forgotten  red (session 0): never predicted" in edgecl("info", "--bundle", adds).output
+    for command in (["rename", "green", "lime"], ["undo"], ["undo"]):
+        quiet = edgecl(*command, "--bundle", adds, "-q")
+        assert (quiet.exit_code, quiet.output) == (0, "")
+    assert Bundle.open(adds).manifest.active_class_names == ["blue", "green", "red"]
 
 
 def test_undo_after_a_learn_gives_back_the_bundle_before_it(adds, new_images):

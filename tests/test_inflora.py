@@ -205,6 +205,7 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     assert (
         "inflora: 1 epoch on 24 images" in info.output and "inflora_memory.safetensors" in info.output
     )  # kept by learn
+    assert "training images pass, each by its top probability" in info.output  # inflora keeps no class means
     before = json.loads((bundle / "manifest.json").read_text())["backbone"]
     more = make_image_folder(tmp_path / "more", ["red", "blue"], count=5, seed=90)
     (more / "red").rename(more / "crimson")

@@ -72,7 +72,7 @@ def learn(
         if part
     )
     out.print(
-        f"{what} as session {s.index} of {bundle} from {s.images} images "
+        f"{what} as session {s.index} of {bundle} from {count(s.images, 'image')} "
         f"(backbone {result.seconds_backbone:.1f} s on {result.runtime}, heads {result.seconds_heads:.1f} s)"
     )
 
@@ -165,13 +165,15 @@ def info(
 ) -> None:
     """Classes, sessions, backbone, sizes and the runtime a bundle runs on."""
     from edgecl.core.bundle import KEEP_KNOWN, Bundle, min_score_of
+    from edgecl.core.methods.interface import ContinualMethod
     from edgecl.core.session import load_method
     from edgecl.runtime.embedders import open_embedder
     from edgecl.runtime.heads import open_heads
 
     b = Bundle.open(bundle)
     embedder = open_embedder(b, runtime)
-    heads = open_heads(b, load_method(b), embedder.runtime)
+    method = load_method(b)
+    heads = open_heads(b, method, embedder.runtime)
     m = b.manifest
     sizes = b.size_bytes()
     if json_out:
@@ -231,9 +233,11 @@ def info(
         out.print(f"           not {cli_message(reason)}")
     out.print(f"heads      {heads.runtime}: {cli_message(heads.reason)}")
     calibrated = sum(sum(x.known_histogram) for x in m.sessions)
+    held_out = type(method).held_out_known_scores is not ContinualMethod.held_out_known_scores
+    how = "each scored against its class's mean without it" if held_out else "each by its top probability"
     out.print(
-        f"unknown    under a known score of {min_score_of(m.sessions):.2f}, which keeps {KEEP_KNOWN:.0%} of the "
-        f"{calibrated} training images held out of their class"
+        f"unknown    when the known score is under {min_score_of(m.sessions):.2f}, which {KEEP_KNOWN:.0%} of the "
+        f"{calibrated} training images pass, {how}"
         if calibrated
         else "unknown    never (the bundle's sessions predate the calibration; pass --min-score)"
     )
@@ -251,9 +255,9 @@ def info(
         classes = ", ".join([*s.classes, *(f"+{name}" for name in s.added_to)])
         table.add_row(str(s.index), classes, str(s.images), f"{s.stats.get('seconds', 0):.2f}", s.created)
     print_table(table)
-    forgotten = [c.name for c in m.classes if c.forgotten]
+    forgotten = [c for c in m.classes if c.forgotten]
     if forgotten:
-        out.print(f"forgotten  {', '.join(forgotten)} (never predicted)")
+        out.print(f"forgotten  {', '.join(f'{c.name} (session {c.session})' for c in forgotten)}: never predicted")
     changes = [h.get("change", "a change") for h in reversed(m.history)]
     out.print(
         f"undo       {count(len(m.history), 'change')} can be taken back (the bundle keeps the last {m.history_limit})"

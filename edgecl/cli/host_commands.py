@@ -64,7 +64,8 @@ def train(
         typer.Option(
             "--slow-epochs",
             min=0,
-            help="Epochs of SAFE's slow learner, which tunes the backbone on DATA (edgecl, safe; default 20; 0: off).",
+            help="Epochs of SAFE's slow learner, which tunes the backbone on DATA (edgecl, safe; default 20; 0: off). "
+            "On a 2-core CPU an epoch over 600 images takes about 70 s with Lite0, 300 s with a ViT-S at 224 px.",
         ),
     ] = None,
     settings: SetOption = None,
@@ -81,9 +82,6 @@ def train(
     session and keeps its subspace memory for later `edgecl adapt` sessions."""
     import edgecl
 
-    values = parse_settings(settings)
-    if slow_epochs is not None:
-        values["slow.epochs" if method == "safe" else "safe.slow.epochs"] = str(slow_epochs)
     report = edgecl.train(
         data,
         bundle,
@@ -94,7 +92,8 @@ def train(
         global_pool=global_pool,
         method=method,
         epochs=epochs,
-        settings=values,
+        slow_epochs=slow_epochs,
+        settings=parse_settings(settings),
         device=device,
         seed=seed,
         force=force,
@@ -200,7 +199,7 @@ def adapt(
             " low-rank directions"
         )
     out.print(
-        f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {s.images} images; {how}, "
+        f"learned {', '.join(s.classes)} as session {s.index} of {bundle} from {count(s.images, 'image')}; {how}, "
         f"{info['protected_fraction']:.0%} of its adapted input space now in memory"
     )
     if result.dropped_export:

@@ -24,7 +24,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 FLAGS = {
     "backbone": "--backbone",
-    "bundle": "--bundle",
+    "bundle": "--bundle or $EDGECL_BUNDLE",
     "device": "--device",
     "done": "--done",
     "epochs": "--epochs",

@@ -20,6 +20,7 @@ BundleOption = Annotated[
 ]
 DEFAULT_BUNDLE = Path("edgecl-bundle")
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+SilentOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")]
 
 
 def _known_runtime(value: Optional[str]) -> Optional[str]:

@@ -17,6 +17,7 @@ from edgecl.cli.options import (
     MinScoreOption,
     QuietOption,
     RuntimeOption,
+    SilentOption,
 )
 from edgecl.errors import EdgeclError
 
@@ -94,11 +95,14 @@ def forget(
     name: Annotated[str, typer.Argument(metavar="CLASS", help="The class to forget.")],
     bundle: BundleOption = DEFAULT_BUNDLE,
     lock_timeout: LockTimeoutOption = 60.0,
+    quiet: SilentOption = False,
 ) -> None:
     """Device: never predict CLASS again (`edgecl undo` takes it back)."""
     from edgecl.runtime.corrections import forget as forget_class
 
-    out.print(forget_class(bundle, name, lock_timeout=lock_timeout).description)
+    change = forget_class(bundle, name, lock_timeout=lock_timeout)
+    if not quiet:
+        out.print(change.description)
 
 
 @writes_bundle
@@ -107,19 +111,25 @@ def rename(
     new: Annotated[str, typer.Argument(metavar="NEW", help="Its new name.")],
     bundle: BundleOption = DEFAULT_BUNDLE,
     lock_timeout: LockTimeoutOption = 60.0,
+    quiet: SilentOption = False,
 ) -> None:
     """Device: rename a class."""
     from edgecl.runtime.corrections import rename as rename_class
 
-    out.print(rename_class(bundle, old, new, lock_timeout=lock_timeout).description)
+    change = rename_class(bundle, old, new, lock_timeout=lock_timeout)
+    if not quiet:
+        out.print(change.description)
 
 
 @writes_bundle
 def undo(
     bundle: BundleOption = DEFAULT_BUNDLE,
     lock_timeout: LockTimeoutOption = 60.0,
+    quiet: SilentOption = False,
 ) -> None:
     """Device: take back the last learn, adapt, forget or rename (the bundle keeps the last few; `edgecl info`)."""
     from edgecl.runtime.corrections import undo as undo_change
 
-    out.print(undo_change(bundle, lock_timeout=lock_timeout).description)
+    change = undo_change(bundle, lock_timeout=lock_timeout)
+    if not quiet:
+        out.print(change.description)

@@ -304,7 +304,7 @@ class Bundle:
                     f"{path}: no such bundle; a `train` replacing it is swapping it in, or was stopped while it did: "
                     f"the previous bundle is {retired[-1]}"
                 )
-            raise EdgeclError(f"{path}: no such bundle (create one with `edgecl train`, or pass {param('bundle')})")
+            raise EdgeclError(f"{path}: no such bundle (train one, or give {param('bundle')} the path of one)")
         if not path.is_dir():
             raise EdgeclError(f"{path}: not a folder, so not an edgecl bundle")
         try:
@@ -479,10 +479,10 @@ def _retired(path: Path, pid: int | str) -> Path:
 
 def check_creatable(path: Path, force: bool) -> None:
     """Before any training: the bundle can be written at `path`."""
-    path = Path(path).absolute()
+    path = Path(path)  # messages name it as given
     if path.exists() and not path.is_dir():
         raise EdgeclError(f"{path}: exists and is not a folder")
-    ancestor = path.parent
+    ancestor = path.absolute().parent
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
@@ -492,7 +492,7 @@ def check_creatable(path: Path, force: bool) -> None:
     if path.exists() and any(path.iterdir()):
         if not (path / MANIFEST).is_file():  # --force replaces a bundle, never a folder of other files
             raise EdgeclError(
-                f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another {param('out')}"
+                f"{path}: exists and is not an edgecl bundle (no {MANIFEST}); choose another {param('out', 'bundle')}"
             )
         if not force:
             raise EdgeclError(f"{path}: already exists; pass {param('force', 'force=True')} to replace it")

@@ -240,6 +240,25 @@ def relative_similarities(features: torch.Tensor, means: torch.Tensor, similarit
     return (F.normalize(features, dim=-1) @ F.normalize(means.to(features.dtype), dim=-1).T) / scale
 
 
+def resemblance(
+    features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor, active: torch.Tensor | None = None
+) -> tuple[int, float] | None:
+    """The known class the images of one new class are most like, and how much: the cosine of their mean
+    direction to the class's mean, over the cosine as many images of that class would give (from the class's
+    typical cosine s: s / sqrt(s^2 + (1 - s^2) / n)); about 1 for the class taught again. None without means."""
+    kept = similarity > 0 if active is None else (similarity > 0) & active
+    if not kept.any() or not len(features):
+        return None
+    s = similarity.to(features.dtype).clamp(1e-6, 1.0)
+    expected = s / torch.sqrt(s**2 + (1 - s**2) / len(features))
+    closeness = (
+        F.normalize(F.normalize(features, dim=-1).mean(0), dim=0) @ F.normalize(means.to(features.dtype), dim=-1).T
+    )
+    ratio = torch.where(kept, closeness / expected, torch.full_like(expected, -torch.inf))
+    best = int(ratio.argmax())
+    return best, float(ratio[best])
+
+
 def known_from_means(
     features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor, active: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -69,12 +69,12 @@ def run_demo(
     for index in range(len(SESSIONS)):
         start = time.perf_counter()
         if index == 0:
-            settings = [*model, "--set", f"safe.slow.epochs={slow_epochs}", "--device", device]
+            settings = [*model, "--slow-epochs", str(slow_epochs), "--device", device]
             console.print(
-                f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --out {bundle} {' '.join(settings)}; "
+                f"\n[bold]session 0[/] (host): edgecl train {folders[0]} --bundle {bundle} {' '.join(settings)}; "
                 "edgecl export --target cpu"
             )
-            _edgecl("train", str(folders[0]), "--out", str(bundle), "--force", *settings, quiet=quiet)
+            _edgecl("train", str(folders[0]), "--bundle", str(bundle), "--force", *settings, quiet=quiet)
             _edgecl("export", "--target", "cpu", "--bundle", str(bundle), "--images", str(folders[0]), quiet=quiet)
         else:
             console.print(f"\n[bold]session {index}[/] (device): edgecl learn --images {folders[index]}")
@@ -102,5 +102,5 @@ def run_demo(
         table.add_row(f"session {index}", *cells, f"{row[-1]:.3f}", f"{timings[index]:.1f} s")
     console.print(table)
     for index, classes in enumerate(SESSIONS):
-        console.print(f"  s{index}: {', '.join(names[c] for c in classes)}")
+        console.print(f"  s{index}: {', '.join(sorted(names[c] for c in classes))}")  # as `learn` names them
     return rows

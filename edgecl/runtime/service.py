@@ -6,10 +6,11 @@ cached embeddings, so a session costs one backbone pass per image plus milliseco
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,26 @@ from edgecl.core.methods import METHODS
 from edgecl.core.methods.interface import restrict
 from edgecl.core.preprocess import PreprocessConfig
 from edgecl.core.progress import progress_bar
-from edgecl.core.session import embed_classes, load_method, record_session, run_session, stored_config, write_heads
+from edgecl.core.session import (
+    LabeledEmbeddings,
+    embed_classes,
+    load_method,
+    record_session,
+    run_session,
+    stored_config,
+    write_heads,
+)
 from edgecl.errors import EdgeclError, param
 from edgecl.runtime.embedders import Embedder, open_embedder
 from edgecl.runtime.heads import Heads, open_heads
+
+log = logging.getLogger(__name__)
+
+# a new class whose images' mean is this close to a known class's, relative to another sample of that class
+# (layers.resemblance), is most likely that class again: on Lite0 the same class taught again read 0.96 to 1.00,
+# other classes at most 0.93 (Fashion-MNIST, Caltech-101; docs/methods.md, section 10)
+LOOKALIKE = 0.95
+LOOKALIKE_MIN_IMAGES = 3  # fewer say little of their mean
 
 
 @dataclass
@@ -37,6 +54,8 @@ class LearnResult:
     runtime: str
     seconds_backbone: float
     seconds_heads: float
+    # new classes the bundle took for a class it knew before this session: {new: (known class, share of images)}
+    lookalikes: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
 def learn(
@@ -79,6 +98,17 @@ def learn(
         method = load_method(change.bundle, learning=True)
         before = heads_journal.start(method)
         index = len(change.manifest.sessions)
+        resembling = lookalikes(method, data, [c.name for c in classes], change.manifest)
+        for name, (known, closeness) in resembling.items():
+            log.warning(
+                "%r looks like the known class %r taught again (closeness %.2f, where another sample of %r reads "
+                "about 1); if its images show the same thing, undo this session and add them to %r instead",
+                name,
+                known,
+                closeness,
+                known,
+                known,
+            )
         session = run_session(
             method,
             data,
@@ -90,7 +120,23 @@ def learn(
         )
         change.manifest.remember(f"learn of session {index} ({describe_session(session)})")  # for `undo`
         record_session(change.manifest, method, write_heads(change, method, before), session)
-    return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"])
+    return LearnResult(session, data.skipped, used, seconds_backbone, session.stats["seconds"], resembling)
+
+
+def lookalikes(method, data: LabeledEmbeddings, names: list[str], manifest) -> dict[str, tuple[str, float]]:
+    """The session's new classes (of LOOKALIKE_MIN_IMAGES images or more) that look like a class the bundle
+    knows taught again, as the method sees them before it learns them: {new: (known class, closeness)}."""
+    positions = active_positions(manifest)
+    active = torch.tensor([name is not None for name in positions])
+    found = {}
+    for i, name in enumerate(names):
+        rows = data.targets == i
+        if name in positions or int(rows.sum()) < LOOKALIKE_MIN_IMAGES:
+            continue
+        nearest = method.resemblance(data.features[rows], active)
+        if nearest is not None and nearest[1] >= LOOKALIKE:
+            found[name] = (positions[nearest[0]], nearest[1])
+    return found
 
 
 def describe_session(session: SessionEntry) -> str:
@@ -131,7 +177,8 @@ class Prediction:
 
 def check_min_score(min_score: float | None) -> float | None:
     if min_score is not None and not (isinstance(min_score, (int, float)) and 0 <= min_score <= 1):
-        raise EdgeclError(f"{param('min_score')} {min_score!r}: must be a number from 0 to 1 (0: never unknown)")
+        given = f"{min_score:g}" if isinstance(min_score, float) else repr(min_score)
+        raise EdgeclError(f"{param('min_score')} {given}: must be a number from 0 to 1 (0: never unknown)")
     return min_score
 
 

@@ -163,6 +163,10 @@ class Edgecl(ContinualMethod):
         return self.safe.known_scores(self.heads_input(features), active)  # SAFE's class means
 
     @torch.inference_mode()
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+        return self.safe.resemblance(self.heads_input(features), active)
+
+    @torch.inference_mode()
     def held_out_known_scores(
         self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -233,6 +233,11 @@ class ContinualMethod(nn.Module, ABC):
         threshold); this default scores them as they are."""
         return self.known_scores(features, active)
 
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+        """For the images of one new class: the known class they are most like and how much (1: as another
+        sample of it would be; layers.resemblance), where the method keeps class means; this default: None."""
+        return None
+
     def session_classes(self, targets: torch.Tensor) -> int:
         """The number of new classes of a session that may also bring images of known classes (methods that
         can add to a class: `adds_to_classes`); the new ones continue the numbering without gaps."""

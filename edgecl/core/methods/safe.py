@@ -33,6 +33,7 @@ from edgecl.core.layers import (
     held_out_known,
     known_from_means,
     merge_class_statistics,
+    resemblance,
 )
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.sgd import SGDSchedule, train_minibatches
@@ -265,6 +266,10 @@ class Safe(ContinualMethod):
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         # the slow classifier's rows are the class means
         return known_from_means(features, self.slow_classifier.weight, self.class_similarity, active)
+
+    @torch.inference_mode()
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+        return resemblance(features, self.slow_classifier.weight, self.class_similarity, active)
 
     @torch.inference_mode()
     def held_out_known_scores(

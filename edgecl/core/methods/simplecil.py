@@ -8,7 +8,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from edgecl.core.layers import fill_unkept_statistics, held_out_known, known_from_means, merge_class_statistics
+from edgecl.core.layers import (
+    fill_unkept_statistics,
+    held_out_known,
+    known_from_means,
+    merge_class_statistics,
+    resemblance,
+)
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 
 
@@ -52,6 +58,10 @@ class SimpleCIL(ContinualMethod):
     @torch.inference_mode()
     def known_scores(self, features: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         return known_from_means(features, self.prototypes, self.class_similarity, active)
+
+    @torch.inference_mode()
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+        return resemblance(features, self.prototypes, self.class_similarity, active)
 
     @torch.inference_mode()
     def held_out_known_scores(
