@@ -159,12 +159,14 @@ def test_resemblance_is_about_one_for_another_sample_of_a_class():
         [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
     )
     again = centres[1] + torch.randn(10, 32, generator=g)
-    best, closeness = resemblance(again, means, typical)
+    counts = torch.full((3,), 200.0)
+    best, closeness = resemblance(again, means, typical, counts)
     assert best == 1 and closeness == pytest.approx(1.0, abs=0.03)
     other = torch.randn(10, 32, generator=g) * 3
-    assert resemblance(other, means, typical)[1] < 0.8
-    assert resemblance(again, means, typical, torch.tensor([True, False, True]))[0] != 1  # forgotten: never named
-    assert resemblance(again, means, torch.zeros(3)) is None  # a bundle that kept no typical cosines
+    assert resemblance(other, means, typical, counts)[1] < 0.8
+    active = torch.tensor([True, False, True])  # class 1 forgotten
+    assert resemblance(again, means, typical, counts, active)[0] != 1  # a forgotten class is never named
+    assert resemblance(again, means, torch.zeros(3), counts) is None  # a bundle that kept no typical cosines
 
 
 def test_the_correcting_commands_say_what_they_did_unless_quiet(adds):

@@ -241,19 +241,26 @@ def relative_similarities(features: torch.Tensor, means: torch.Tensor, similarit
 
 
 def resemblance(
-    features: torch.Tensor, means: torch.Tensor, similarity: torch.Tensor, active: torch.Tensor | None = None
+    features: torch.Tensor,
+    means: torch.Tensor,
+    similarity: torch.Tensor,
+    counts: torch.Tensor,
+    active: torch.Tensor | None = None,
 ) -> tuple[int, float] | None:
     """The known class the images of one new class are most like, and how much: the cosine of their mean
-    direction to the class's mean, over the cosine as many images of that class would give (from the class's
-    typical cosine s: s / sqrt(s^2 + (1 - s^2) / n)); about 1 for the class taught again. None without means."""
-    kept = similarity > 0 if active is None else (similarity > 0) & active
+    direction to the class's mean, over the cosine that as many other images of that class would give; about 1
+    for the class taught again. With unit vectors a m + b e (m the class's direction, e noise), the class's
+    typical cosine s over its n_c images gives a^2 = (s^2 - 1/n_c) / (1 - 1/n_c) (each image is in its own
+    mean), and n new images are expected at a^2 / (s sqrt(a^2 + b^2 / n)). None for a method without means."""
+    kept = (similarity > 0) & (counts > 1)
+    kept = kept if active is None else kept & active
     if not kept.any() or not len(features):
         return None
-    s = similarity.to(features.dtype).clamp(1e-6, 1.0)
-    expected = s / torch.sqrt(s**2 + (1 - s**2) / len(features))
-    closeness = (
-        F.normalize(F.normalize(features, dim=-1).mean(0), dim=0) @ F.normalize(means.to(features.dtype), dim=-1).T
-    )
+    s, n_c = similarity.to(features.dtype).clamp(1e-6, 1.0), counts.to(features.dtype).clamp_min(2)
+    a2 = ((s**2 - 1 / n_c) / (1 - 1 / n_c)).clamp(1e-6, 1.0)
+    expected = a2 / (s * torch.sqrt(a2 + (1 - a2) / len(features)))
+    direction = F.normalize(F.normalize(features, dim=-1).mean(0), dim=0)
+    closeness = direction @ F.normalize(means.to(features.dtype), dim=-1).T
     ratio = torch.where(kept, closeness / expected, torch.full_like(expected, -torch.inf))
     best = int(ratio.argmax())
     return best, float(ratio[best])

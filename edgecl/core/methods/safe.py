@@ -269,7 +269,7 @@ class Safe(ContinualMethod):
 
     @torch.inference_mode()
     def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
-        return resemblance(features, self.slow_classifier.weight, self.class_similarity, active)
+        return resemblance(features, self.slow_classifier.weight, self.class_similarity, self.class_count, active)
 
     @torch.inference_mode()
     def held_out_known_scores(

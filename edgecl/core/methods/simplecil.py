@@ -61,7 +61,7 @@ class SimpleCIL(ContinualMethod):
 
     @torch.inference_mode()
     def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
-        return resemblance(features, self.prototypes, self.class_similarity, active)
+        return resemblance(features, self.prototypes, self.class_similarity, self.class_count, active)
 
     @torch.inference_mode()
     def held_out_known_scores(
