@@ -111,5 +111,8 @@ def test_an_unreachable_hub_is_read_from_its_cache_only(monkeypatch):
     with pytest.raises(EdgeclError, match=r"test_vit: no pretrained weights available \(the hub cannot be reached"):
         create_backbone("test_vit")
     assert seen == [True] and hub.HF_HUB_OFFLINE == was
+    monkeypatch.setattr(backbones.socket, "create_connection", lambda *args, **kwargs: pytest.fail("probed"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert not backbones.hub_reachable()  # offline mode said: nothing to probe
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert backbones.hub_reachable()  # a proxy may reach it where a direct connection cannot

@@ -420,9 +420,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     from huggingface_hub import constants
 
+    if constants.HF_HUB_OFFLINE:  # the cache is all the client reads anyway
+        return False
     endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout).close()
+        socket.create_connection((endpoint.hostname, port), timeout).close()
     except OSError:
         return False
     return True
