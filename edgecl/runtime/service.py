@@ -54,7 +54,7 @@ class LearnResult:
     runtime: str
     seconds_backbone: float
     seconds_heads: float
-    # new classes the bundle took for a class it knew before this session: {new: (known class, share of images)}
+    # new classes that looked like a class the bundle knew, taught again: {new: (known class, closeness)}
     lookalikes: dict[str, tuple[str, float]] = field(default_factory=dict)
 
 
@@ -101,12 +101,11 @@ def learn(
         resembling = lookalikes(method, data, [c.name for c in classes], change.manifest)
         for name, (known, closeness) in resembling.items():
             log.warning(
-                "%r looks like the known class %r taught again (closeness %.2f, where another sample of %r reads "
-                "about 1); if its images show the same thing, undo this session and add them to %r instead",
+                "%r looks like the known class %r taught again (closeness %.2f; another sample of it reads about "
+                "1); if its images show the same thing, undo this session and add them to %r instead",
                 name,
                 known,
                 closeness,
-                known,
                 known,
             )
         session = run_session(
