@@ -65,15 +65,17 @@ def train(
     of SAFE's slow learner (edgecl, safe; 0: off); `device` defaults to CUDA when there is a GPU. `img_size`
     builds the backbone at that input size (default: timm's), `global_pool` chooses its embedding (a ViT's
     "token" [CLS] or "avg" of its patch tokens)."""
+    from edgecl.core.methods import METHODS, method_class
     from edgecl.host.train import train as train_bundle
 
     if slow_epochs is not None:
         if isinstance(slow_epochs, bool) or not hasattr(slow_epochs, "__index__") or slow_epochs < 0:
             raise EdgeclError(f"{param('slow_epochs')} {slow_epochs!r}: give a whole number, 0 or more (0: off)")
-        if method not in ("edgecl", "safe"):
-            raise EdgeclError(f"{param('slow_epochs')}: method {method} has no slow learner (edgecl and safe have)")
-        slow_epochs = operator.index(slow_epochs)
-        settings = {**(settings or {}), ("slow.epochs" if method == "safe" else "safe.slow.epochs"): slow_epochs}
+        setting = method_class(method).slow_epochs_setting
+        if setting is None:
+            having = " and ".join(sorted(n for n, c in METHODS.items() if c.slow_epochs_setting))
+            raise EdgeclError(f"{param('slow_epochs')}: method {method} has no slow learner ({having} have)")
+        settings = {**(settings or {}), setting: operator.index(slow_epochs)}
     return train_bundle(
         Path(data),
         Path(bundle),

@@ -370,3 +370,10 @@ def test_edgecl_refuses_a_stored_power_that_is_not_a_number_above_0(power):
 def test_class_balance_is_bounded():
     with pytest.raises(EdgeclError, match="class_balance=3.0: must be at most 2"):
         method_config("safe", {}).setting("class_balance", "3")
+
+
+def test_each_slow_epochs_setting_names_the_slow_learners_epochs():
+    having = {name: cls.slow_epochs_setting for name, cls in METHODS.items() if cls.slow_epochs_setting}
+    assert sorted(having) == ["edgecl", "safe"]
+    for name, setting in having.items():
+        assert method_config(name, settings={setting: "7"}).slow_learner().epochs == 7

@@ -87,6 +87,7 @@ class Edgecl(ContinualMethod):
         "fast and slow analytic classifiers per session, blended by entropy"
     )
     config_class = EdgeclConfig
+    slow_epochs_setting = "safe.slow.epochs"
     config: EdgeclConfig
 
     def __init__(self, config: EdgeclConfig, embedding_dim: int) -> None:

@@ -181,6 +181,7 @@ class ContinualMethod(nn.Module, ABC):
     summary: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]]
     adds_to_classes: ClassVar[bool] = False  # whether a session may bring more images of a known class
+    slow_epochs_setting: ClassVar[str | None] = None  # the setting of its slow learner's epochs, where it has one
 
     def __init__(self, config: MethodConfig, embedding_dim: int) -> None:
         super().__init__()

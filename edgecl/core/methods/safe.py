@@ -164,6 +164,7 @@ class Safe(ContinualMethod):
         "analytic classifiers, entropy blend"
     )
     config_class = SafeConfig
+    slow_epochs_setting = "slow.epochs"
     config: SafeConfig
 
     def __init__(self, config: SafeConfig, embedding_dim: int) -> None:
