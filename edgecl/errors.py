@@ -6,8 +6,9 @@ the command line (edgecl/cli/messages.py holds the one table from parameters to 
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _MARK = "\x1f"  # a control character no file name or class name in a message is expected to hold
 _MARKED = re.compile(f"{_MARK}([a-z_]+){_MARK}([^{_MARK}]*){_MARK}")
@@ -25,6 +26,19 @@ def render(text: str, spell: Callable[[str, str], str]) -> str:
 
 def python_text(text: str) -> str:
     return render(text, lambda name, python: python)
+
+
+def name_list(names: Sequence[str], shown: int = 8) -> str:
+    """`a, b, c, and 5 more`: a list in a one-line message."""
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def unknown_name(name: str, names: Sequence[str], shown: int = 8) -> str:
+    """What a message says of a name not among `names`: the likely typos first, then the list."""
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}({len(names)}: {name_list(names, shown)})"
 
 
 class EdgeclError(Exception):

@@ -178,6 +178,7 @@ def test_train_and_export_are_thin_functions_over_what_the_cli_runs(tmp_path, ba
     assert report.bundle == tmp_path / "b" and report.classes == ["blue", "green", "red"] and report.images == 18
     exported = edgecl.export(report.bundle, "cpu", images=str(base_images))  # one folder, or a list of them
     assert exported.real_images and exported.file.name == "backbone.onnx" and exported.heads.data is not None
+    assert len(repr(exported)) < 2000  # printing the report shows its figures, not heads.onnx's bytes
     assert edgecl.load(report.bundle).runtime == "onnxruntime"
 
 

@@ -114,7 +114,7 @@ def test_forget_rename_and_undo(adds, base_images):
     after, _ = Classifier(adds, min_score=0).classify(paths, top_k=3, show_progress=False)
     assert all(p.label != "red" and all(t["label"] != "red" for t in p.top_k) for p in after)
     assert all(abs(sum(t["score"] for t in p.top_k) - 1) < 1e-4 for p in after)  # two classes left: the top 2 sum to 1
-    with pytest.raises(EdgeclError, match="name red: the bundle has no class of that name"):
+    with pytest.raises(EdgeclError, match="name red: the bundle forgot that class"):
         forget(adds, "red")
     rename(adds, "green", "lime")
     assert Bundle.open(adds).manifest.active_class_names == ["blue", "lime"]
@@ -122,6 +122,8 @@ def test_forget_rename_and_undo(adds, base_images):
         rename(adds, "lime", "blue")
     with pytest.raises(EdgeclError, match="old nope: the bundle has no class"):
         rename(adds, "nope", "x")
+    with pytest.raises(EdgeclError, match=r"old lim: .* did you mean lime\? \(2: blue, lime\)"):
+        rename(adds, "lim", "x")
     history = [h["change"] for h in Bundle.open(adds).manifest.history[-2:]]
     assert history == ["forget red", "rename green -> lime"]
     assert undo(adds).description.startswith("undid the rename green -> lime: the bundle is as it was at ")

@@ -149,9 +149,9 @@ def export(
         fix = "none of the --images could be read" if images else "pass --images DIR to check on real images"
         err.print(f"warning: parity checked on random inputs; {fix}")
     out.print(
-        f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target}: max |PyTorch - onnxruntime| "
-        f"{report.max_abs_diff:.1e} on {report.parity_images} {'real' if report.real_images else 'random'} inputs "
-        f"(limit {BACKBONE_PARITY_ATOL:g}), {report.seconds:.1f} s"
+        f"exported {report.file} ({report.size_bytes / 1e6:.1f} MB) for {report.target} in {report.seconds:.1f} s "
+        f"(heads included): max |PyTorch - onnxruntime| {report.max_abs_diff:.1e} on {report.parity_images} "
+        f"{'real' if report.real_images else 'random'} inputs (limit {BACKBONE_PARITY_ATOL:g})"
         + (
             "; the TensorRT engine is built on the target (`edgecl engine build`, or on first use)"
             if for_tensorrt(report.profile)

@@ -20,7 +20,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
-from edgecl.errors import EdgeclError, param
+from edgecl.errors import EdgeclError, name_list, param
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,6 @@ def require_folder(path: Path) -> Path:
 def _identity(st: os.stat_result, path: Path) -> object:
     """The real file or folder behind `path`, however it was reached (links, hard links)."""
     return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
-
-
-def _some(items: list[str]) -> str:
-    more = f", and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
 
 
 def _broken_link(path: Path, error: OSError) -> str:
@@ -174,7 +169,7 @@ class _Search:
             (self.twice, "path(s) reaching files found already, counted once"),
         ):
             if items:
-                log.warning("%d %s: %s", len(items), what, _some(items))
+                log.warning("%d %s: %s", len(items), what, name_list(items, _SHOWN))
 
 
 def list_images(folder: Path, *, warn: bool = True) -> list[Path]:

@@ -16,7 +16,7 @@ def require_matplotlib(path: Path | None = None):
         import matplotlib
     except ImportError:
         raise EdgeclError(
-            f"{param('plot')} needs matplotlib: pip install 'edgecl[plot]' (or pip install matplotlib)"
+            f"{param('plot')} needs matplotlib: install edgecl with its plot extra, or pip install matplotlib"
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot
@@ -47,10 +47,18 @@ def plot_sessions(report, path: Path) -> Path:
     return path
 
 
+def confusion_rows(report) -> tuple[list[str], list[list[int]]]:
+    """The folder classes the bundle knows in its columns' order, so that right answers fall on the diagonal,
+    then the classes it does not know; with their rows of counts."""
+    by_name = dict(zip(report.per_class, report.confusion))
+    rows = [c for c in report.labels if c in by_name] + [c for c in by_name if c not in report.labels]
+    return rows, [by_name[c] for c in rows]
+
+
 def plot_confusion(report, path: Path) -> Path:
     """`edgecl val --plot`: the confusion counts, rows the folder's classes, columns the labels given."""
     plt = require_matplotlib(path)
-    rows, counts = list(report.per_class), report.confusion
+    rows, counts = confusion_rows(report)
     size = max(4.0, 0.35 * max(len(rows), len(report.labels)) + 2)
     figure, axes = plt.subplots(figsize=(size, size * len(rows) / max(len(report.labels), 1) + 1))
     shares = [[c / max(sum(row), 1) for c in row] for row in counts]

@@ -33,7 +33,7 @@ class ExportReport:
     max_abs_diff: float
     parity_images: int
     real_images: bool
-    seconds: float
+    seconds: float  # the whole export, heads included
     heads: HeadsExport
     profile: dict  # the target profile, as the manifest records it
 

@@ -14,7 +14,7 @@ import copy
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -119,7 +119,7 @@ def export_heads(method: ContinualMethod) -> bytes:
 
 @dataclass
 class HeadsExport:
-    data: bytes | None  # None: the heads stay in PyTorch on the device
+    data: bytes | None = field(repr=False)  # None: the heads stay in PyTorch on the device
     max_abs_diff: float | None
     error: str | None
     seconds: float

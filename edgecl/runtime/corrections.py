@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgecl.core import bundle as bundles
 from edgecl.core.images import check_class_name
-from edgecl.errors import EdgeclError, param
+from edgecl.errors import EdgeclError, param, unknown_name
 
 
 @dataclass
@@ -30,8 +30,12 @@ def _active(manifest: bundles.Manifest, name: str, where: str) -> int:
     for index, entry in enumerate(manifest.classes):
         if entry.name == name and not entry.forgotten:
             return index
-    known = ", ".join(manifest.active_class_names[:8]) + (", ..." if len(manifest.active_class_names) > 8 else "")
-    raise EdgeclError(f"{param(where)} {name}: the bundle has no class of that name (its classes: {known})")
+    if any(entry.name == name for entry in manifest.classes):
+        raise EdgeclError(f"{param(where)} {name}: the bundle forgot that class (`info` lists it)")
+    raise EdgeclError(
+        f"{param(where)} {name}: the bundle has no class of that name; "
+        f"{unknown_name(name, manifest.active_class_names)}"
+    )
 
 
 def forget(bundle_path: Path, name: str, *, lock_timeout: float = 60.0) -> Correction:
@@ -70,8 +74,8 @@ def undo(bundle_path: Path, *, lock_timeout: float = 60.0) -> Correction:
         m = change.manifest
         if not m.history:
             raise EdgeclError(
-                f"{bundle_path}: nothing to undo (the bundle keeps no earlier state; its history holds "
-                f"the last {m.history_limit} changes)"
+                f"{bundle_path}: nothing to undo (no earlier state is kept: every change kept has been undone, "
+                f"or none was made; a bundle keeps up to its last {m.history_limit} changes)"
             )
         before = m.history[-1]
         backbone = m.backbone

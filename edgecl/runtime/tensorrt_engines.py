@@ -34,7 +34,8 @@ def import_tensorrt():
         import tensorrt
     except ImportError as err:
         raise TensorRTUnavailable(
-            "tensorrt is not installed (JetPack ships it on a Jetson; on an x86 host: pip install 'edgecl[tensorrt]')"
+            "tensorrt is not installed (JetPack ships it on a Jetson; on an x86 host, install edgecl with its "
+            "tensorrt extra)"
         ) from err
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("no CUDA GPU is visible to PyTorch")

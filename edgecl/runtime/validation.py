@@ -12,7 +12,7 @@ import numpy as np
 from edgecl.core.bundle import Bundle
 from edgecl.core.images import UNKNOWN, paths_and_labels, scan_class_folders
 from edgecl.core.progress import progress_bar
-from edgecl.errors import EdgeclError, param
+from edgecl.errors import EdgeclError, name_list, param
 from edgecl.runtime.service import Classifier, Prediction
 
 
@@ -93,9 +93,8 @@ def validate(
     known = [c.name for c in classes if c.name in predicted]
     if not known:
         raise EdgeclError(
-            f"{param('folder')} {folder}: none of its class folders ({', '.join(c.name for c in classes[:5])}"
-            f"{', ...' if len(classes) > 5 else ''}) is a class of the bundle ({', '.join(predicted[:5])}"
-            f"{', ...' if len(predicted) > 5 else ''}); name the folders after the bundle's classes"
+            f"{param('folder')} {folder}: none of its class folders ({name_list([c.name for c in classes], 5)}) "
+            f"is a class of the bundle ({name_list(predicted, 5)}); name the folders after the bundle's classes"
         )
     images, targets = paths_and_labels(classes)
     labels = [*predicted, UNKNOWN]
