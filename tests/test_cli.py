@@ -90,7 +90,8 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     assert "learned yellow[m6] as session 1" in result.output  # printed as given, not read as console markup
     result = edgecl("learn", "--images", new_images / "grey", "--label", "silver", "--bundle", out, "-q", "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.output)["classes"] == ["silver"]
+    learned = json.loads(result.output)
+    assert learned["classes"] == ["silver"] and learned["lookalikes"] == {} and "known_histogram" not in learned
     m = Bundle.open(out).manifest
     assert [(c.name, c.session) for c in m.classes] == [
         ("blue", 0),

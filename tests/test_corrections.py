@@ -162,13 +162,30 @@ def test_resemblance_is_about_one_for_another_sample_of_a_class():
     )
     again = centres[1] + torch.randn(10, 32, generator=g)
     counts = torch.full((3,), 200.0)
-    best, closeness = resemblance(again, means, typical, counts)
-    assert best == 1 and closeness == pytest.approx(1.0, abs=0.03)
+    best, closeness, rival = resemblance(again, means, typical, counts)
+    assert best == 1 and closeness == pytest.approx(1.0, abs=0.03) and rival < 0.5  # the classes point apart
     other = torch.randn(10, 32, generator=g) * 3
-    assert resemblance(other, means, typical, counts)[1] < 0.8
+    assert resemblance(other, means, typical, counts).closeness < 0.8
     active = torch.tensor([True, False, True])  # class 1 forgotten
-    assert resemblance(again, means, typical, counts, active)[0] != 1  # a forgotten class is never named
+    assert resemblance(again, means, typical, counts, active).known != 1  # a forgotten class is never named
     assert resemblance(again, means, torch.zeros(3), counts) is None  # a bundle that kept no typical cosines
+
+
+def test_resemblance_says_when_the_known_classes_already_look_alike():
+    # classes that share one large direction (a raw ViT [CLS]): each class's mean reads as another taught again
+    g = torch.Generator().manual_seed(1)
+    shared = torch.randn(32, generator=g) * 6
+    centres = shared + torch.randn(3, 32, generator=g) * 0.3
+    images = centres.repeat_interleave(200, 0) + torch.randn(600, 32, generator=g)
+    targets = torch.arange(3).repeat_interleave(200)
+    means = torch.stack([images[targets == c].mean(0) for c in range(3)])
+    unit = torch.nn.functional.normalize(images, dim=-1)
+    typical = torch.stack(
+        [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
+    )
+    new_class = shared + torch.randn(32, generator=g) * 0.3 + torch.randn(10, 32, generator=g)
+    found = resemblance(new_class, means, typical, torch.full((3,), 200.0))
+    assert found.closeness >= LOOKALIKE and found.rival >= LOOKALIKE  # so learn says nothing
 
 
 def test_the_correcting_commands_say_what_they_did_unless_quiet(adds):
@@ -272,6 +289,13 @@ def test_a_forgotten_class_does_not_count_in_the_calibration_of_unknown():
     assert held_out_known(x, torch.tensor([0]), means, counts, similarity).item() == pytest.approx(1.0)
     alone = held_out_known(x, torch.tensor([0]), means, counts, similarity, torch.tensor([True, False]))
     assert alone.item() == pytest.approx(0.0, abs=1e-6)  # held out of its own class, it resembles nothing
+
+
+def test_an_image_that_is_all_its_class_has_is_left_out_of_the_calibration():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]])
+    means, counts, similarity = torch.tensor([[1.0, 0.0], [0.05, 1.0]]), torch.tensor([1.0, 2.0]), torch.ones(2)
+    scores = held_out_known(x, torch.tensor([0, 1, 1]), means, counts, similarity)
+    assert scores[0].isnan() and not scores[1:].isnan().any()  # class 0 has one image: nothing to hold out
 
 
 def test_the_plain_output_of_an_unknown_gives_its_known_score_and_the_best_classes(adds, base_images):

@@ -53,7 +53,8 @@ def learn(
         out.print_json(
             json.dumps(
                 {
-                    **asdict(result.session),
+                    **{k: v for k, v in asdict(result.session).items() if k != "known_histogram"},  # `info --json`
+                    "lookalikes": {new: {"known": k, "closeness": c} for new, (k, c) in result.lookalikes.items()},
                     "skipped": result.skipped,
                     "runtime": result.runtime,
                     "seconds_backbone": result.seconds_backbone,
@@ -110,7 +111,14 @@ def classify(
             "(all K after an `unknown`).",
         ),
     ] = 1,
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list of {path, label, score, top_k}.")] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print a JSON list of {path, label, score, top_k, known}: score is the top class's probability, "
+            "unknown or not; known is what --min-score is compared with.",
+        ),
+    ] = False,
     runtime: RuntimeOption = None,
     min_score: MinScoreOption = None,
     quiet: QuietOption = False,
@@ -235,12 +243,15 @@ def info(
     calibrated = sum(sum(x.known_histogram) for x in m.sessions)
     held_out = type(method).held_out_known_scores is not ContinualMethod.held_out_known_scores
     how = "each scored against its class's mean without it" if held_out else "each by its top probability"
-    out.print(
-        f"unknown    when the known score is under {min_score_of(m.sessions):.2f}, which {KEEP_KNOWN:.0%} of the "
-        f"{calibrated} training images pass, {how}"
-        if calibrated
-        else "unknown    never (the bundle's sessions predate the calibration; pass --min-score)"
-    )
+    if calibrated:
+        out.print(
+            f"unknown    when the known score is under {min_score_of(m.sessions):.2f}, which {KEEP_KNOWN:.0%} of "
+            f"the {calibrated} training images pass, {how}"
+        )
+    elif any(x.known_histogram for x in m.sessions):
+        out.print("unknown    never (no session had a class of 2 images or more to calibrate on; pass --min-score)")
+    else:
+        out.print("unknown    never (the bundle's sessions predate the calibration; pass --min-score)")
     if m.export:
         parity = m.export["parity"]
         out.print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -240,30 +241,44 @@ def relative_similarities(features: torch.Tensor, means: torch.Tensor, similarit
     return (F.normalize(features, dim=-1) @ F.normalize(means.to(features.dtype), dim=-1).T) / scale
 
 
+class Resemblance(NamedTuple):
+    known: int  # the known class the new images are most like
+    closeness: float  # about 1: as another sample of that class would be
+    rival: float  # the same measure of the nearest other known class's mean to that class (0: none)
+
+
 def resemblance(
     features: torch.Tensor,
     means: torch.Tensor,
     similarity: torch.Tensor,
     counts: torch.Tensor,
     active: torch.Tensor | None = None,
-) -> tuple[int, float] | None:
+) -> Resemblance | None:
     """The known class the images of one new class are most like, and how much: the cosine of their mean
     direction to the class's mean, over the cosine that as many other images of that class would give; about 1
     for the class taught again. With unit vectors a m + b e (m the class's direction, e noise), the class's
     typical cosine s over its n_c images gives a^2 = (s^2 - 1/n_c) / (1 - 1/n_c) (each image is in its own
-    mean), and n new images are expected at a^2 / (s sqrt(a^2 + b^2 / n)). None for a method without means."""
+    mean), and n new images are expected at a^2 / (s sqrt(a^2 + b^2 / n)). `rival` measures the other known
+    classes' means the same way: where one reads like that class taught again, so may any new class (an
+    embedding whose classes all point one way). None for a method without means."""
     kept = (similarity > 0) & (counts > 1)
     kept = kept if active is None else kept & active
     if not kept.any() or not len(features):
         return None
     s, n_c = similarity.to(features.dtype).clamp(1e-6, 1.0), counts.to(features.dtype).clamp_min(2)
     a2 = ((s**2 - 1 / n_c) / (1 - 1 / n_c)).clamp(1e-6, 1.0)
-    expected = a2 / (s * torch.sqrt(a2 + (1 - a2) / len(features)))
+
+    directions = F.normalize(means.to(features.dtype), dim=-1)
     direction = F.normalize(F.normalize(features, dim=-1).mean(0), dim=0)
-    closeness = direction @ F.normalize(means.to(features.dtype), dim=-1).T
-    ratio = torch.where(kept, closeness / expected, torch.full_like(expected, -torch.inf))
+    expected = a2 / (s * torch.sqrt(a2 + (1 - a2) / len(features)))
+    ratio = torch.where(kept, (direction @ directions.T) / expected, -torch.inf)
     best = int(ratio.argmax())
-    return best, float(ratio[best])
+    others = kept.clone()
+    others[best] = False
+    # each other class's mean as n_j images of `best` would be expected to read
+    rivals = (directions @ directions[best]) * s[best] * torch.sqrt(a2[best] + (1 - a2[best]) / n_c) / a2[best]
+    rival = float(rivals[others].max()) if others.any() else 0.0
+    return Resemblance(best, float(ratio[best]), rival)
 
 
 def known_from_means(
@@ -290,7 +305,8 @@ def held_out_known(
 ) -> torch.Tensor:
     """known_from_means of a class's own images, each held out of its class mean (leave one out): what an
     image the class never saw scores, for calibrating the threshold without setting images aside. `active`:
-    the classes still predicted (a forgotten one's mean does not count, as in classifying)."""
+    the classes still predicted (a forgotten one's mean does not count, as in classifying). NaN for an image
+    that is all its class has: held out, its class has no mean."""
     relative = relative_similarities(features, means, similarity)
     if active is not None:
         relative[:, ~active] = -1.0
@@ -300,5 +316,5 @@ def held_out_known(
         F.cosine_similarity(features, held_out, dim=-1)
         / torch.where(similarity > 0, similarity, torch.ones_like(similarity))[targets]
     )
-    relative[torch.arange(len(features)), targets] = torch.where(n > 1, own, torch.full_like(own, -1.0))
-    return relative.max(dim=1).values.clamp(0, 1)
+    relative[torch.arange(len(features)), targets] = own
+    return torch.where(n > 1, relative.max(dim=1).values.clamp(0, 1), torch.full_like(own, torch.nan))

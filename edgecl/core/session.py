@@ -188,7 +188,7 @@ def run_session(
     stats["seconds"] = round(time.perf_counter() - start, 3)
     active = torch.tensor([name is not None for name in known_classes] + [True] * len(fresh))
     held_out = method.held_out_known_scores(data.features, targets, None if active.all() else active)
-    histogram = torch.histc(held_out.float(), bins=KNOWN_BINS, min=0, max=1)
+    histogram = torch.histc(held_out[~held_out.isnan()].float(), bins=KNOWN_BINS, min=0, max=1)
     return SessionEntry(
         index,
         fresh,

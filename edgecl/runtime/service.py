@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # a new class whose images' mean is this close to a known class's, relative to other images of that class
 # (layers.resemblance), is most likely that class again: the same class taught again read 0.97 to 1.03 on Lite0
-# and 0.74 to 1.34 on the ViT, other classes at most 0.94 and 0.44 (docs/methods.md, section 10)
+# and 0.74 to 1.34 on the ViT, other classes at most 0.94 and 0.44 (Shirt as Coat 0.98: docs/methods.md, section 10)
 LOOKALIKE = 0.96
 LOOKALIKE_MIN_IMAGES = 3  # fewer say little of their mean
 
@@ -133,8 +133,9 @@ def lookalikes(method, data: LabeledEmbeddings, names: list[str], manifest) -> d
         if name in positions or int(rows.sum()) < LOOKALIKE_MIN_IMAGES:
             continue
         nearest = method.resemblance(data.features[rows], active)
-        if nearest is not None and nearest[1] >= LOOKALIKE:
-            found[name] = (positions[nearest[0]], nearest[1])
+        # where another known class already reads as that class taught again, the reading tells nothing
+        if nearest is not None and nearest.closeness >= LOOKALIKE > nearest.rival:
+            found[name] = (positions[nearest.known], nearest.closeness)
     return found
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from edgecl.core.layers import power_normalize, whitening_of
+from edgecl.core.layers import Resemblance, power_normalize, whitening_of
 from edgecl.core.methods.interface import ContinualMethod, MethodConfig, register_method
 from edgecl.core.methods.safe import Safe, SafeConfig, blend
 from edgecl.core.methods.tosca import Tosca, ToscaConfig
@@ -164,7 +164,7 @@ class Edgecl(ContinualMethod):
         return self.safe.known_scores(self.heads_input(features), active)  # SAFE's class means
 
     @torch.inference_mode()
-    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> Resemblance | None:
         return self.safe.resemblance(self.heads_input(features), active)
 
     @torch.inference_mode()

@@ -12,12 +12,15 @@ import dataclasses
 import math
 import typing
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from edgecl.errors import EdgeclError, param
+
+if TYPE_CHECKING:
+    from edgecl.core.layers import Resemblance
 
 # settings that must be above zero; every other number must be zero or more (and finite)
 _POSITIVE = frozenset(
@@ -234,7 +237,7 @@ class ContinualMethod(nn.Module, ABC):
         threshold); this default scores them as they are."""
         return self.known_scores(features, active)
 
-    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> Resemblance | None:
         """For the images of one new class: the known class they are most like and how much (1: as another
         sample of it would be; layers.resemblance), where the method keeps class means; this default: None."""
         return None

@@ -25,6 +25,7 @@ from edgecl.core.analytic import PROJECTION, AnalyticClassifier, check_projectio
 from edgecl.core.layers import (
     CosineClassifier,
     LuCA,
+    Resemblance,
     ScaleShift,
     class_balance,
     class_means,
@@ -269,7 +270,7 @@ class Safe(ContinualMethod):
         return known_from_means(features, self.slow_classifier.weight, self.class_similarity, active)
 
     @torch.inference_mode()
-    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> Resemblance | None:
         return resemblance(features, self.slow_classifier.weight, self.class_similarity, self.class_count, active)
 
     @torch.inference_mode()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from edgecl.core.layers import (
+    Resemblance,
     fill_unkept_statistics,
     held_out_known,
     known_from_means,
@@ -60,7 +61,7 @@ class SimpleCIL(ContinualMethod):
         return known_from_means(features, self.prototypes, self.class_similarity, active)
 
     @torch.inference_mode()
-    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> tuple[int, float] | None:
+    def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> Resemblance | None:
         return resemblance(features, self.prototypes, self.class_similarity, self.class_count, active)
 
     @torch.inference_mode()
