@@ -116,6 +116,8 @@ def test_forget_rename_and_undo(adds, base_images):
     assert all(abs(sum(t["score"] for t in p.top_k) - 1) < 1e-4 for p in after)  # two classes left: the top 2 sum to 1
     with pytest.raises(EdgeclError, match="name red: the bundle forgot that class"):
         forget(adds, "red")
+    with pytest.raises(EdgeclError, match="old red: the bundle forgot that class"):
+        rename(adds, "red", "crimson")
     rename(adds, "green", "lime")
     assert Bundle.open(adds).manifest.active_class_names == ["blue", "lime"]
     with pytest.raises(EdgeclError, match="new blue: the bundle has a class of that name already"):
@@ -184,8 +186,33 @@ def test_resemblance_says_when_the_known_classes_already_look_alike():
         [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
     )
     new_class = shared + torch.randn(32, generator=g) * 0.3 + torch.randn(10, 32, generator=g)
-    found = resemblance(new_class, means, typical, torch.full((3,), 200.0))
+    counts = torch.tensor([200.0, 5.0, 50.0])
+    found = resemblance(new_class, means, typical, counts)
     assert found.closeness >= LOOKALIKE and found.rival >= LOOKALIKE  # so learn says nothing
+    # the rival: each other class's mean against the named one's, over what n_j of its images would read
+    b, unit_means = found.known, torch.nn.functional.normalize(means, dim=-1)
+    s, n = typical[b], counts[b]
+    a2 = (s**2 - 1 / n) / (1 - 1 / n)
+    by_hand = max(
+        float((unit_means[j] @ unit_means[b]) / (a2 / (s * torch.sqrt(a2 + (1 - a2) / counts[j]))))
+        for j in range(3)
+        if j != b
+    )
+    assert found.rival == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize(("rival", "warned"), [(0.5, True), (0.97, False)])
+def test_learn_names_a_lookalike_only_while_no_other_known_class_reads_as_it(monkeypatch, rival, warned):
+    from types import SimpleNamespace
+
+    from edgecl.core.layers import Resemblance
+    from edgecl.core.session import LabeledEmbeddings
+
+    method = SimpleNamespace(resemblance=lambda features, active: Resemblance(0, 0.99, rival))
+    manifest = SimpleNamespace(classes=[SimpleNamespace(name="bolt", forgotten=False)])
+    data = LabeledEmbeddings(torch.zeros(LOOKALIKE_MIN_IMAGES, 4), torch.zeros(LOOKALIKE_MIN_IMAGES, dtype=torch.long))
+    found = service.lookalikes(method, data, ["screw"], manifest)
+    assert found == ({"screw": ("bolt", 0.99)} if warned else {})
 
 
 def test_the_correcting_commands_say_what_they_did_unless_quiet(adds):

@@ -248,7 +248,7 @@ def info(
             f"unknown    when the known score is under {min_score_of(m.sessions):.2f}, which {KEEP_KNOWN:.0%} of "
             f"the {calibrated} training images pass, {how}"
         )
-    elif any(x.known_histogram for x in m.sessions):
+    elif all(x.known_histogram for x in m.sessions):
         out.print("unknown    never (no session had a class of 2 images or more to calibrate on; pass --min-score)")
     else:
         out.print("unknown    never (the bundle's sessions predate the calibration; pass --min-score)")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecl.core.images import EXTENSIONS_TEXT, is_image_name, require_folder, scan_class_folders
-from edgecl.errors import EdgeclError, param
+from edgecl.errors import EdgeclError, name_list, param
 
 
 @dataclass
@@ -101,7 +101,7 @@ def load_train_test(
     ):
         unknown = sorted(set(found) - set(absent))
         if unknown:
-            raise EdgeclError(f"{root}: {which}: {', '.join(unknown[:5])}")
+            raise EdgeclError(f"{root}: {which}: {name_list(unknown, 5)}")
     return TrainTest(classes, _index(classes, train), _index(classes, test))
 
 

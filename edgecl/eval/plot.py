@@ -47,25 +47,29 @@ def plot_sessions(report, path: Path) -> Path:
     return path
 
 
-def confusion_rows(report) -> tuple[list[str], list[list[int]]]:
-    """The folder classes the bundle knows in its columns' order, so that right answers fall on the diagonal,
-    then the classes it does not know; with their rows of counts."""
+def confusion_rows(report) -> tuple[list[str], list[str], list[list[int]]]:
+    """Rows, columns and counts with right answers on the diagonal: the folder classes the bundle knows, in
+    its order, as the first rows and columns; then the folder classes it does not know (rows), and its classes
+    without a folder and "unknown" (columns)."""
     by_name = dict(zip(report.per_class, report.confusion))
-    rows = [c for c in report.labels if c in by_name] + [c for c in by_name if c not in report.labels]
-    return rows, [by_name[c] for c in rows]
+    known = [c for c in report.labels if c in by_name]
+    rows = known + [c for c in by_name if c not in report.labels]
+    columns = known + [c for c in report.labels if c not in by_name]
+    order = [report.labels.index(c) for c in columns]
+    return rows, columns, [[by_name[r][j] for j in order] for r in rows]
 
 
 def plot_confusion(report, path: Path) -> Path:
     """`edgecl val --plot`: the confusion counts, rows the folder's classes, columns the labels given."""
     plt = require_matplotlib(path)
-    rows, counts = confusion_rows(report)
-    size = max(4.0, 0.35 * max(len(rows), len(report.labels)) + 2)
-    figure, axes = plt.subplots(figsize=(size, size * len(rows) / max(len(report.labels), 1) + 1))
+    rows, columns, counts = confusion_rows(report)
+    size = max(4.0, 0.35 * max(len(rows), len(columns)) + 2)
+    figure, axes = plt.subplots(figsize=(size, size * len(rows) / max(len(columns), 1) + 1))
     shares = [[c / max(sum(row), 1) for c in row] for row in counts]
     axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    axes.set_xticks(range(len(report.labels)), report.labels, rotation=90, fontsize=7)
+    axes.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
     axes.set_yticks(range(len(rows)), rows, fontsize=7)
-    if len(rows) * len(report.labels) <= 400:
+    if len(rows) * len(columns) <= 400:
         for i, row in enumerate(counts):
             for j, count in enumerate(row):
                 if count:

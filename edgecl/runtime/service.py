@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # a new class whose images' mean is this close to a known class's, relative to other images of that class
 # (layers.resemblance), is most likely that class again: the same class taught again read 0.97 to 1.03 on Lite0
-# and 0.74 to 1.34 on the ViT, other classes at most 0.94 and 0.44 (Shirt as Coat 0.98: docs/methods.md, section 10)
+# and 0.74 to 1.34 on the ViT, other classes at most 0.94 and 0.44, but for Fashion-MNIST's Shirt as Coat (0.98;
+# docs/methods.md, section 10)
 LOOKALIKE = 0.96
 LOOKALIKE_MIN_IMAGES = 3  # fewer say little of their mean
 

@@ -234,7 +234,8 @@ class ContinualMethod(nn.Module, ABC):
         self, features: torch.Tensor, targets: torch.Tensor, active: torch.Tensor | None = None
     ) -> torch.Tensor:
         """known_scores of a session's own training images as if each were not among them (calibrates the
-        threshold); this default scores them as they are."""
+        threshold; NaN where nothing can be held out, left out of the calibration); this default scores them
+        as they are."""
         return self.known_scores(features, active)
 
     def resemblance(self, features: torch.Tensor, active: torch.Tensor | None = None) -> Resemblance | None:
