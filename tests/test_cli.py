@@ -104,7 +104,7 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     images = sorted((base_images / "red").iterdir())[:2]
     result = edgecl("classify", *images, "--bundle", out, "-q")
     assert result.exit_code == 0, result.stderr
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     path, label, score = lines[0].split("\t")
     assert path == str(images[0]) and label in [*m.class_names, "unknown"] and 0 <= float(score) <= 1
@@ -112,7 +112,7 @@ def test_train_learn_classify_info(tmp_path, base_images, new_images):
     result = edgecl(
         "classify", base_images / "red", "--bundle", out, "--json", "--top-k", "3", "--min-score", "0", "-q"
     )
-    records = json.loads(result.output)
+    records = json.loads(result.stdout)
     assert len(records) == 6
     assert set(records[0]) == {"path", "label", "score", "top_k", "known"}
     assert len(records[0]["top_k"]) == 3 and records[0]["top_k"][0]["label"] == records[0]["label"]
@@ -322,3 +322,14 @@ def test_info_names_the_settings_a_bundle_predates():
         "safe.class_balance=0.0, temperature=1.0, feature_power=1.0, whiten=false"
     )
     assert _settings_changed("edgecl", method_config("edgecl").to_dict()) == "default settings"
+
+
+def test_a_bundle_never_exported_says_so_after_the_answers(bundle, base_images, new_images):
+    result = edgecl("classify", base_images / "red", "--bundle", bundle, "-q")
+    assert result.exit_code == 0 and result.stdout.count("\n") == 6, result.stderr
+    assert result.stderr.startswith(f"note: {bundle} is not exported, so PyTorch ran its backbone")
+    result = edgecl("learn", "--images", new_images / "grey", "--bundle", bundle, "-q")
+    assert result.exit_code == 0 and "is not exported" in result.stderr, result.stderr
+    assert edgecl("export", "--target", "cpu", "--bundle", bundle, "--images", base_images).exit_code == 0
+    result = edgecl("classify", base_images / "red", "--bundle", bundle, "-q")
+    assert result.exit_code == 0 and "not exported" not in result.stderr, result.stderr

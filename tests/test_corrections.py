@@ -328,9 +328,9 @@ def test_an_image_that_is_all_its_class_has_is_left_out_of_the_calibration():
 def test_the_plain_output_of_an_unknown_gives_its_known_score_and_the_best_classes(adds, base_images):
     result = edgecl("classify", base_images / "red", "--bundle", adds, "--min-score", "1", "--top-k", "2", "-q")
     records = json.loads(
-        edgecl("classify", base_images / "red", "--bundle", adds, "--min-score", "1", "-k", "2", "--json", "-q").output
+        edgecl("classify", base_images / "red", "--bundle", adds, "--min-score", "1", "-k", "2", "--json", "-q").stdout
     )
-    for line, record in zip(result.output.strip().splitlines(), records):
+    for line, record in zip(result.stdout.strip().splitlines(), records):
         fields = line.split("\t")
         if record["label"] == "unknown":
             assert fields[1:] == ["unknown", f"{record['known']:.4f}"] + [

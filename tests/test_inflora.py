@@ -236,7 +236,7 @@ def test_eval_train_learn_and_info_with_inflora(tmp_path):
     assert manifest["history"][-1]["backbone"]["sha256"] == before["sha256"]
     classified = edgecl("classify", "--bundle", bundle, more / "navy", "--json", "-q")
     assert classified.exit_code == 0, classified.stderr
-    assert len(json.loads(classified.output)) == 5
+    assert len(json.loads(classified.stdout)) == 5
 
 
 def test_adapt_needs_an_inflora_bundle(bundle, new_images):

@@ -76,6 +76,19 @@ def learn(
         f"{what} as session {s.index} of {bundle} from {count(s.images, 'image')} "
         f"(backbone {result.seconds_backbone:.1f} s on {result.runtime}, heads {result.seconds_heads:.1f} s)"
     )
+    from edgecl.core.bundle import Bundle
+
+    _export_hint(bundle, result.runtime, Bundle.open(bundle).manifest.export)
+
+
+def _export_hint(bundle: Path, runtime: str, export: dict | None) -> None:
+    """After a command that ran the backbone: say why it ran in PyTorch when the bundle was never exported (not
+    said before the command ends, where a later error must stay the only line)."""
+    if runtime == "torch" and not export:
+        err.print(
+            f"note: {bundle} is not exported, so PyTorch ran its backbone; `edgecl export --target cpu` "
+            "(or the device's target) makes the ONNX graph that runs faster"
+        )
 
 
 def _plain(prediction, top_k: int) -> str:
@@ -152,6 +165,7 @@ def classify(
     if skipped and not done:
         raise EdgeclError(f"none of the {len(skipped)} image(s) could be read: {listed(skipped)}")
     warn_skipped(skipped)
+    _export_hint(bundle, classifier.embedder.runtime, classifier.bundle.manifest.export)
 
 
 def _settings_changed(name: str, config: dict) -> str:
