@@ -152,9 +152,8 @@ def test_learn_says_when_a_new_class_looks_like_one_the_bundle_knows(adds, new_i
     assert learn(adds, tmp_path / "two" / "scarlet", show_progress=False).lookalikes == {}  # too few to say
 
 
-def test_resemblance_is_about_one_for_another_sample_of_a_class():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 32, generator=g) * 3
+def _three_classes(centres: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The means and typical cosines of 200 noisy images around each of three centres."""
     images = centres.repeat_interleave(200, 0) + torch.randn(600, 32, generator=g)
     targets = torch.arange(3).repeat_interleave(200)
     means = torch.stack([images[targets == c].mean(0) for c in range(3)])
@@ -162,6 +161,13 @@ def test_resemblance_is_about_one_for_another_sample_of_a_class():
     typical = torch.stack(
         [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
     )
+    return means, typical
+
+
+def test_resemblance_is_about_one_for_another_sample_of_a_class():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 32, generator=g) * 3
+    means, typical = _three_classes(centres, g)
     again = centres[1] + torch.randn(10, 32, generator=g)
     counts = torch.full((3,), 200.0)
     best, closeness, rival = resemblance(again, means, typical, counts)
@@ -178,13 +184,7 @@ def test_resemblance_says_when_the_known_classes_already_look_alike():
     g = torch.Generator().manual_seed(1)
     shared = torch.randn(32, generator=g) * 6
     centres = shared + torch.randn(3, 32, generator=g) * 0.3
-    images = centres.repeat_interleave(200, 0) + torch.randn(600, 32, generator=g)
-    targets = torch.arange(3).repeat_interleave(200)
-    means = torch.stack([images[targets == c].mean(0) for c in range(3)])
-    unit = torch.nn.functional.normalize(images, dim=-1)
-    typical = torch.stack(
-        [(unit[targets == c] @ torch.nn.functional.normalize(means[c], dim=0)).mean() for c in range(3)]
-    )
+    means, typical = _three_classes(centres, g)
     new_class = shared + torch.randn(32, generator=g) * 0.3 + torch.randn(10, 32, generator=g)
     counts = torch.tensor([200.0, 5.0, 50.0])
     found = resemblance(new_class, means, typical, counts)
