@@ -268,15 +268,16 @@ def resemblance(
     s, n_c = similarity.to(features.dtype).clamp(1e-6, 1.0), counts.to(features.dtype).clamp_min(2)
     a2 = ((s**2 - 1 / n_c) / (1 - 1 / n_c)).clamp(1e-6, 1.0)
 
+    def expected(n, of=slice(None)) -> torch.Tensor:  # the cosine n images of class `of` give its mean
+        return a2[of] / (s[of] * torch.sqrt(a2[of] + (1 - a2[of]) / n))
+
     directions = F.normalize(means.to(features.dtype), dim=-1)
     direction = F.normalize(F.normalize(features, dim=-1).mean(0), dim=0)
-    expected = a2 / (s * torch.sqrt(a2 + (1 - a2) / len(features)))
-    ratio = torch.where(kept, (direction @ directions.T) / expected, -torch.inf)
+    ratio = torch.where(kept, (direction @ directions.T) / expected(len(features)), -torch.inf)
     best = int(ratio.argmax())
     others = kept.clone()
     others[best] = False
-    # each other class's mean as n_j images of `best` would be expected to read
-    rivals = (directions @ directions[best]) * s[best] * torch.sqrt(a2[best] + (1 - a2[best]) / n_c) / a2[best]
+    rivals = (directions @ directions[best]) / expected(n_c, best)  # each other class's mean as its n_j images
     rival = float(rivals[others].max()) if others.any() else 0.0
     return Resemblance(best, float(ratio[best]), rival)
 
